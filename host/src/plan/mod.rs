@@ -1,0 +1,28 @@
+//! Plans: what modules return, checked and owned by the host.
+//!
+//! A module returns a `plan-fragment` for one object. The host validates it
+//! (every value from a guest is untrusted), checks it against the module's
+//! grants, and keeps it per object so that a change re-renders and re-applies
+//! only what changed.
+
+pub mod grants;
+pub mod skeleton;
+pub mod store;
+pub mod validate;
+
+pub use store::{Change, Claim, Conflict, Delta, Entry, PlanStore};
+pub use validate::{PlanError, PlanLimits, validate};
+
+use crate::model::ObjectRef;
+use crate::runtime::bindings::imports::switchyard::plugin::types::PlanItem;
+
+/// A validated fragment for one object, with the provenance `explain` reports:
+/// which binding rendered it and the digest of the module version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fragment {
+    pub object: ObjectRef,
+    /// The binding (NetworkModule) name.
+    pub module: String,
+    pub digest: String,
+    pub items: Vec<PlanItem>,
+}

@@ -1,0 +1,402 @@
+//! Fragments per object, as installed. The store is what makes updates
+//! O(change): a render replaces one object's fragment, and the datapath
+//! applies only the difference between the old and the new one.
+//!
+//! It also decides what is installed when a module fails, by the binding's
+//! failure policy, and refuses a fragment that claims what another object's
+//! fragment already holds (two Services with the same VIP and port, say):
+//! the earlier one keeps it and the later one is reported.
+
+use super::Fragment;
+use crate::model::{FailurePolicy, ObjectRef};
+use crate::runtime::bindings::imports::switchyard::plugin::types::{PlanBody, PlanItem};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Something in a role's datapath a fragment takes for itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Claim {
+    /// A chain, set, map or counter name.
+    Object(String),
+    /// An element of a set or map, by set name and key.
+    Element(String, String),
+    /// An IPVS service, by address, protocol and port.
+    Ipvs(String),
+    /// A route, by table and destination.
+    Route(String),
+    /// An address on an interface.
+    Address(String),
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::Object(n) => write!(f, "{n}"),
+            Claim::Element(s, k) => write!(f, "element {k} of {s}"),
+            Claim::Ipvs(k) => write!(f, "IPVS service {k}"),
+            Claim::Route(k) => write!(f, "route {k}"),
+            Claim::Address(k) => write!(f, "address {k}"),
+        }
+    }
+}
+
+/// The identity of an item: two items with the same claim are the same thing
+/// in the datapath (possibly with different contents).
+pub fn claim(item: &PlanItem) -> Claim {
+    let ip = crate::runtime::wit_to_ip;
+    match &item.body {
+        PlanBody::NftChain(c) => Claim::Object(format!("chain {}", c.name)),
+        PlanBody::NftSet(s) => Claim::Object(format!("set {}", s.name)),
+        PlanBody::NftMap(m) => Claim::Object(format!("map {}", m.name)),
+        PlanBody::NftCounter(c) => Claim::Object(format!("counter {}", c.name)),
+        PlanBody::NftElement(e) => Claim::Element(e.set.clone(), format!("{:?}", e.key)),
+        PlanBody::IpvsService(s) => {
+            Claim::Ipvs(format!("{:?} {}:{}", s.protocol, ip(&s.address), s.port))
+        }
+        PlanBody::Route(r) => Claim::Route(format!(
+            "table {} {}/{}",
+            r.table.unwrap_or(254),
+            ip(&r.destination.address),
+            r.destination.prefix_len
+        )),
+        PlanBody::InterfaceAddress(a) => Claim::Address(format!(
+            "{} {}/{}",
+            a.device,
+            ip(&a.address.address),
+            a.address.prefix_len
+        )),
+    }
+}
+
+/// A fragment could not be installed because another object holds part of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object} conflicts with {owner}: both want {claim}")]
+pub struct Conflict {
+    pub object: ObjectRef,
+    pub owner: ObjectRef,
+    pub claim: Claim,
+}
+
+/// Why an object's installed fragment is not a fresh render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub error: String,
+    pub policy: FailurePolicy,
+}
+
+/// One object's state.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// What the datapath has for the object.
+    pub installed: Option<Arc<Fragment>>,
+    /// The last fragment the module rendered successfully.
+    pub last_good: Option<Arc<Fragment>>,
+    /// Set while the latest render failed.
+    pub failure: Option<Failure>,
+}
+
+/// What changed for one object: the datapath replaces `old` by `new`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub object: ObjectRef,
+    pub old: Option<Arc<Fragment>>,
+    pub new: Option<Arc<Fragment>>,
+}
+
+impl Change {
+    /// Whether the datapath has nothing to do.
+    pub fn is_noop(&self) -> bool {
+        match (&self.old, &self.new) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a.items == b.items,
+            _ => false,
+        }
+    }
+
+    /// The items to remove and to add, comparing by identity and content.
+    pub fn delta(&self) -> Delta<'_> {
+        let old = self
+            .old
+            .as_deref()
+            .map(|f| f.items.as_slice())
+            .unwrap_or(&[]);
+        let new = self
+            .new
+            .as_deref()
+            .map(|f| f.items.as_slice())
+            .unwrap_or(&[]);
+        let new_by: HashMap<Claim, &PlanItem> = new.iter().map(|i| (claim(i), i)).collect();
+        let old_by: HashMap<Claim, &PlanItem> = old.iter().map(|i| (claim(i), i)).collect();
+        Delta {
+            removed: old
+                .iter()
+                .filter(|i| new_by.get(&claim(i)).is_none_or(|n| n.body != i.body))
+                .collect(),
+            added: new
+                .iter()
+                .filter(|i| old_by.get(&claim(i)).is_none_or(|o| o.body != i.body))
+                .collect(),
+        }
+    }
+}
+
+/// The difference between two fragments of one object. A changed item is
+/// removed and added again.
+#[derive(Debug, PartialEq)]
+pub struct Delta<'a> {
+    pub removed: Vec<&'a PlanItem>,
+    pub added: Vec<&'a PlanItem>,
+}
+
+/// Fragments by object for one role's datapath.
+#[derive(Debug, Default)]
+pub struct PlanStore {
+    entries: BTreeMap<ObjectRef, Entry>,
+    owners: HashMap<Claim, ObjectRef>,
+}
+
+impl PlanStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn entry(&self, object: &ObjectRef) -> Option<&Entry> {
+        self.entries.get(object)
+    }
+
+    /// Every installed fragment, by object.
+    pub fn installed(&self) -> impl Iterator<Item = &Arc<Fragment>> {
+        self.entries.values().filter_map(|e| e.installed.as_ref())
+    }
+
+    /// Which object holds a claim.
+    pub fn owner(&self, claim: &Claim) -> Option<&ObjectRef> {
+        self.owners.get(claim)
+    }
+
+    fn check(&self, fragment: &Fragment) -> Result<(), Conflict> {
+        for item in &fragment.items {
+            let c = claim(item);
+            if let Some(owner) = self.owners.get(&c)
+                && *owner != fragment.object
+            {
+                return Err(Conflict {
+                    object: fragment.object.clone(),
+                    owner: owner.clone(),
+                    claim: c,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, object: &ObjectRef, new: Option<Arc<Fragment>>) -> Change {
+        let entry = self.entries.entry(object.clone()).or_default();
+        let old = std::mem::replace(&mut entry.installed, new.clone());
+        if let Some(o) = &old {
+            for item in &o.items {
+                self.owners.remove(&claim(item));
+            }
+        }
+        if let Some(n) = &new {
+            for item in &n.items {
+                self.owners.insert(claim(item), object.clone());
+            }
+        }
+        Change {
+            object: object.clone(),
+            old,
+            new,
+        }
+    }
+
+    /// A module rendered an object. Installed unless it conflicts with another
+    /// object's fragment; then nothing changes and the conflict is returned
+    /// (treat it as a failure of this object).
+    pub fn rendered(&mut self, fragment: Fragment) -> Result<Change, Conflict> {
+        self.check(&fragment)?;
+        let object = fragment.object.clone();
+        let fragment = Arc::new(fragment);
+        let change = self.install(&object, Some(fragment.clone()));
+        let entry = self.entries.get_mut(&object).expect("installed above");
+        entry.last_good = Some(fragment);
+        entry.failure = None;
+        Ok(change)
+    }
+
+    /// Rendering an object failed: install what `policy` says. `closed` is the
+    /// role's closed fragment for the object (a Service that rejects, a pod
+    /// that is isolated), if the role has one.
+    pub fn failed(
+        &mut self,
+        object: &ObjectRef,
+        error: String,
+        policy: FailurePolicy,
+        closed: Option<Fragment>,
+    ) -> Change {
+        let entry = self.entries.entry(object.clone()).or_default().clone();
+        let closed = closed.filter(|c| self.check(c).is_ok()).map(Arc::new);
+        let new = match policy {
+            FailurePolicy::FailOpen => None,
+            FailurePolicy::FailClosed => closed,
+            FailurePolicy::KeepLastGood => match entry.last_good {
+                Some(good) => Some(good),
+                None => closed,
+            },
+        };
+        let change = if entry.installed.as_ref().map(Arc::as_ptr) == new.as_ref().map(Arc::as_ptr) {
+            Change {
+                object: object.clone(),
+                old: entry.installed.clone(),
+                new: entry.installed.clone(),
+            }
+        } else {
+            self.install(object, new)
+        };
+        self.entries
+            .get_mut(object)
+            .expect("inserted above")
+            .failure = Some(Failure { error, policy });
+        change
+    }
+
+    /// The object is gone: withdraw its fragment.
+    pub fn remove(&mut self, object: &ObjectRef) -> Change {
+        let change = self.install(object, None);
+        self.entries.remove(object);
+        change
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ObjectKind;
+    use crate::runtime::bindings::imports::switchyard::plugin::types::{
+        IpAddress, NftChain, NftElement, NftMapValue, NftRule, NftStatement, NftValue, NftVerdict,
+        Protocol,
+    };
+
+    fn svc(name: &str) -> ObjectRef {
+        ObjectRef::new(ObjectKind::Service, "default", name)
+    }
+
+    fn element(vip: u8, port: u16, chain: &str) -> PlanItem {
+        PlanItem {
+            rule_id: "vip".into(),
+            comment: None,
+            body: PlanBody::NftElement(NftElement {
+                set: "service-ips".into(),
+                key: vec![
+                    NftValue::Address(IpAddress::Ipv4((10, 96, 0, vip))),
+                    NftValue::Protocol(Protocol::Tcp),
+                    NftValue::Port(port),
+                ],
+                value: Some(NftMapValue::Verdict(NftVerdict::Goto(chain.into()))),
+            }),
+        }
+    }
+
+    fn chain(name: &str, rules: usize) -> PlanItem {
+        PlanItem {
+            rule_id: "svc".into(),
+            comment: None,
+            body: PlanBody::NftChain(NftChain {
+                name: name.into(),
+                rules: vec![
+                    NftRule {
+                        matches: vec![],
+                        statements: vec![NftStatement::Counter]
+                    };
+                    rules
+                ],
+            }),
+        }
+    }
+
+    fn frag(name: &str, items: Vec<PlanItem>) -> Fragment {
+        Fragment {
+            object: svc(name),
+            module: "proxy".into(),
+            digest: "d".into(),
+            items,
+        }
+    }
+
+    #[test]
+    fn delta_holds_only_what_changed() {
+        let mut s = PlanStore::new();
+        s.rendered(frag("a", vec![chain("svc-a", 1), element(1, 80, "svc-a")]))
+            .unwrap();
+        let c = s
+            .rendered(frag("a", vec![chain("svc-a", 2), element(1, 80, "svc-a")]))
+            .unwrap();
+        let d = c.delta();
+        assert_eq!(d.removed.len(), 1);
+        assert_eq!(d.added.len(), 1);
+        assert!(matches!(&d.added[0].body, PlanBody::NftChain(c) if c.rules.len() == 2));
+        let same = s
+            .rendered(frag("a", vec![chain("svc-a", 2), element(1, 80, "svc-a")]))
+            .unwrap();
+        assert!(same.is_noop());
+    }
+
+    #[test]
+    fn a_conflicting_fragment_is_refused_and_names_the_owner() {
+        let mut s = PlanStore::new();
+        s.rendered(frag("a", vec![chain("svc-a", 1), element(1, 80, "svc-a")]))
+            .unwrap();
+        let e = s
+            .rendered(frag("b", vec![chain("svc-b", 1), element(1, 80, "svc-b")]))
+            .unwrap_err();
+        assert_eq!(e.owner, svc("a"));
+        assert!(
+            e.to_string()
+                .contains("Service default/b conflicts with Service default/a"),
+            "{e}"
+        );
+        assert!(s.entry(&svc("b")).is_none_or(|e| e.installed.is_none()));
+        // Once a lets go, b may have it.
+        s.remove(&svc("a"));
+        s.rendered(frag("b", vec![chain("svc-b", 1), element(1, 80, "svc-b")]))
+            .unwrap();
+    }
+
+    #[test]
+    fn failure_policies() {
+        let good = frag("a", vec![chain("svc-a", 1), element(1, 80, "svc-a")]);
+        let closed = || Some(frag("a", vec![element(1, 80, "reject")]));
+        for (policy, expect) in [
+            (FailurePolicy::KeepLastGood, Some(good.clone())),
+            (FailurePolicy::FailOpen, None),
+            (FailurePolicy::FailClosed, closed()),
+        ] {
+            let mut s = PlanStore::new();
+            s.rendered(good.clone()).unwrap();
+            let c = s.failed(&svc("a"), "boom".into(), policy, closed());
+            let e = s.entry(&svc("a")).unwrap();
+            assert_eq!(e.installed.as_deref(), expect.as_ref(), "{policy}");
+            assert_eq!(e.failure.as_ref().unwrap().error, "boom");
+            assert_eq!(
+                c.is_noop(),
+                policy == FailurePolicy::KeepLastGood,
+                "{policy}"
+            );
+        }
+        // KeepLastGood with nothing good yet falls back to closed.
+        let mut s = PlanStore::new();
+        s.failed(
+            &svc("a"),
+            "boom".into(),
+            FailurePolicy::KeepLastGood,
+            closed(),
+        );
+        assert_eq!(
+            s.entry(&svc("a")).unwrap().installed.as_deref(),
+            closed().as_ref()
+        );
+        // A later good render clears the failure.
+        s.rendered(good.clone()).unwrap();
+        assert!(s.entry(&svc("a")).unwrap().failure.is_none());
+    }
+}

@@ -1,0 +1,707 @@
+//! The module registry: modules by binding name (a NetworkModule), loaded and
+//! checked, hot-swapped, called off the async executor, with status.
+//!
+//! Loading a module: fetch its bytes (file, URL with sha256, built-in), verify
+//! the digest, compile (once per digest), bind to the role (imports and
+//! exports must be the role's world), call `describe()` and check it against
+//! the role, check the config against the module's JSON Schema. Only then does
+//! the new version replace the old one, in one atomic swap: calls that started
+//! on the old version finish on it, new calls go to the new one. If any step
+//! fails the old version keeps serving and the binding reports Degraded.
+
+pub mod source;
+pub mod stats;
+
+use crate::model::{FailurePolicy, ObjectRef, Role};
+use crate::plan::grants::Grants;
+use crate::plan::{self, Fragment, PlanLimits};
+use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
+use crate::runtime::bindings::scheduler as sched;
+use crate::runtime::{
+    BoundModule, CallError, CallErrorKind, HostServices, Limits, LoadError, Runtime, Session,
+};
+use arc_swap::ArcSwapOption;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use source::{Fetcher, ModuleSource};
+use stats::{CallStats, StatsSnapshot};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// What an operator asks for: one NetworkModule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleSpec {
+    /// The binding's name (the NetworkModule's name).
+    pub name: String,
+    pub role: Role,
+    pub source: ModuleSource,
+    /// Required for URLs; checked whenever given.
+    pub sha256: Option<String>,
+    pub config: serde_json::Value,
+    pub failure_policy: FailurePolicy,
+    pub limits: Limits,
+    pub plan_limits: PlanLimits,
+    /// Among modules of one role, the highest priority serves.
+    pub priority: i32,
+    /// The NetworkModule's metadata.generation, reported back as observedGeneration.
+    pub generation: i64,
+}
+
+impl ModuleSpec {
+    pub fn new(name: &str, role: Role, source: ModuleSource) -> Self {
+        ModuleSpec {
+            name: name.to_string(),
+            role,
+            source,
+            sha256: None,
+            config: serde_json::json!({}),
+            failure_policy: FailurePolicy::default(),
+            limits: Limits::default(),
+            plan_limits: PlanLimits::default(),
+            priority: 0,
+            generation: 1,
+        }
+    }
+}
+
+/// What `describe()` said, checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleInfo {
+    pub name: String,
+    pub version: String,
+    pub role: Role,
+    pub description: String,
+    pub config_schema: serde_json::Value,
+}
+
+/// A loaded, checked module version serving one binding.
+pub struct Active {
+    pub spec: ModuleSpec,
+    pub bound: BoundModule,
+    pub info: ModuleInfo,
+    /// The config as the JSON text passed to every call.
+    pub config: Arc<str>,
+    pub grants: Arc<Grants>,
+    pub stats: CallStats,
+    pub loaded_at: SystemTime,
+}
+
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active")
+            .field("name", &self.spec.name)
+            .field("digest", &self.bound.module.digest)
+            .finish()
+    }
+}
+
+impl Active {
+    pub fn digest(&self) -> &str {
+        &self.bound.module.digest
+    }
+
+    /// A session on this version: calls reuse one instance until one fails.
+    pub fn session(&self, runtime: &Arc<Runtime>, services: HostServices) -> Session {
+        runtime.session(
+            &self.spec.name,
+            &self.bound,
+            &self.spec.limits,
+            services,
+            self.grants.clone(),
+        )
+    }
+}
+
+/// The condition a binding reports (Ready, or Degraded with a reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    pub ready: bool,
+    /// A CamelCase reason: `Loaded`, `FetchFailed`, `DigestMismatch`, ...
+    pub reason: String,
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub since: u64,
+    pub observed_generation: i64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One NetworkModule on this node: the version serving it and its condition.
+pub struct Binding {
+    pub name: String,
+    active: ArcSwapOption<Active>,
+    condition: Mutex<Condition>,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding").field("name", &self.name).finish()
+    }
+}
+
+impl Binding {
+    /// The version serving now (what a new call would use).
+    pub fn active(&self) -> Option<Arc<Active>> {
+        self.active.load_full()
+    }
+
+    pub fn condition(&self) -> Condition {
+        self.condition.lock().clone()
+    }
+}
+
+/// Status of one binding, for the admin API, the CLI and NetworkModule status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatus {
+    pub name: String,
+    pub role: Option<Role>,
+    pub condition: Condition,
+    pub digest: Option<String>,
+    pub module: Option<String>,
+    pub version: Option<String>,
+    pub failure_policy: Option<FailurePolicy>,
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+}
+
+fn load_reason(e: &LoadError) -> &'static str {
+    match e {
+        LoadError::NotAComponent { .. } => "NotAComponent",
+        LoadError::DigestMismatch { .. } => "DigestMismatch",
+        LoadError::InvalidDigest { .. } => "InvalidDigest",
+        LoadError::Fetch { .. } => "FetchFailed",
+        LoadError::ForbiddenImport { .. } => "ForbiddenImport",
+        LoadError::WrongWorld { .. } => "WrongWorld",
+        LoadError::Describe { .. } => "DescribeFailed",
+        LoadError::RoleMismatch { .. } => "RoleMismatch",
+        LoadError::BadDescription { .. } => "BadDescription",
+        LoadError::BadSchema { .. } => "BadSchema",
+        LoadError::BadConfig { .. } => "InvalidConfig",
+        LoadError::BadLimits { .. } => "InvalidLimits",
+        LoadError::Engine { .. } => "EngineError",
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_semver(s: &str) -> bool {
+    let core = s.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// Check what `describe()` returned for a module bound to `role`.
+pub fn check_description(
+    module: &str,
+    role: Role,
+    info: wit::ModuleInfo,
+) -> Result<ModuleInfo, LoadError> {
+    let bad = |field: &'static str, value: &str, reason: &str| LoadError::BadDescription {
+        module: module.into(),
+        field,
+        value: value.chars().take(80).collect(),
+        reason: reason.into(),
+    };
+    let described = match info.role {
+        wit::Role::Cni => Role::Cni,
+        wit::Role::ServiceProxy => Role::ServiceProxy,
+        wit::Role::Scheduler => Role::Scheduler,
+        wit::Role::NetworkPolicy => Role::NetworkPolicy,
+    };
+    if described != role {
+        return Err(LoadError::RoleMismatch {
+            module: module.into(),
+            described: described.to_string(),
+            role: role.to_string(),
+        });
+    }
+    if !is_dns_label(&info.name) {
+        return Err(bad(
+            "name",
+            &info.name,
+            "must be a DNS label (lowercase letters, digits and '-', at most 63)",
+        ));
+    }
+    if !is_semver(&info.version) {
+        return Err(bad(
+            "version",
+            &info.version,
+            "must be a semantic version such as 1.2.3",
+        ));
+    }
+    if info.description.len() > 512 || info.description.chars().any(char::is_control) {
+        return Err(bad(
+            "description",
+            &info.description,
+            "must be one line of at most 512 bytes",
+        ));
+    }
+    if info.config_schema.len() > 64 << 10 {
+        return Err(bad("config-schema", "", "is larger than 64 KiB"));
+    }
+    let schema: serde_json::Value =
+        serde_json::from_str(&info.config_schema).map_err(|e| LoadError::BadSchema {
+            module: module.into(),
+            reason: format!("not JSON: {e}"),
+        })?;
+    jsonschema::meta::validate(&schema).map_err(|e| LoadError::BadSchema {
+        module: module.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(ModuleInfo {
+        name: info.name,
+        version: info.version,
+        role,
+        description: info.description,
+        config_schema: schema,
+    })
+}
+
+/// Check a config against a module's schema; every violation is listed with
+/// its path.
+pub fn check_config(
+    module: &str,
+    schema: &serde_json::Value,
+    config: &serde_json::Value,
+) -> Result<(), LoadError> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| LoadError::BadSchema {
+        module: module.into(),
+        reason: e.to_string(),
+    })?;
+    let errors: Vec<String> = validator
+        .iter_errors(config)
+        .take(10)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            let path = if path.is_empty() {
+                "config".to_string()
+            } else {
+                format!("config{}", path.replace('/', "."))
+            };
+            format!("{path}: {e}")
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::BadConfig {
+            module: module.into(),
+            reason: errors.join("; "),
+        })
+    }
+}
+
+/// Modules by binding name.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    fetcher: Fetcher,
+    services: HostServices,
+    bindings: RwLock<BTreeMap<String, Arc<Binding>>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// `max_concurrent_calls` bounds guest work running at once (normally the
+    /// number of CPUs).
+    pub fn new(
+        runtime: Arc<Runtime>,
+        fetcher: Fetcher,
+        services: HostServices,
+        max_concurrent_calls: usize,
+    ) -> Arc<Registry> {
+        Arc::new(Registry {
+            runtime,
+            fetcher,
+            services,
+            bindings: RwLock::new(BTreeMap::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(max_concurrent_calls.max(1))),
+        })
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn services(&self) -> &HostServices {
+        &self.services
+    }
+
+    /// Load and check a module version without installing it.
+    pub fn prepare(&self, spec: &ModuleSpec) -> Result<Active, LoadError> {
+        let name = spec.name.as_str();
+        spec.limits
+            .validate()
+            .map_err(|reason| LoadError::BadLimits {
+                module: name.into(),
+                reason,
+            })?;
+        let bytes = self
+            .fetcher
+            .fetch(name, &spec.source, spec.sha256.as_deref())?;
+        let compiled = self
+            .runtime
+            .compile(name, &spec.source.to_string(), &bytes)?;
+        let bound = self.runtime.bind(name, &compiled, spec.role)?;
+        let grants = Arc::new(Grants::for_role(spec.role));
+        let mut session = self.runtime.session(
+            name,
+            &bound,
+            &spec.limits,
+            HostServices::default(),
+            grants.clone(),
+        );
+        let described = session.describe().map_err(|e| LoadError::Describe {
+            module: name.into(),
+            source: Box::new(e),
+        })?;
+        let info = check_description(name, spec.role, described)?;
+        check_config(name, &info.config_schema, &spec.config)?;
+        Ok(Active {
+            spec: spec.clone(),
+            bound,
+            info,
+            config: spec.config.to_string().into(),
+            grants,
+            stats: CallStats::default(),
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// Install a module version for `spec.name`, replacing the one serving it
+    /// atomically. On failure the old version keeps serving and the binding
+    /// reports Degraded with the reason; the error is returned too.
+    pub fn apply(&self, spec: ModuleSpec) -> Result<Arc<Active>, LoadError> {
+        let binding = {
+            let mut b = self.bindings.write();
+            b.entry(spec.name.clone())
+                .or_insert_with(|| {
+                    Arc::new(Binding {
+                        name: spec.name.clone(),
+                        active: ArcSwapOption::empty(),
+                        condition: Mutex::new(Condition {
+                            ready: false,
+                            reason: "Loading".into(),
+                            message: String::new(),
+                            since: now(),
+                            observed_generation: 0,
+                        }),
+                    })
+                })
+                .clone()
+        };
+        match self.prepare(&spec) {
+            Ok(active) => {
+                let active = Arc::new(active);
+                let old = binding.active.swap(Some(active.clone()));
+                let message = match &old {
+                    Some(o) if o.digest() != active.digest() => format!(
+                        "{} {} replaced digest {}",
+                        active.info.name,
+                        active.info.version,
+                        o.digest()
+                    ),
+                    _ => format!("{} {} loaded", active.info.name, active.info.version),
+                };
+                tracing::info!(module = %spec.name, digest = %active.digest(), "{message}");
+                *binding.condition.lock() = Condition {
+                    ready: true,
+                    reason: "Loaded".into(),
+                    message,
+                    since: now(),
+                    observed_generation: spec.generation,
+                };
+                Ok(active)
+            }
+            Err(e) => {
+                let keeps = binding.active().is_some();
+                let message = if keeps {
+                    format!("{e}; the previously loaded version keeps serving")
+                } else {
+                    e.to_string()
+                };
+                tracing::warn!(module = %spec.name, "{message}");
+                *binding.condition.lock() = Condition {
+                    ready: false,
+                    reason: load_reason(&e).into(),
+                    message,
+                    since: now(),
+                    observed_generation: spec.generation,
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Registry::apply`] on a blocking thread.
+    pub async fn apply_async(self: &Arc<Self>, spec: ModuleSpec) -> Result<Arc<Active>, LoadError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.apply(spec))
+            .await
+            .expect("apply does not panic")
+    }
+
+    /// Remove a binding; calls in flight finish.
+    pub fn remove(&self, name: &str) -> bool {
+        self.bindings.write().remove(name).is_some()
+    }
+
+    pub fn binding(&self, name: &str) -> Option<Arc<Binding>> {
+        self.bindings.read().get(name).cloned()
+    }
+
+    /// The version serving `role`: the ready binding with the highest
+    /// priority (ties by name).
+    pub fn active_for(&self, role: Role) -> Option<Arc<Active>> {
+        self.bindings
+            .read()
+            .values()
+            .filter_map(|b| b.active())
+            .filter(|a| a.spec.role == role)
+            .max_by(|a, b| {
+                a.spec
+                    .priority
+                    .cmp(&b.spec.priority)
+                    .then_with(|| b.spec.name.cmp(&a.spec.name))
+            })
+    }
+
+    pub fn status(&self) -> Vec<ModuleStatus> {
+        self.bindings
+            .read()
+            .values()
+            .map(|b| {
+                let a = b.active();
+                ModuleStatus {
+                    name: b.name.clone(),
+                    role: a.as_ref().map(|a| a.spec.role),
+                    condition: b.condition(),
+                    digest: a.as_ref().map(|a| a.digest().to_string()),
+                    module: a.as_ref().map(|a| a.info.name.clone()),
+                    version: a.as_ref().map(|a| a.info.version.clone()),
+                    failure_policy: a.as_ref().map(|a| a.spec.failure_policy),
+                    stats: a.as_ref().map(|a| a.stats.snapshot()).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    fn serving(&self, name: &str, role: Role) -> Result<Arc<Active>, CallError> {
+        let not = |msg: String| CallError {
+            module: name.to_string(),
+            function: "-".into(),
+            object: None,
+            kind: CallErrorKind::Internal { message: msg },
+            elapsed: Default::default(),
+            stderr: String::new(),
+        };
+        let a = self
+            .binding(name)
+            .and_then(|b| b.active())
+            .ok_or_else(|| not("no version of this module is loaded".into()))?;
+        if a.spec.role != role {
+            return Err(not(format!(
+                "the module serves role {}, not {role}",
+                a.spec.role
+            )));
+        }
+        Ok(a)
+    }
+
+    /// Run `f` with a session of the version serving `name`, on a blocking
+    /// thread, once a call permit is free.
+    pub async fn with_session<R: Send + 'static>(
+        self: &Arc<Self>,
+        name: &str,
+        role: Role,
+        f: impl FnOnce(&Arc<Active>, &mut Session) -> R + Send + 'static,
+    ) -> Result<R, CallError> {
+        let active = self.serving(name, role)?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let runtime = self.runtime.clone();
+        let services = self.services.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut session = active.session(&runtime, services);
+            f(&active, &mut session)
+        })
+        .await
+        .expect("module calls do not panic the host");
+        Ok(r)
+    }
+
+    /// Render one Service with the proxy module `name`, validated.
+    pub async fn render_service(
+        self: &Arc<Self>,
+        name: &str,
+        ctx: wit::NodeContext,
+        service: wit::Service,
+        endpoints: Vec<wit::Endpoint>,
+    ) -> Result<Fragment, CallError> {
+        self.with_session(name, Role::ServiceProxy, move |active, s| {
+            render_one(active, s, &ctx, &service, &endpoints)
+        })
+        .await?
+    }
+
+    /// Render many Services with one instance (a full sync).
+    pub async fn render_services(
+        self: &Arc<Self>,
+        name: &str,
+        ctx: wit::NodeContext,
+        batch: Vec<(wit::Service, Vec<wit::Endpoint>)>,
+    ) -> Result<Vec<Result<Fragment, CallError>>, CallError> {
+        self.with_session(name, Role::ServiceProxy, move |active, s| {
+            batch
+                .iter()
+                .map(|(svc, eps)| render_one(active, s, &ctx, svc, eps))
+                .collect()
+        })
+        .await
+    }
+
+    /// Ask the scheduler module `name` for a backend.
+    pub async fn pick(
+        self: &Arc<Self>,
+        name: &str,
+        connection: sched::Connection,
+        backends: Vec<sched::Backend>,
+    ) -> Result<u32, CallError> {
+        self.with_session(name, Role::Scheduler, move |active, s| {
+            let t = Instant::now();
+            let r = match s.pick(&connection, &backends, &active.config) {
+                Ok(Ok(i)) if (i as usize) < backends.len() => Ok(i),
+                Ok(Ok(i)) => Err(invalid(
+                    s,
+                    "pick",
+                    format!("index {i} is out of range for {} backends", backends.len()),
+                    t,
+                )),
+                Ok(Err(e)) => Err(module_error(
+                    s,
+                    "pick",
+                    Some(format!("Service {}", connection.service)),
+                    e,
+                    t,
+                )),
+                Err(e) => Err(e),
+            };
+            active.stats.record(
+                t.elapsed(),
+                r.as_ref().err().map(|e| e.to_string()).as_deref(),
+            );
+            r
+        })
+        .await?
+    }
+}
+
+fn module_error(
+    s: &Session,
+    function: &str,
+    object: Option<String>,
+    e: wit::ModuleError,
+    t: Instant,
+) -> CallError {
+    let message = match e {
+        wit::ModuleError::InvalidInput(m) => format!("invalid input: {m}"),
+        wit::ModuleError::InvalidConfig(m) => format!("invalid config: {m}"),
+        wit::ModuleError::Internal(m) => m,
+    };
+    CallError {
+        module: s.module_name().to_string(),
+        function: function.into(),
+        object,
+        kind: CallErrorKind::Module { message },
+        elapsed: t.elapsed(),
+        stderr: String::new(),
+    }
+}
+
+fn invalid(s: &Session, function: &str, message: String, t: Instant) -> CallError {
+    CallError {
+        module: s.module_name().to_string(),
+        function: function.into(),
+        object: None,
+        kind: CallErrorKind::InvalidResult { message },
+        elapsed: t.elapsed(),
+        stderr: String::new(),
+    }
+}
+
+fn render_one(
+    active: &Active,
+    s: &mut Session,
+    ctx: &wit::NodeContext,
+    service: &wit::Service,
+    endpoints: &[wit::Endpoint],
+) -> Result<Fragment, CallError> {
+    let t = Instant::now();
+    let object = ObjectRef::new(
+        crate::model::ObjectKind::Service,
+        &service.namespace,
+        &service.name,
+    );
+    let r = match s.render_service(ctx, service, endpoints, &active.config) {
+        Ok(Ok(frag)) => match plan::validate(
+            frag,
+            active.spec.role,
+            &active.grants,
+            &active.spec.plan_limits,
+        ) {
+            Ok(items) => Ok(Fragment {
+                object: object.clone(),
+                module: active.spec.name.clone(),
+                digest: active.digest().to_string(),
+                items,
+            }),
+            Err(e) => {
+                let mut err = invalid(s, "render-service", e.to_string(), t);
+                err.object = Some(object.to_string());
+                Err(err)
+            }
+        },
+        Ok(Err(e)) => Err(module_error(
+            s,
+            "render-service",
+            Some(object.to_string()),
+            e,
+            t,
+        )),
+        Err(e) => Err(e),
+    };
+    active.stats.record(
+        t.elapsed(),
+        r.as_ref().err().map(|e| e.to_string()).as_deref(),
+    );
+    r
+}

@@ -1,0 +1,714 @@
+//! The Wasm runtime: one wasmtime `Engine`, each module compiled once per
+//! digest and bound to a role (an `InstancePre` checked against the role's
+//! world), and `Session`s that run calls under the sandbox limits.
+//!
+//! Sandbox: WASI 0.2 with no preopened directories, no sockets, no
+//! environment; per call a wall-clock deadline (epoch interruption), a memory
+//! cap (a `ResourceLimiter`), optional fuel, a cap on the data copied out of
+//! the module (wasmtime's hostcall fuel) and on logs and stdio. A call that
+//! breaks a limit fails with a `CallError` that names the module and the
+//! cause; the session then discards the instance (and its store), so a trap
+//! cannot leave state behind.
+//!
+//! Calls are synchronous and CPU-bound: async callers run them on blocking
+//! threads (see `registry`), never on the executor.
+
+pub mod bindings;
+mod convert;
+pub mod error;
+mod host_impl;
+pub mod limits;
+mod output;
+pub mod state;
+
+pub use convert::{cidr as wit_to_net, ip as wit_to_ip, wit_cidr, wit_ip};
+pub use error::{CallError, CallErrorKind, LoadError};
+pub use host_impl::{HostCallViolation, LogBudgetExceeded, check_ifname};
+pub use limits::{Limits, MemoryLimitExceeded};
+pub use state::{Attachment, Effect, HostServices, LogRecord};
+
+use crate::model::Role;
+use crate::plan::grants::Grants;
+use bindings::imports::switchyard::plugin::{cni_types, types as wit};
+use parking_lot::{Condvar, Mutex};
+use sha2::{Digest as _, Sha256};
+use state::{CallState, HostState};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+/// How often the epoch advances while a call is running: the resolution of
+/// deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// A sha256 digest in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while at least one call is
+/// running, and sleeps otherwise (an idle agent costs no wakeups).
+struct EpochTicker {
+    active: Mutex<usize>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+struct ActiveCall<'a>(&'a EpochTicker);
+
+impl Drop for ActiveCall<'_> {
+    fn drop(&mut self) {
+        *self.0.active.lock() -= 1;
+    }
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Arc<EpochTicker> {
+        let t = Arc::new(EpochTicker {
+            active: Mutex::new(0),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&t);
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                loop {
+                    let Some(t) = weak.upgrade() else { return };
+                    {
+                        let mut active = t.active.lock();
+                        while *active == 0 && !t.stop.load(Ordering::Relaxed) {
+                            // Wake up now and then to notice a dropped runtime.
+                            t.wake.wait_for(&mut active, Duration::from_secs(1));
+                            if Arc::strong_count(&t) == 1 {
+                                return;
+                            }
+                        }
+                    }
+                    if t.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    drop(t);
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch thread");
+        t
+    }
+
+    fn activate(&self) -> ActiveCall<'_> {
+        let mut active = self.active.lock();
+        *active += 1;
+        self.wake.notify_one();
+        ActiveCall(self)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+    }
+}
+
+/// A compiled component, shared by every binding of the same digest.
+pub struct CompiledModule {
+    /// sha256 of the component bytes, lowercase hex.
+    pub digest: String,
+    pub size: usize,
+    /// Where the bytes came from (a path or a URL), for messages.
+    pub origin: String,
+    component: Component,
+    /// Import names, sorted.
+    pub imports: Vec<String>,
+    /// Export names, sorted.
+    pub exports: Vec<String>,
+}
+
+impl std::fmt::Debug for CompiledModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledModule")
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+enum RolePre {
+    Cni(bindings::cni::CniPre<HostState>),
+    ServiceProxy(bindings::service_proxy::ServiceProxyPre<HostState>),
+    Scheduler(bindings::scheduler::SchedulerPre<HostState>),
+    NetworkPolicy(bindings::network_policy::NetworkPolicyPre<HostState>),
+}
+
+enum RoleInstance {
+    Cni(bindings::cni::Cni),
+    ServiceProxy(bindings::service_proxy::ServiceProxy),
+    Scheduler(bindings::scheduler::Scheduler),
+    NetworkPolicy(bindings::network_policy::NetworkPolicy),
+}
+
+/// A module linked for one role: ready to instantiate.
+#[derive(Clone)]
+pub struct BoundModule {
+    pub module: Arc<CompiledModule>,
+    pub role: Role,
+    pre: RolePre,
+}
+
+impl std::fmt::Debug for BoundModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundModule")
+            .field("module", &self.module)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// Imports each role's world provides, besides WASI.
+fn role_imports(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Cni => &["types", "cni-types", "log", "ipam", "links"],
+        Role::ServiceProxy | Role::Scheduler => &["types", "log", "probes"],
+        Role::NetworkPolicy => &["types", "log"],
+    }
+}
+
+const PACKAGE: &str = "switchyard:plugin/";
+const VERSION: &str = "@0.1.0";
+
+/// The runtime. Create one per agent and share it.
+pub struct Runtime {
+    engine: Engine,
+    linkers: HashMap<Role, Linker<HostState>>,
+    ticker: Arc<EpochTicker>,
+    compiled: Mutex<HashMap<String, Weak<CompiledModule>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn new() -> Result<Arc<Runtime>, LoadError> {
+        let engine_err = |e: wasmtime::Error| LoadError::Engine {
+            module: "-".into(),
+            reason: e.to_string(),
+        };
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(true)
+            .parallel_compilation(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(engine_err)?;
+        let mut linkers = HashMap::new();
+        for role in Role::ALL {
+            let mut l: Linker<HostState> = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut l).map_err(engine_err)?;
+            match role {
+                Role::Cni => bindings::cni::Cni::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s),
+                Role::ServiceProxy => bindings::service_proxy::ServiceProxy::add_to_linker::<
+                    _,
+                    HasSelf<_>,
+                >(&mut l, |s| s),
+                Role::Scheduler => {
+                    bindings::scheduler::Scheduler::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s)
+                }
+                Role::NetworkPolicy => bindings::network_policy::NetworkPolicy::add_to_linker::<
+                    _,
+                    HasSelf<_>,
+                >(&mut l, |s| s),
+            }
+            .map_err(engine_err)?;
+            linkers.insert(role, l);
+        }
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Arc::new(Runtime {
+            engine,
+            linkers,
+            ticker,
+            compiled: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile a component, or return the one already compiled for the same
+    /// bytes. `name` and `origin` are for messages.
+    pub fn compile(
+        &self,
+        name: &str,
+        origin: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<CompiledModule>, LoadError> {
+        let digest = sha256_hex(bytes);
+        if let Some(m) = self.compiled.lock().get(&digest).and_then(Weak::upgrade) {
+            return Ok(m);
+        }
+        if !wasmtime::wasmparser::Parser::is_component(bytes) {
+            let reason = if wasmtime::wasmparser::Parser::is_core_wasm(bytes) {
+                "it is a core WebAssembly module".to_string()
+            } else {
+                "it does not start with the WebAssembly component header".to_string()
+            };
+            return Err(LoadError::NotAComponent {
+                module: name.into(),
+                origin: origin.into(),
+                reason,
+            });
+        }
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
+                module: name.into(),
+                origin: origin.into(),
+                reason: format!("{e:#}"),
+            })?;
+        let ty = component.component_type();
+        let mut imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let mut exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        imports.sort();
+        exports.sort();
+        let m = Arc::new(CompiledModule {
+            digest: digest.clone(),
+            size: bytes.len(),
+            origin: origin.to_string(),
+            component,
+            imports,
+            exports,
+        });
+        let mut cache = self.compiled.lock();
+        cache.retain(|_, w| w.strong_count() > 0);
+        cache.insert(digest, Arc::downgrade(&m));
+        Ok(m)
+    }
+
+    /// Link a compiled module for `role`: its imports must be ones the role
+    /// provides and its exports must be the role's world.
+    pub fn bind(
+        &self,
+        name: &str,
+        module: &Arc<CompiledModule>,
+        role: Role,
+    ) -> Result<BoundModule, LoadError> {
+        let allowed = role_imports(role);
+        for import in &module.imports {
+            let ours = import
+                .strip_prefix(PACKAGE)
+                .and_then(|i| i.strip_suffix(VERSION));
+            let ok = import.starts_with("wasi:") || ours.is_some_and(|i| allowed.contains(&i));
+            if !ok {
+                return Err(LoadError::ForbiddenImport {
+                    module: name.into(),
+                    role: role.to_string(),
+                    import: import.clone(),
+                    allowed: allowed
+                        .iter()
+                        .map(|i| format!("{PACKAGE}{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
+            module: name.into(),
+            role: role.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linkers[&role]
+            .instantiate_pre(&module.component)
+            .map_err(wrong)?;
+        let pre = match role {
+            Role::Cni => RolePre::Cni(bindings::cni::CniPre::new(instance_pre).map_err(wrong)?),
+            Role::ServiceProxy => RolePre::ServiceProxy(
+                bindings::service_proxy::ServiceProxyPre::new(instance_pre).map_err(wrong)?,
+            ),
+            Role::Scheduler => RolePre::Scheduler(
+                bindings::scheduler::SchedulerPre::new(instance_pre).map_err(wrong)?,
+            ),
+            Role::NetworkPolicy => RolePre::NetworkPolicy(
+                bindings::network_policy::NetworkPolicyPre::new(instance_pre).map_err(wrong)?,
+            ),
+        };
+        Ok(BoundModule {
+            module: module.clone(),
+            role,
+            pre,
+        })
+    }
+
+    /// The roles whose world this module exports (normally exactly one).
+    pub fn detect_roles(&self, module: &Arc<CompiledModule>) -> Vec<Role> {
+        Role::ALL
+            .into_iter()
+            .filter(|r| self.bind("-", module, *r).is_ok())
+            .collect()
+    }
+
+    /// A session for calls into a bound module. It instantiates lazily and
+    /// reuses the instance across calls until a call fails.
+    pub fn session(
+        self: &Arc<Self>,
+        name: &str,
+        bound: &BoundModule,
+        limits: &Limits,
+        services: HostServices,
+        grants: Arc<Grants>,
+    ) -> Session {
+        let name: Arc<str> = name.into();
+        Session {
+            store: self.new_store(&name, limits, &services, &grants),
+            runtime: self.clone(),
+            bound: bound.clone(),
+            instance: None,
+            name,
+            limits: limits.clone(),
+            services,
+            grants,
+            attachment: None,
+        }
+    }
+
+    fn new_store(
+        &self,
+        name: &Arc<str>,
+        limits: &Limits,
+        services: &HostServices,
+        grants: &Arc<Grants>,
+    ) -> Store<HostState> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(name.clone(), limits, services.clone(), grants.clone()),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+}
+
+/// Calls into one module instance, under the module's limits.
+pub struct Session {
+    runtime: Arc<Runtime>,
+    bound: BoundModule,
+    store: Store<HostState>,
+    instance: Option<RoleInstance>,
+    name: Arc<str>,
+    limits: Limits,
+    services: HostServices,
+    grants: Arc<Grants>,
+    attachment: Option<Attachment>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("module", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outcome details of the last call, for status and tests.
+#[derive(Debug, Default, Clone)]
+pub struct CallReport {
+    pub logs: Vec<LogRecord>,
+    pub effects: Vec<Effect>,
+    pub host_calls: u64,
+    /// Peak linear memory of the instance so far, in bytes.
+    pub peak_memory: usize,
+    /// The end of what the module wrote to stdout.
+    pub stdout: String,
+}
+
+impl Session {
+    pub fn module(&self) -> &BoundModule {
+        &self.bound
+    }
+
+    /// The binding name calls are reported under.
+    pub fn module_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Set the CNI attachment the next calls serve (`ipam` and `links` act for it).
+    pub fn set_attachment(&mut self, attachment: Option<Attachment>) {
+        self.attachment = attachment;
+    }
+
+    /// Logs, effects and counters of the last call.
+    pub fn report(&mut self) -> CallReport {
+        let peak_memory = self.store.data().limiter.peak;
+        let call = std::mem::take(&mut self.store.data_mut().call);
+        let (stdout, _) = self.store.data().stdout.take();
+        CallReport {
+            logs: call.logs,
+            effects: call.effects,
+            host_calls: call.host_calls,
+            peak_memory,
+            stdout,
+        }
+    }
+
+    fn call<R>(
+        &mut self,
+        function: &'static str,
+        object: Option<&str>,
+        f: impl FnOnce(&RoleInstance, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let start = Instant::now();
+        let ticker = self.runtime.ticker.clone();
+        let _active = ticker.activate();
+        let ticks = self
+            .limits
+            .deadline
+            .as_micros()
+            .div_ceil(EPOCH_TICK.as_micros()) as u64;
+        {
+            let data = self.store.data_mut();
+            data.call = CallState::default();
+            data.attachment = self.attachment.clone();
+        }
+        self.store.set_epoch_deadline(ticks.max(1));
+        self.store
+            .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+            .expect("fuel is enabled on the engine");
+        self.store.set_hostcall_fuel(self.limits.max_output_bytes);
+        if self.instance.is_none() {
+            let inst = match &self.bound.pre {
+                RolePre::Cni(p) => p.instantiate(&mut self.store).map(RoleInstance::Cni),
+                RolePre::ServiceProxy(p) => p
+                    .instantiate(&mut self.store)
+                    .map(RoleInstance::ServiceProxy),
+                RolePre::Scheduler(p) => {
+                    p.instantiate(&mut self.store).map(RoleInstance::Scheduler)
+                }
+                RolePre::NetworkPolicy(p) => p
+                    .instantiate(&mut self.store)
+                    .map(RoleInstance::NetworkPolicy),
+            };
+            match inst {
+                Ok(i) => self.instance = Some(i),
+                Err(e) => return Err(self.fail(function, object, start, e, true)),
+            }
+        }
+        let instance = self.instance.as_ref().expect("instantiated above");
+        match f(instance, &mut self.store) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.fail(function, object, start, e, false)),
+        }
+    }
+
+    /// Classify a failure, then throw the instance and its store away: a
+    /// trapped instance cannot be entered again, and a fresh store returns the
+    /// old one's memory.
+    fn fail(
+        &mut self,
+        function: &'static str,
+        object: Option<&str>,
+        start: Instant,
+        e: wasmtime::Error,
+        instantiating: bool,
+    ) -> CallError {
+        let elapsed = start.elapsed();
+        let (stderr, _) = self.store.data().stderr.take();
+        let violation = self.store.data().call.violation.clone();
+        let kind = classify(&e, &self.limits, violation, instantiating);
+        let report_logs = std::mem::take(&mut self.store.data_mut().call);
+        self.instance = None;
+        self.store = self
+            .runtime
+            .new_store(&self.name, &self.limits, &self.services, &self.grants);
+        // Keep what the failed call logged and did, for the report.
+        self.store.data_mut().call = report_logs;
+        CallError {
+            module: self.name.to_string(),
+            function: function.to_string(),
+            object: object.map(str::to_string),
+            kind,
+            elapsed,
+            stderr,
+        }
+    }
+
+    /// `describe()`.
+    pub fn describe(&mut self) -> Result<wit::ModuleInfo, CallError> {
+        self.call("describe", None, |i, s| match i {
+            RoleInstance::Cni(m) => m.call_describe(s),
+            RoleInstance::ServiceProxy(m) => m.call_describe(s),
+            RoleInstance::Scheduler(m) => m.call_describe(s),
+            RoleInstance::NetworkPolicy(m) => m.call_describe(s),
+        })
+    }
+
+    /// `render-service` (service-proxy role).
+    pub fn render_service(
+        &mut self,
+        ctx: &wit::NodeContext,
+        service: &wit::Service,
+        endpoints: &[wit::Endpoint],
+        config: &str,
+    ) -> Result<Result<wit::PlanFragment, wit::ModuleError>, CallError> {
+        let object = format!("Service {}/{}", service.namespace, service.name);
+        self.call("render-service", Some(&object), |i, s| match i {
+            RoleInstance::ServiceProxy(m) => {
+                m.call_render_service(s, ctx, service, endpoints, config)
+            }
+            _ => unreachable!("a session calls only its role's functions"),
+        })
+    }
+
+    /// `render-policy` (network-policy role).
+    pub fn render_policy(
+        &mut self,
+        ctx: &wit::NodeContext,
+        policy: &wit::Policy,
+        config: &str,
+    ) -> Result<Result<wit::PlanFragment, wit::ModuleError>, CallError> {
+        let object = format!("NetworkPolicy {}/{}", policy.namespace, policy.name);
+        self.call("render-policy", Some(&object), |i, s| match i {
+            RoleInstance::NetworkPolicy(m) => m.call_render_policy(s, ctx, policy, config),
+            _ => unreachable!("a session calls only its role's functions"),
+        })
+    }
+
+    /// `pick` (scheduler role).
+    pub fn pick(
+        &mut self,
+        connection: &bindings::scheduler::Connection,
+        backends: &[bindings::scheduler::Backend],
+        config: &str,
+    ) -> Result<Result<u32, wit::ModuleError>, CallError> {
+        let object = format!("Service {}", connection.service);
+        self.call("pick", Some(&object), |i, s| match i {
+            RoleInstance::Scheduler(m) => m.call_pick(s, connection, backends, config),
+            _ => unreachable!("a session calls only its role's functions"),
+        })
+    }
+
+    /// A CNI verb (cni role): `add`, `del` or `check`.
+    pub fn cni(
+        &mut self,
+        verb: CniVerb,
+        request: &cni_types::CniRequest,
+    ) -> Result<Result<Option<cni_types::CniResult>, cni_types::CniError>, CallError> {
+        let object = format!("container {} {}", request.container_id, request.ifname);
+        self.call(verb.function(), Some(&object), |i, s| match i {
+            RoleInstance::Cni(m) => match verb {
+                CniVerb::Add => m.call_add(s, request).map(|r| r.map(Some)),
+                CniVerb::Del => m.call_del(s, request).map(|r| r.map(|()| None)),
+                CniVerb::Check => m.call_check(s, request).map(|r| r.map(|()| None)),
+            },
+            _ => unreachable!("a session calls only its role's functions"),
+        })
+    }
+
+    /// CNI GC (cni role).
+    pub fn cni_gc(
+        &mut self,
+        request: &cni_types::GcRequest,
+    ) -> Result<Result<(), cni_types::CniError>, CallError> {
+        self.call("gc", None, |i, s| match i {
+            RoleInstance::Cni(m) => m.call_gc(s, request),
+            _ => unreachable!("a session calls only its role's functions"),
+        })
+    }
+
+    /// CNI STATUS (cni role).
+    pub fn cni_status(
+        &mut self,
+        config: &str,
+    ) -> Result<Result<(), cni_types::CniError>, CallError> {
+        self.call("status", None, |i, s| match i {
+            RoleInstance::Cni(m) => m.call_status(s, config),
+            _ => unreachable!("a session calls only its role's functions"),
+        })
+    }
+}
+
+/// The CNI verbs a module implements per attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CniVerb {
+    Add,
+    Del,
+    Check,
+}
+
+impl CniVerb {
+    fn function(self) -> &'static str {
+        match self {
+            CniVerb::Add => "add",
+            CniVerb::Del => "del",
+            CniVerb::Check => "check",
+        }
+    }
+}
+
+fn classify(
+    e: &wasmtime::Error,
+    limits: &Limits,
+    violation: Option<String>,
+    instantiating: bool,
+) -> CallErrorKind {
+    if let Some(m) = e.downcast_ref::<MemoryLimitExceeded>() {
+        return CallErrorKind::Memory {
+            limit: m.limit,
+            requested: m.requested,
+        };
+    }
+    if let Some(l) = e.downcast_ref::<LogBudgetExceeded>() {
+        return CallErrorKind::LogBudget {
+            max_bytes: l.max_bytes,
+            max_records: l.max_records,
+        };
+    }
+    if let Some(v) = e.downcast_ref::<HostCallViolation>() {
+        return CallErrorKind::HostCall {
+            message: v.to_string(),
+        };
+    }
+    if let Some(t) = e.downcast_ref::<Trap>() {
+        return match t {
+            Trap::Interrupt => CallErrorKind::Deadline {
+                limit_ms: limits.deadline.as_millis() as u64,
+            },
+            Trap::OutOfFuel => CallErrorKind::Fuel {
+                limit: limits.fuel.unwrap_or(u64::MAX),
+            },
+            Trap::StackOverflow => CallErrorKind::StackOverflow,
+            Trap::UnreachableCodeReached => CallErrorKind::Trap {
+                trap: "wasm `unreachable` executed (a panic or an abort)".into(),
+            },
+            other => CallErrorKind::Trap {
+                trap: other.to_string(),
+            },
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return CallErrorKind::Output {
+            limit: limits.max_output_bytes,
+        };
+    }
+    if let Some(v) = violation {
+        return CallErrorKind::HostCall { message: v };
+    }
+    if instantiating {
+        return CallErrorKind::Instantiate { message: text };
+    }
+    CallErrorKind::Internal { message: text }
+}
