@@ -11,6 +11,7 @@
 //! - [`plan`]: what modules return, validated against grants, kept per object;
 //! - [`datapath`]: the kernel side (IPAM ledger, links, probes, ...).
 
+pub mod cli;
 pub mod datapath;
 pub mod model;
 pub mod plan;

@@ -39,19 +39,15 @@ pub enum Traffic {
 
 /// A chosen endpoint for one Service port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
+pub struct Backend<'a> {
+    /// The endpoint (node, zone, pod and conditions are there).
+    pub endpoint: &'a Endpoint,
     /// The endpoint's address.
     pub address: IpAddress,
     /// The target port on the endpoint.
     pub port: u16,
     /// Relative weight (at least 1).
     pub weight: u32,
-    /// The node the endpoint runs on.
-    pub node: Option<String>,
-    /// The zone the endpoint runs in.
-    pub zone: Option<String>,
-    /// `namespace/name` of the pod.
-    pub pod: Option<String>,
     /// True when the endpoint is terminating and used only because no
     /// endpoint is ready.
     pub draining: bool,
@@ -59,14 +55,14 @@ pub struct Backend {
 
 /// The endpoints that serve `port` of `service` for `traffic` of `family`
 /// arriving on this node, sorted by address and port.
-pub fn select(
+pub fn select<'a>(
     ctx: &NodeContext,
     service: &Service,
     port: &ServicePort,
-    endpoints: &[Endpoint],
+    endpoints: &'a [Endpoint],
     family: IpFamily,
     traffic: Traffic,
-) -> Vec<Backend> {
+) -> Vec<Backend<'a>> {
     let policy = match traffic {
         Traffic::Internal => service.internal_traffic_policy,
         Traffic::External => service.external_traffic_policy,
@@ -105,15 +101,13 @@ pub fn select(
     } else {
         ready
     };
-    let mut out: Vec<Backend> = chosen
+    let mut out: Vec<Backend<'_>> = chosen
         .into_iter()
         .map(|(e, p)| Backend {
+            endpoint: e,
             address: e.address,
             port: *p,
             weight: e.weight.max(1),
-            node: e.node.clone(),
-            zone: e.zone.clone(),
-            pod: e.pod.clone(),
             draining: !e.ready,
         })
         .collect();
@@ -149,7 +143,7 @@ mod tests {
         e
     }
 
-    fn addrs(b: &[Backend]) -> Vec<String> {
+    fn addrs(b: &[Backend<'_>]) -> Vec<String> {
         b.iter().map(|b| b.address.to_string()).collect()
     }
 
@@ -255,22 +249,24 @@ mod tests {
         a.zone = Some("a".into());
         let mut b = ep("10.244.2.2", "node-2", true, true, false);
         b.zone = Some("b".into());
+        let both = [a.clone(), b.clone()];
         let got = select(
             &ctx,
             &svc,
             &svc.ports[0],
-            &[a.clone(), b.clone()],
+            &both,
             IpFamily::Ipv4,
             Traffic::Internal,
         );
         assert_eq!(addrs(&got), vec!["10.244.1.2"]);
         a.ready = false;
         a.serving = false;
+        let both = [a, b];
         let got = select(
             &ctx,
             &svc,
             &svc.ports[0],
-            &[a, b],
+            &both,
             IpFamily::Ipv4,
             Traffic::Internal,
         );

@@ -610,7 +610,7 @@ impl Checker<'_> {
                         (NftKey::Jhash(h), NftValue::Number(n)) if *n < h.modulus => {}
                         _ if hashed => {
                             return Err(
-                                "a numgen or hash map's keys are numbers below the modulus".into()
+                                "a numgen or hash map's keys are numbers below the modulus".into(),
                             );
                         }
                         _ => {}
@@ -648,6 +648,16 @@ impl Checker<'_> {
                 return Err("a match has 1 to 8 key fields".into());
             }
             match &m.operand {
+                NftOperand::Value(v) => {
+                    if m.key.len() != 1 {
+                        return Err(format!(
+                            "a single value cannot match the {}-field key {}",
+                            m.key.len(),
+                            field_names(&m.key)
+                        ));
+                    }
+                    value_fits_field(v, m.key[0])?;
+                }
                 NftOperand::Values(vals) => {
                     if vals.is_empty() || vals.len() > self.limits.max_set_values {
                         return Err(format!(

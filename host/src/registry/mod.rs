@@ -86,6 +86,19 @@ pub struct Active {
     pub grants: Arc<Grants>,
     pub stats: CallStats,
     pub loaded_at: SystemTime,
+    /// How long each step of loading this version took.
+    pub load_timings: LoadTimings,
+}
+
+/// Time spent in each step of loading a module version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadTimings {
+    pub fetch_us: u64,
+    pub compile_us: u64,
+    pub bind_us: u64,
+    pub describe_us: u64,
+    pub check_us: u64,
 }
 
 impl std::fmt::Debug for Active {
@@ -354,19 +367,28 @@ impl Registry {
     /// Load and check a module version without installing it.
     pub fn prepare(&self, spec: &ModuleSpec) -> Result<Active, LoadError> {
         let name = spec.name.as_str();
-        spec.limits
-            .validate()
+        self.runtime
+            .check_limits(&spec.limits)
             .map_err(|reason| LoadError::BadLimits {
                 module: name.into(),
                 reason,
             })?;
+        let mut timings = LoadTimings::default();
+        let mut t = Instant::now();
+        let mut lap = |slot: &mut u64| {
+            *slot = t.elapsed().as_micros() as u64;
+            t = Instant::now();
+        };
         let bytes = self
             .fetcher
             .fetch(name, &spec.source, spec.sha256.as_deref())?;
+        lap(&mut timings.fetch_us);
         let compiled = self
             .runtime
             .compile(name, &spec.source.to_string(), &bytes)?;
+        lap(&mut timings.compile_us);
         let bound = self.runtime.bind(name, &compiled, spec.role)?;
+        lap(&mut timings.bind_us);
         let grants = Arc::new(Grants::for_role(spec.role));
         let mut session = self.runtime.session(
             name,
@@ -379,8 +401,10 @@ impl Registry {
             module: name.into(),
             source: Box::new(e),
         })?;
+        lap(&mut timings.describe_us);
         let info = check_description(name, spec.role, described)?;
         check_config(name, &info.config_schema, &spec.config)?;
+        lap(&mut timings.check_us);
         Ok(Active {
             spec: spec.clone(),
             bound,
@@ -389,6 +413,7 @@ impl Registry {
             grants,
             stats: CallStats::default(),
             loaded_at: SystemTime::now(),
+            load_timings: timings,
         })
     }
 

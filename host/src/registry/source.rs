@@ -44,6 +44,14 @@ pub fn parse_sha256(module: &str, s: &str) -> Result<String, LoadError> {
     Ok(hex)
 }
 
+/// A built-in module: compiled into the agent, or (test modules) a file the
+/// build produced.
+#[derive(Debug, Clone)]
+pub enum Builtin {
+    Embedded(&'static [u8]),
+    File(PathBuf),
+}
+
 /// Fetches and caches module bytes.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -52,8 +60,8 @@ pub struct Fetcher {
     /// Largest module accepted.
     pub max_bytes: u64,
     pub timeout: Duration,
-    /// Built-in modules by name: (name, path of the built component).
-    pub builtins: Vec<(String, PathBuf)>,
+    /// Built-in modules by name.
+    pub builtins: Vec<(String, Builtin)>,
 }
 
 impl Default for Fetcher {
@@ -64,7 +72,13 @@ impl Default for Fetcher {
             timeout: Duration::from_secs(30),
             builtins: crate::modules::ALL
                 .iter()
-                .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+                .map(|(name, path)| {
+                    let b = match crate::modules::EMBEDDED.iter().find(|(n, _)| n == name) {
+                        Some((_, bytes)) => Builtin::Embedded(bytes),
+                        None => Builtin::File(PathBuf::from(path)),
+                    };
+                    (name.to_string(), b)
+                })
                 .collect(),
         }
     }
@@ -88,14 +102,17 @@ impl Fetcher {
         let bytes: Vec<u8> = match source {
             ModuleSource::File(p) => read_limited(p, self.max_bytes).map_err(fetch_err)?,
             ModuleSource::Builtin(name) => {
-                let Some((_, p)) = self.builtins.iter().find(|(n, _)| n == name) else {
+                let Some((_, b)) = self.builtins.iter().find(|(n, _)| n == name) else {
                     let names: Vec<&str> = self.builtins.iter().map(|(n, _)| n.as_str()).collect();
                     return Err(fetch_err(format!(
                         "no such built-in module (built-in: {})",
                         names.join(", ")
                     )));
                 };
-                read_limited(p, self.max_bytes).map_err(fetch_err)?
+                match b {
+                    Builtin::Embedded(bytes) => bytes.to_vec(),
+                    Builtin::File(p) => read_limited(p, self.max_bytes).map_err(fetch_err)?,
+                }
             }
             ModuleSource::Url(url) => {
                 let Some(want) = &want else {

@@ -183,12 +183,76 @@ fn role_imports(role: Role) -> &'static [&'static str] {
 const PACKAGE: &str = "switchyard:plugin/";
 const VERSION: &str = "@0.1.0";
 
+/// Engine-wide choices, fixed when the agent starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Meter fuel on every call, so modules may be given an instruction
+    /// budget (`limits.fuel`). Metering slows every call down (see
+    /// bench/REPORT.md), so it is off unless asked for.
+    pub fuel: bool,
+    /// Use wasmtime's pooling allocator: instance slots are reserved once and
+    /// reused, so instantiation maps no fresh memory. Memory caps are then at
+    /// most `pooling_max_memory`.
+    pub pooling: bool,
+    /// Per-instance memory slot of the pooling allocator.
+    pub pooling_max_memory: usize,
+    /// Instance slots of the pooling allocator (concurrent instances).
+    pub pooling_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            fuel: false,
+            pooling: false,
+            pooling_max_memory: 256 << 20,
+            pooling_instances: 256,
+        }
+    }
+}
+
 /// The runtime. Create one per agent and share it.
 pub struct Runtime {
     engine: Engine,
+    config: RuntimeConfig,
     linkers: HashMap<Role, Linker<HostState>>,
     ticker: Arc<EpochTicker>,
-    compiled: Mutex<HashMap<String, Weak<CompiledModule>>>,
+    compiled: Mutex<CompileCache>,
+}
+
+/// Compiled modules by digest. Recently used ones are held strongly, so
+/// swapping back to a version does not compile it again; the rest are
+/// remembered only while something still uses them.
+#[derive(Default)]
+struct CompileCache {
+    by_digest: HashMap<String, Weak<CompiledModule>>,
+    /// Most recently used last.
+    recent: std::collections::VecDeque<Arc<CompiledModule>>,
+}
+
+/// How many compiled modules the runtime keeps alive after their last user.
+const KEEP_COMPILED: usize = 16;
+
+impl CompileCache {
+    fn get(&mut self, digest: &str) -> Option<Arc<CompiledModule>> {
+        let m = self.by_digest.get(digest).and_then(Weak::upgrade)?;
+        self.touch(&m);
+        Some(m)
+    }
+
+    fn insert(&mut self, m: &Arc<CompiledModule>) {
+        self.by_digest.retain(|_, w| w.strong_count() > 0);
+        self.by_digest.insert(m.digest.clone(), Arc::downgrade(m));
+        self.touch(m);
+    }
+
+    fn touch(&mut self, m: &Arc<CompiledModule>) {
+        self.recent.retain(|r| !Arc::ptr_eq(r, m));
+        self.recent.push_back(m.clone());
+        while self.recent.len() > KEEP_COMPILED {
+            self.recent.pop_front();
+        }
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -198,7 +262,12 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
+    /// A runtime with the default configuration.
     pub fn new() -> Result<Arc<Runtime>, LoadError> {
+        Self::with_config(RuntimeConfig::default())
+    }
+
+    pub fn with_config(rc: RuntimeConfig) -> Result<Arc<Runtime>, LoadError> {
         let engine_err = |e: wasmtime::Error| LoadError::Engine {
             module: "-".into(),
             reason: e.to_string(),
@@ -207,9 +276,21 @@ impl Runtime {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            .consume_fuel(true)
+            .consume_fuel(rc.fuel)
             .parallel_compilation(true)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if rc.pooling {
+            let mut p = wasmtime::PoolingAllocationConfig::default();
+            let n = rc.pooling_instances;
+            // A Rust wasip2 component has a handful of core instances,
+            // memories and tables; leave room for eight of each per instance.
+            p.total_component_instances(n)
+                .total_core_instances(n * 8)
+                .total_memories(n * 8)
+                .total_tables(n * 8)
+                .max_memory_size(rc.pooling_max_memory);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(p));
+        }
         let engine = Engine::new(&config).map_err(engine_err)?;
         let mut linkers = HashMap::new();
         for role in Role::ALL {
@@ -235,14 +316,34 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone());
         Ok(Arc::new(Runtime {
             engine,
+            config: rc,
             linkers,
             ticker,
-            compiled: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(CompileCache::default()),
         }))
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Check that this engine can enforce `limits`.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), String> {
+        limits.validate()?;
+        if limits.fuel.is_some() && !self.config.fuel {
+            return Err("limits.fuel is set, but this agent does not meter fuel; start it with --fuel-metering or remove the fuel limit".into());
+        }
+        if self.config.pooling && limits.memory_bytes > self.config.pooling_max_memory {
+            return Err(format!(
+                "memoryBytes {} is more than this agent's pooled memory slot of {} bytes",
+                limits.memory_bytes, self.config.pooling_max_memory
+            ));
+        }
+        Ok(())
     }
 
     /// Compile a component, or return the one already compiled for the same
@@ -254,7 +355,7 @@ impl Runtime {
         bytes: &[u8],
     ) -> Result<Arc<CompiledModule>, LoadError> {
         let digest = sha256_hex(bytes);
-        if let Some(m) = self.compiled.lock().get(&digest).and_then(Weak::upgrade) {
+        if let Some(m) = self.compiled.lock().get(&digest) {
             return Ok(m);
         }
         if !wasmtime::wasmparser::Parser::is_component(bytes) {
@@ -294,9 +395,7 @@ impl Runtime {
             imports,
             exports,
         });
-        let mut cache = self.compiled.lock();
-        cache.retain(|_, w| w.strong_count() > 0);
-        cache.insert(digest, Arc::downgrade(&m));
+        self.compiled.lock().insert(&m);
         Ok(m)
     }
 
@@ -484,9 +583,11 @@ impl Session {
             data.attachment = self.attachment.clone();
         }
         self.store.set_epoch_deadline(ticks.max(1));
-        self.store
-            .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
-            .expect("fuel is enabled on the engine");
+        if self.runtime.config.fuel {
+            self.store
+                .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+                .expect("fuel is enabled on the engine");
+        }
         self.store.set_hostcall_fuel(self.limits.max_output_bytes);
         if self.instance.is_none() {
             let inst = match &self.bound.pre {
@@ -543,6 +644,12 @@ impl Session {
             elapsed,
             stderr,
         }
+    }
+
+    /// Instantiate now (normally the first call does it), under the same
+    /// limits as a call.
+    pub fn instantiate(&mut self) -> Result<(), CallError> {
+        self.call("instantiate", None, |_, _| Ok(()))
     }
 
     /// `describe()`.

@@ -1,0 +1,512 @@
+//! The hostile module suite: modules that loop, hoard memory, recurse, trap,
+//! panic, flood, return huge or invalid plans, break their grants, call the
+//! host with bad arguments, or do not have the right shape. For each, the
+//! agent keeps serving, the call fails within twice its deadline, memory stays
+//! bounded, the error names the module and the cause and is recorded in the
+//! module's status, and under KeepLastGood the last good plan stays in force.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use switchyard::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
+use switchyard::plan::PlanStore;
+use switchyard::runtime::bindings::imports::switchyard::plugin::cni_types::CniRequest;
+use switchyard::runtime::{
+    Attachment, CallErrorKind, CniVerb, Effect, HostServices, Limits, LoadError, Runtime,
+    RuntimeConfig,
+};
+
+const BEHAVIOUR: &str = "hostile.switchyard.dev/behaviour";
+
+fn kind_name(k: &CallErrorKind) -> &'static str {
+    match k {
+        CallErrorKind::Deadline { .. } => "deadline",
+        CallErrorKind::Memory { .. } => "memory",
+        CallErrorKind::Fuel { .. } => "fuel",
+        CallErrorKind::StackOverflow => "stack",
+        CallErrorKind::Trap { .. } => "trap",
+        CallErrorKind::Output { .. } => "output",
+        CallErrorKind::LogBudget { .. } => "log",
+        CallErrorKind::HostCall { .. } => "host-call",
+        CallErrorKind::Module { .. } => "module",
+        CallErrorKind::InvalidResult { .. } => "invalid",
+        CallErrorKind::Instantiate { .. } => "instantiate",
+        CallErrorKind::Internal { .. } => "internal",
+    }
+}
+
+/// Every render-time misbehaviour, with the cause the host must report and a
+/// phrase its message must contain.
+const CASES: &[(&str, &str, &str)] = &[
+    ("infinite-loop", "deadline", "deadline of 100 ms exceeded"),
+    ("memory-bomb", "memory", "memory limit of 64 MiB exceeded"),
+    ("deep-recursion", "stack", "call stack exhausted"),
+    ("trap", "trap", "unreachable"),
+    ("panic", "trap", "panics on purpose"),
+    ("huge-plan", "memory", "memory limit of 64 MiB exceeded"),
+    ("wide-plan", "output", "more than 16 MiB of data"),
+    ("huge-string", "output", "more than 16 MiB of data"),
+    ("long-name", "invalid", "chain name must be 1 to 64 bytes"),
+    (
+        "log-flood",
+        "log",
+        "logged more than 1 MiB or 10000 records",
+    ),
+    ("stdout-flood", "deadline", "deadline of 100 ms exceeded"),
+    ("host-call-loop", "deadline", "deadline of 100 ms exceeded"),
+    ("grant-violation", "invalid", "not granted routes"),
+    (
+        "dangling-reference",
+        "invalid",
+        "\"nowhere\" is not defined",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_render_fails_cleanly_and_the_agent_keeps_serving() {
+    let _serial = serial();
+    let env = env();
+    let reg = &env.registry;
+    reg.apply_async(builtin("hostile", "hostile-proxy", Role::ServiceProxy))
+        .await
+        .unwrap();
+    reg.apply_async(builtin("proxy", "proxy-nftables", Role::ServiceProxy))
+        .await
+        .unwrap();
+    let deadline = Limits::default().deadline;
+
+    // Warm up, then take the memory baseline.
+    reg.render_service("hostile", ctx(), service("warm", 1, &[]), endpoints(1))
+        .await
+        .unwrap();
+    let baseline = rss();
+    let mut peak = baseline;
+
+    for (i, (behaviour, want, phrase)) in CASES.iter().enumerate() {
+        let svc = service(&format!("s{i}"), 10 + i as u8, &[(BEHAVIOUR, behaviour)]);
+        let t = Instant::now();
+        let err = reg
+            .render_service("hostile", ctx(), svc, endpoints(2))
+            .await
+            .unwrap_err();
+        let took = t.elapsed();
+        peak = peak.max(rss());
+        eprintln!("{behaviour:>20}: {} after {took:?}", kind_name(&err.kind));
+        let msg = err.to_string();
+        assert_eq!(kind_name(&err.kind), *want, "{behaviour}: {msg}");
+        assert!(
+            msg.contains(phrase),
+            "{behaviour}: message should contain {phrase:?}: {msg}"
+        );
+        assert!(
+            msg.starts_with("module hostile: render-service for Service default/s"),
+            "{behaviour}: {msg}"
+        );
+        assert!(
+            took <= 2 * deadline,
+            "{behaviour}: failed after {took:?}, more than twice the {deadline:?} deadline"
+        );
+
+        // The error is recorded.
+        let status = reg
+            .status()
+            .into_iter()
+            .find(|s| s.name == "hostile")
+            .unwrap();
+        assert_eq!(status.stats.errors, i as u64 + 1, "{behaviour}");
+        assert!(
+            status
+                .stats
+                .last_error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains(phrase),
+            "{behaviour}"
+        );
+        assert!(
+            status.condition.ready,
+            "a failing call does not unload the module"
+        );
+
+        // The agent keeps serving: the same module renders a good Service, and so does another module.
+        let ok = reg
+            .render_service("hostile", ctx(), service("fine", 2, &[]), endpoints(1))
+            .await;
+        assert!(
+            ok.is_ok(),
+            "{behaviour}: the module stopped serving: {ok:?}"
+        );
+        let ok = reg
+            .render_service("proxy", ctx(), service("web", 3, &[]), endpoints(3))
+            .await;
+        assert!(
+            ok.is_ok(),
+            "{behaviour}: another module stopped serving: {ok:?}"
+        );
+    }
+
+    // Memory stayed bounded: the bombs were capped at 64 MiB of guest memory,
+    // and what they held was returned when their stores were dropped.
+    let grown = rss().saturating_sub(baseline);
+    assert!(
+        peak - baseline < 512 << 20,
+        "peak RSS grew by {} MiB",
+        (peak - baseline) >> 20
+    );
+    assert!(
+        grown < 256 << 20,
+        "RSS grew by {} MiB and stayed",
+        grown >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_plan_that_fits_in_memory_still_hits_the_output_cap() {
+    let _serial = serial();
+    // With a 512 MiB memory cap the module can build its two million items;
+    // the host still refuses to copy more than 16 MiB out of it.
+    let env = env();
+    let mut spec = builtin("roomy", "hostile-proxy", Role::ServiceProxy);
+    spec.limits.memory_bytes = 512 << 20;
+    spec.limits.deadline = Duration::from_secs(2);
+    env.registry.apply_async(spec).await.unwrap();
+    let before = rss();
+    let err = env
+        .registry
+        .render_service(
+            "roomy",
+            ctx(),
+            service("big", 9, &[(BEHAVIOUR, "huge-plan")]),
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, CallErrorKind::Output { limit } if limit == 16 << 20),
+        "{err}"
+    );
+    assert!(rss().saturating_sub(before) < 600 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_good_plan_stays_in_force_under_keep_last_good() {
+    let _serial = serial();
+    let env = env();
+    let mut spec = builtin("hostile", "hostile-proxy", Role::ServiceProxy);
+    spec.failure_policy = FailurePolicy::KeepLastGood;
+    env.registry.apply_async(spec.clone()).await.unwrap();
+    let object = ObjectRef::new(ObjectKind::Service, "default", "web");
+    let mut store = PlanStore::new();
+
+    let good = env
+        .registry
+        .render_service("hostile", ctx(), service("web", 7, &[]), endpoints(2))
+        .await
+        .unwrap();
+    store.rendered(good.clone()).unwrap();
+
+    for (behaviour, _, _) in CASES {
+        let svc = service("web", 7, &[(BEHAVIOUR, behaviour)]);
+        let err = env
+            .registry
+            .render_service("hostile", ctx(), svc, endpoints(2))
+            .await
+            .unwrap_err();
+        let change = store.failed(&object, err.to_string(), spec.failure_policy, None);
+        assert!(
+            change.is_noop(),
+            "{behaviour}: the datapath must not change"
+        );
+        let entry = store.entry(&object).unwrap();
+        assert_eq!(
+            entry.installed.as_deref(),
+            Some(&good),
+            "{behaviour}: the last good plan must stay installed"
+        );
+        assert!(
+            entry
+                .failure
+                .as_ref()
+                .unwrap()
+                .error
+                .contains("module hostile"),
+            "{behaviour}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn guest_work_never_blocks_the_executor() {
+    let _serial = serial();
+    // One executor thread: if a guest ran on it, the timer below could not fire
+    // until the guest's 300 ms deadline.
+    let env = env();
+    let mut spec = builtin("hostile", "hostile-proxy", Role::ServiceProxy);
+    spec.limits.deadline = Duration::from_millis(300);
+    env.registry.apply_async(spec).await.unwrap();
+    let reg = env.registry.clone();
+    let call = tokio::spawn(async move {
+        reg.render_service(
+            "hostile",
+            ctx(),
+            service("spin", 4, &[(BEHAVIOUR, "infinite-loop")]),
+            vec![],
+        )
+        .await
+    });
+    tokio::task::yield_now().await;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let slept = t.elapsed();
+    assert!(
+        slept < Duration::from_millis(150),
+        "the timer fired after {slept:?}"
+    );
+    let err = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err.kind, CallErrorKind::Deadline { limit_ms: 300 }),
+        "{err}"
+    );
+}
+
+fn cni_request(container: &str, hostile: &str) -> CniRequest {
+    CniRequest {
+        container_id: container.into(),
+        netns: format!("/var/run/netns/{container}"),
+        ifname: "eth0".into(),
+        args: vec![("HOSTILE".into(), hostile.into())],
+        network: "test".into(),
+        cni_version: "1.1.0".into(),
+        config: "{}".into(),
+        prev_result: None,
+    }
+}
+
+#[test]
+fn bad_host_calls_are_refused_with_the_reason() {
+    let _serial = serial();
+    let env = env();
+    let active = env
+        .registry
+        .prepare(&builtin("cni", "hostile-cni", Role::Cni))
+        .unwrap();
+    let services = env.registry.services().clone();
+    let cases = [
+        (
+            "invalid-cidr",
+            "links.add-address refused: invalid CIDR 10.0.0.1/40: the prefix length must be at most 32",
+        ),
+        (
+            "unknown-pool",
+            "ipam.allocate refused: unknown pool \"no-such-pool\" (this node has: v4, v6)",
+        ),
+        ("ignore-errors", "ipam.allocate refused: unknown pool"),
+        (
+            "foreign-interface",
+            "links.delete-link refused: interface \"eth0\" in the node namespace is outside the grant (allowed: sy*)",
+        ),
+        (
+            "pod-foreign-interface",
+            "links.add-address refused: interface \"eth1\" in the pod namespace is outside the grant",
+        ),
+        (
+            "bad-sysctl",
+            "links.set-sysctl refused: sysctl \"kernel.panic\" is not a per-interface key",
+        ),
+        (
+            "route-host-bits",
+            "links.add-route refused: invalid CIDR 10.0.0.1/8: host bits are set (did you mean 10.0.0.0/8?)",
+        ),
+    ];
+    for (i, (behaviour, phrase)) in cases.iter().enumerate() {
+        let container = format!("c{i}");
+        let mut s = active.session(env.registry.runtime(), services.clone());
+        s.set_attachment(Some(Attachment {
+            container_id: container.clone(),
+            ifname: "eth0".into(),
+            netns: Some(format!("/var/run/netns/{container}").into()),
+        }));
+        let t = Instant::now();
+        let err = s
+            .cni(CniVerb::Add, &cni_request(&container, behaviour))
+            .unwrap_err();
+        assert!(t.elapsed() < 2 * Limits::default().deadline);
+        assert!(
+            matches!(err.kind, CallErrorKind::HostCall { .. }),
+            "{behaviour}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(phrase), "{behaviour}: {msg}");
+        assert!(
+            msg.starts_with(&format!("module cni: add for container {container} eth0")),
+            "{msg}"
+        );
+    }
+    // Nothing reached the datapath, and no address was handed out.
+    assert!(env.links.calls().is_empty(), "{:?}", env.links.calls());
+    assert!(env.ledger.all().unwrap().is_empty());
+
+    // The same module, behaving, does real work through the host, journaled.
+    let mut s = active.session(env.registry.runtime(), services);
+    s.set_attachment(Some(Attachment {
+        container_id: "good".into(),
+        ifname: "eth0".into(),
+        netns: Some("/var/run/netns/good".into()),
+    }));
+    let result = s
+        .cni(CniVerb::Add, &cni_request("good", "none"))
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.ips.len(), 1);
+    let report = s.report();
+    assert!(
+        matches!(
+            report.effects.as_slice(),
+            [
+                Effect::Allocated { .. },
+                Effect::BridgeEnsured { .. },
+                Effect::VethCreated { .. },
+                Effect::AddressAdded { pod: true, .. }
+            ]
+        ),
+        "{:?}",
+        report.effects
+    );
+    assert_eq!(env.ledger.all().unwrap().len(), 1);
+}
+
+#[test]
+fn host_calls_outside_a_cni_call_are_refused() {
+    let _serial = serial();
+    // ipam and links serve only the attachment of a CNI call in progress.
+    let env = env();
+    let active = env
+        .registry
+        .prepare(&builtin("cni", "hostile-cni", Role::Cni))
+        .unwrap();
+    let mut s = active.session(env.registry.runtime(), env.registry.services().clone());
+    let err = s.cni(CniVerb::Add, &cni_request("x", "none")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("ipam.pools refused: only available while serving a CNI call"),
+        "{err}"
+    );
+}
+
+#[test]
+fn modules_of_the_wrong_shape_are_refused_at_load() {
+    let _serial = serial();
+    let env = env();
+    let reg = &env.registry;
+    let e = reg
+        .apply(builtin("nd", "hostile-no-describe", Role::ServiceProxy))
+        .unwrap_err();
+    assert!(matches!(e, LoadError::WrongWorld { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("module nd does not export the service-proxy world")
+            && e.to_string().contains("describe"),
+        "{e}"
+    );
+
+    let e = reg
+        .apply(builtin("ww", "hostile-wrong-world", Role::ServiceProxy))
+        .unwrap_err();
+    assert!(
+        matches!(e, LoadError::WrongWorld { .. }) && e.to_string().contains("render-service"),
+        "{e}"
+    );
+    let e = reg
+        .apply(builtin("ww2", "hostile-wrong-world", Role::Scheduler))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "module ww2 describes itself as role service-proxy, but it is bound to role scheduler"
+    );
+
+    let e = reg
+        .apply(builtin("cni-as-proxy", "hostile-cni", Role::ServiceProxy))
+        .unwrap_err();
+    assert!(matches!(e, LoadError::ForbiddenImport { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("which the service-proxy role does not provide"),
+        "{e}"
+    );
+
+    let t = Instant::now();
+    let e = reg
+        .apply(builtin("slow", "hostile-slow-describe", Role::Scheduler))
+        .unwrap_err();
+    assert!(t.elapsed() < 2 * Limits::default().deadline + Duration::from_millis(50));
+    match &e {
+        LoadError::Describe { source, .. } => {
+            assert!(matches!(source.kind, CallErrorKind::Deadline { .. }), "{e}")
+        }
+        other => panic!("{other}"),
+    }
+    // Each failure is the binding's status, with a reason.
+    let status = reg.status();
+    let reason = |n: &str| {
+        status
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap()
+            .condition
+            .reason
+            .clone()
+    };
+    assert_eq!(reason("nd"), "WrongWorld");
+    assert_eq!(reason("ww2"), "RoleMismatch");
+    assert_eq!(reason("cni-as-proxy"), "ForbiddenImport");
+    assert_eq!(reason("slow"), "DescribeFailed");
+    assert!(status.iter().all(|s| !s.condition.ready));
+}
+
+#[test]
+fn fuel_bounds_work_when_a_module_is_metered() {
+    let _serial = serial();
+    // A node that does not meter fuel refuses a fuel limit it cannot enforce.
+    let e = env().registry.prepare(&{
+        let mut s = builtin("metered", "hostile-proxy", Role::ServiceProxy);
+        s.limits.fuel = Some(5_000_000);
+        s
+    });
+    assert!(
+        e.unwrap_err()
+            .to_string()
+            .contains("this agent does not meter fuel")
+    );
+
+    let metered = Runtime::with_config(RuntimeConfig {
+        fuel: true,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let env = env_on(metered);
+    let mut spec = builtin("metered", "hostile-proxy", Role::ServiceProxy);
+    spec.limits.fuel = Some(5_000_000);
+    let active = env.registry.prepare(&spec).unwrap();
+    let mut s = active.session(env.registry.runtime(), HostServices::default());
+    let err = s
+        .render_service(
+            &ctx(),
+            &service("f", 1, &[(BEHAVIOUR, "infinite-loop")]),
+            &[],
+            "{}",
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, CallErrorKind::Fuel { limit: 5_000_000 }),
+        "{err}"
+    );
+    // An honest render fits easily.
+    assert!(
+        s.render_service(&ctx(), &service("f", 1, &[]), &endpoints(3), "{}")
+            .unwrap()
+            .is_ok()
+    );
+}

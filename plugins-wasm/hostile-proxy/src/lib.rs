@@ -1,0 +1,186 @@
+//! A hostile service-proxy module for the host's test suite. It renders a
+//! small valid plan, unless the Service carries the annotation
+//! `hostile.switchyard.dev/behaviour`, which picks a way to misbehave:
+//!
+//! | behaviour | what the module does |
+//! |---|---|
+//! | `infinite-loop` | spins forever |
+//! | `memory-bomb` | allocates 1 MiB at a time forever |
+//! | `deep-recursion` | recurses a billion levels deep |
+//! | `trap` | executes `unreachable` |
+//! | `panic` | panics with a message |
+//! | `huge-plan` | returns 2,000,000 plan items |
+//! | `wide-plan` | returns 150,000 small items (fits in memory, not in the output cap) |
+//! | `huge-string` | returns an error whose message is 32 MiB |
+//! | `long-name` | returns a chain with a 100 KB name |
+//! | `log-flood` | logs forever |
+//! | `stdout-flood` | prints to stdout forever |
+//! | `host-call-loop` | calls `probes.health` in a tight loop forever |
+//! | `grant-violation` | returns a route, which a proxy is not granted |
+//! | `dangling-reference` | jumps to a chain that does not exist |
+//! | `busy:N` | spins for N milliseconds, then renders normally |
+
+use std::hint::black_box;
+use switchyard_sdk::host::probes;
+use switchyard_sdk::plan::{Plan, Rule};
+use switchyard_sdk::service_proxy::Guest;
+use switchyard_sdk::types::*;
+
+const BEHAVIOUR: &str = "hostile.switchyard.dev/behaviour";
+
+struct Hostile;
+
+fn recurse(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        black_box(recurse(black_box(n - 1))) + 1
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn trap() -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn trap() -> ! {
+    std::process::abort()
+}
+
+fn element(i: u32) -> PlanItem {
+    PlanItem {
+        rule_id: String::new(),
+        comment: None,
+        body: PlanBody::NftCounter(NftCounter {
+            name: if i == 0 { "c".into() } else { String::new() },
+        }),
+    }
+}
+
+fn good(svc: &Service) -> PlanFragment {
+    let mut p = Plan::new();
+    let chain = format!("svc-{}", svc.name);
+    p.chain("svc", &chain, vec![Rule::new().counter().accept()]);
+    for ip in &svc.cluster_ips {
+        if let (IpAddress::Ipv4(_), Some(port)) = (ip, svc.ports.first()) {
+            p.element(
+                "vip",
+                "service-ips",
+                vec![(*ip).into(), port.protocol.into(), port.port.into()],
+                Some(NftVerdict::Goto(chain.clone()).into()),
+            );
+        }
+    }
+    p.build()
+}
+
+impl Guest for Hostile {
+    fn describe() -> ModuleInfo {
+        ModuleInfo::new(
+            "hostile-proxy",
+            env!("CARGO_PKG_VERSION"),
+            Role::ServiceProxy,
+            "Misbehaves on request; for testing the host.",
+            r#"{"type": "object"}"#,
+        )
+    }
+
+    fn render_service(
+        _ctx: NodeContext,
+        svc: Service,
+        _eps: Vec<Endpoint>,
+        _config: String,
+    ) -> Result<PlanFragment, ModuleError> {
+        let behaviour = switchyard_sdk::labels::get(&svc.annotations, BEHAVIOUR)
+            .unwrap_or("none")
+            .to_string();
+        match behaviour.as_str() {
+            "none" => Ok(good(&svc)),
+            "infinite-loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = black_box(x.wrapping_add(1));
+                }
+            }
+            "memory-bomb" => {
+                let mut hoard: Vec<Vec<u8>> = vec![];
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "deep-recursion" => Ok(PlanFragment {
+                items: vec![element(recurse(1_000_000_000) as u32)],
+            }),
+            "trap" => trap(),
+            "panic" => panic!("hostile-proxy panics on purpose for Service {}", svc.name),
+            "huge-plan" => {
+                let mut items = Vec::with_capacity(2_000_000);
+                for i in 0..2_000_000 {
+                    items.push(element(i));
+                }
+                Ok(PlanFragment { items })
+            }
+            "wide-plan" => {
+                let mut items = Vec::with_capacity(150_000);
+                for i in 0..150_000 {
+                    items.push(element(i));
+                }
+                Ok(PlanFragment { items })
+            }
+            "huge-string" => Err(ModuleError::Internal("x".repeat(32 << 20))),
+            "long-name" => {
+                let mut p = Plan::new();
+                p.chain("svc", "c".repeat(100_000), vec![]);
+                Ok(p.build())
+            }
+            "log-flood" => loop {
+                switchyard_sdk::info!("flooding the log from Service {}", svc.name);
+            },
+            "stdout-flood" => loop {
+                println!("flooding stdout from Service {}", svc.name);
+            },
+            "host-call-loop" => {
+                let ip = IpAddress::Ipv4((10, 0, 0, 1));
+                loop {
+                    black_box(probes::health(ip, 80));
+                }
+            }
+            "grant-violation" => {
+                let mut p = Plan::new();
+                p.route(
+                    "steal",
+                    Route {
+                        destination: "0.0.0.0/0".parse().unwrap(),
+                        gateway: Some("192.0.2.1".parse().unwrap()),
+                        device: None,
+                        source: None,
+                        table: None,
+                        mtu: None,
+                    },
+                );
+                Ok(p.build())
+            }
+            "dangling-reference" => {
+                let mut p = Plan::new();
+                p.chain("svc", "svc-x", vec![Rule::new().jump("nowhere")]);
+                Ok(p.build())
+            }
+            b if b.starts_with("busy:") => {
+                let ms: u64 = b[5..]
+                    .parse()
+                    .map_err(|_| ModuleError::InvalidInput(format!("bad {b}")))?;
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                while std::time::Instant::now() < until {
+                    black_box(0);
+                }
+                Ok(good(&svc))
+            }
+            other => Err(ModuleError::InvalidInput(format!(
+                "unknown behaviour {other:?}"
+            ))),
+        }
+    }
+}
+
+switchyard_sdk::export_service_proxy!(Hostile);
