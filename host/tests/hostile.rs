@@ -5,6 +5,10 @@
 //! bounded, the error names the module and the cause and is recorded in the
 //! module's status, and under KeepLastGood the last good plan stays in force.
 
+// `serial()` is held for a whole test on purpose: it keeps the tests that
+// assert on timing from running at once; each test has its own runtime.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,10 @@
 //! The module registry: sources and digests, config schemas, hot swap with
 //! calls in flight, status.
 
+// `serial()` is held for a whole test on purpose: it keeps the tests that
+// assert on timing from running at once; each test has its own runtime.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use common::*;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what building and testing Switchyard needs, if it is missing:
+# the pinned Rust toolchain with the wasm32-wasip2 target, and Debian packages.
+# Safe to run again; it only installs what is absent. Sourced by run.sh and test.sh.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Debian packages the build, the tests and the lab use.
+PACKAGES=(gcc ca-certificates curl)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: ${missing[*]} must be installed and this is not root; run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null 2>&1; then
+  echo "error: rustup is required (https://rustup.rs); it installs the toolchain pinned in rust-toolchain.toml" >&2
+  exit 1
+fi
+toolchain="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+if ! rustup toolchain list | grep -q "^${toolchain}"; then
+  say "installing Rust ${toolchain}"
+  rustup toolchain install "${toolchain}" --profile minimal --component rustfmt,clippy
+fi
+for c in rustfmt clippy; do
+  rustup component list --toolchain "${toolchain}" --installed | grep -q "^${c}" || rustup component add --toolchain "${toolchain}" "${c}"
+done
+if ! rustup target list --toolchain "${toolchain}" --installed | grep -qx wasm32-wasip2; then
+  say "adding the wasm32-wasip2 target"
+  rustup target add --toolchain "${toolchain}" wasm32-wasip2
+fi
