@@ -23,13 +23,13 @@ fn main() {
         &root.join("sdk/src"),
         &root.join("sdk/wit"),
         &root.join("sdk/Cargo.toml"),
+        &root.join("host/cni-shim"),
+        // Profiles (the wasm profile among them) live in the root manifest.
+        &root.join("Cargo.toml"),
+        &root.join("Cargo.lock"),
     ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("Cargo.lock").display()
-    );
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
     let target_root = env::var_os("CARGO_TARGET_DIR")
@@ -71,15 +71,7 @@ fn main() {
             .arg("--target-dir")
             .arg(&target_dir);
         // Do not inherit what the outer build (or clippy) set for the host crate.
-        for var in [
-            "RUSTC_WORKSPACE_WRAPPER",
-            "RUSTC_WRAPPER",
-            "CARGO_ENCODED_RUSTFLAGS",
-            "RUSTFLAGS",
-            "CARGO_TARGET_DIR",
-            "CARGO_BUILD_TARGET",
-            "CARGO_PRIMARY_PACKAGE",
-        ] {
+        for var in INHERITED {
             cmd.env_remove(var);
         }
         let out = cmd.output().expect("run cargo to build a wasm module");
@@ -119,9 +111,52 @@ fn main() {
         "/// Modules compiled into the agent (all but the hostile test modules).\npub static EMBEDDED: &[(&str, &[u8])] = &[{}];\n",
         embedded.join(", ")
     ));
+
+    // The CNI plugin binary, built the way it ships (release), for the lab
+    // and the tests, which exec it as a container runtime would.
+    let plugin_dir = target_root.join("cni-plugin");
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "switchyard-cni",
+            "--bin",
+            "switchyard-cni",
+        ])
+        .arg("--target-dir")
+        .arg(&plugin_dir);
+    for var in INHERITED {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().expect("run cargo to build the CNI plugin");
+    if !out.status.success() {
+        panic!(
+            "building switchyard-cni failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    generated.push_str(&format!(
+        "/// The `switchyard-cni` plugin binary (release build).\npub const CNI_PLUGIN: &str = {:?};\n",
+        plugin_dir.join("release/switchyard-cni").display().to_string()
+    ));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it")).join("modules.rs");
     fs::write(out, generated).expect("write modules.rs");
 }
+
+/// Environment the outer build (or clippy) sets for the host crate, which a
+/// nested build must not inherit.
+const INHERITED: [&str; 7] = [
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_WRAPPER",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_PRIMARY_PACKAGE",
+];
 
 fn package_name(manifest: &Path) -> String {
     let text = fs::read_to_string(manifest).expect("read a module's Cargo.toml");

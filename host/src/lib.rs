@@ -11,7 +11,9 @@
 //! - [`plan`]: what modules return, validated against grants, kept per object;
 //! - [`datapath`]: the kernel side (IPAM ledger, links, probes, ...).
 
+pub mod agent;
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod model;
 pub mod plan;

@@ -18,6 +18,12 @@ fn switchyard(args: &[&str]) -> (i32, String, String) {
 /// a phrase `validate` prints).
 const EXPECTED: &[(&str, &str, bool, &str)] = &[
     (
+        "cni-bridge",
+        "cni",
+        true,
+        "ok: cni-bridge 0.1.0 is a valid cni module",
+    ),
+    (
         "example-scheduler",
         "scheduler",
         true,

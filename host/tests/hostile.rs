@@ -283,7 +283,7 @@ fn cni_request(container: &str, hostile: &str) -> CniRequest {
         args: vec![("HOSTILE".into(), hostile.into())],
         network: "test".into(),
         cni_version: "1.1.0".into(),
-        config: "{}".into(),
+        network_config: "{}".into(),
         prev_result: None,
     }
 }
@@ -331,10 +331,11 @@ fn bad_host_calls_are_refused_with_the_reason() {
             container_id: container.clone(),
             ifname: "eth0".into(),
             netns: Some(format!("/var/run/netns/{container}").into()),
+            ..Attachment::default()
         }));
         let t = Instant::now();
         let err = s
-            .cni(CniVerb::Add, &cni_request(&container, behaviour))
+            .cni(CniVerb::Add, &cni_request(&container, behaviour), "{}")
             .unwrap_err();
         assert!(t.elapsed() < 2 * Limits::default().deadline);
         assert!(
@@ -358,9 +359,10 @@ fn bad_host_calls_are_refused_with_the_reason() {
         container_id: "good".into(),
         ifname: "eth0".into(),
         netns: Some("/var/run/netns/good".into()),
+        ..Attachment::default()
     }));
     let result = s
-        .cni(CniVerb::Add, &cni_request("good", "none"))
+        .cni(CniVerb::Add, &cni_request("good", "none"), "{}")
         .unwrap()
         .unwrap()
         .unwrap();
@@ -392,7 +394,9 @@ fn host_calls_outside_a_cni_call_are_refused() {
         .prepare(&builtin("cni", "hostile-cni", Role::Cni))
         .unwrap();
     let mut s = active.session(env.registry.runtime(), env.registry.services().clone());
-    let err = s.cni(CniVerb::Add, &cni_request("x", "none")).unwrap_err();
+    let err = s
+        .cni(CniVerb::Add, &cni_request("x", "none"), "{}")
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("ipam.pools refused: only available while serving a CNI call"),

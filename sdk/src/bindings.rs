@@ -7,6 +7,8 @@
 #![allow(unsafe_code)]
 // Docs of generated items come from the WIT doc comments.
 #![allow(missing_docs)]
+// The canonical ABI flattens records into many parameters.
+#![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
     path: "wit",

@@ -136,6 +136,22 @@ pub mod links {
         crate::testing::with_host(|h| h.get_link(scope, name))
     }
 
+    /// The links of a namespace the call may see.
+    pub fn list_links(scope: Scope) -> Result<Vec<LinkInfo>, LinkError> {
+        #[cfg(target_arch = "wasm32")]
+        return super::raw::links::list_links(scope);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::with_host(|h| h.list_links(scope))
+    }
+
+    /// Set a link up.
+    pub fn set_link_up(scope: Scope, name: &str) -> Result<(), LinkError> {
+        #[cfg(target_arch = "wasm32")]
+        return super::raw::links::set_link_up(scope, name);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::with_host(|h| h.set_link_up(scope, name))
+    }
+
     /// Routes through a device.
     pub fn list_routes(scope: Scope, device: &str) -> Result<Vec<RouteSpec>, LinkError> {
         #[cfg(target_arch = "wasm32")]

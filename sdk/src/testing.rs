@@ -188,8 +188,10 @@ pub(crate) struct FakeHost {
     pools: Vec<FakePool>,
     attachment: (String, String),
     node: FakeNs,
-    pod: FakeNs,
-    peers: BTreeMap<(Scope, String), (Scope, String)>,
+    /// Pod namespaces by container id: each attachment has its own.
+    pods: BTreeMap<String, FakeNs>,
+    /// veth pairs: (scope, container for pod ends, name) both ways.
+    peers: BTreeMap<(Scope, String, String), (Scope, String, String)>,
     next_index: u32,
 }
 
@@ -202,7 +204,7 @@ impl Default for FakeHost {
             pools: vec![],
             attachment: ("test-container".into(), "eth0".into()),
             node: FakeNs::default(),
-            pod: FakeNs::default(),
+            pods: BTreeMap::new(),
             peers: BTreeMap::new(),
             next_index: 2,
         }
@@ -221,17 +223,31 @@ fn level_name(l: Level) -> &'static str {
 
 impl FakeHost {
     fn ns(&self, scope: Scope) -> &FakeNs {
+        static EMPTY: std::sync::OnceLock<FakeNs> = std::sync::OnceLock::new();
         match scope {
             Scope::Node => &self.node,
-            Scope::Pod => &self.pod,
+            Scope::Pod => self
+                .pods
+                .get(&self.attachment.0)
+                .unwrap_or_else(|| EMPTY.get_or_init(FakeNs::default)),
         }
     }
 
     fn ns_mut(&mut self, scope: Scope) -> &mut FakeNs {
         match scope {
             Scope::Node => &mut self.node,
-            Scope::Pod => &mut self.pod,
+            Scope::Pod => self.pods.entry(self.attachment.0.clone()).or_default(),
         }
+    }
+
+    /// The key of a link for the peer table: pod ends carry their container.
+    fn peer_key(&self, scope: Scope, name: &str) -> (Scope, String, String) {
+        let owner = if scope == Scope::Pod {
+            self.attachment.0.clone()
+        } else {
+            String::new()
+        };
+        (scope, owner, name.to_string())
     }
 
     fn note(&mut self, s: String) {
@@ -398,7 +414,7 @@ impl FakeHost {
                 "{host_name} exists in the node namespace"
             )));
         }
-        if self.pod.links.contains_key(&ifname) {
+        if self.ns(Scope::Pod).links.contains_key(&ifname) {
             return Err(LinkError::Exists(format!(
                 "{ifname} exists in the pod namespace"
             )));
@@ -407,13 +423,15 @@ impl FakeHost {
         host.master = Some(bridge.to_string());
         let pod = self.new_link(&ifname, "veth", mtu);
         self.node.links.insert(host_name.to_string(), host.clone());
-        self.pod.links.insert(ifname.clone(), pod.clone());
-        self.peers.insert(
-            (Scope::Node, host_name.to_string()),
-            (Scope::Pod, ifname.clone()),
+        self.ns_mut(Scope::Pod)
+            .links
+            .insert(ifname.clone(), pod.clone());
+        let (h, p) = (
+            self.peer_key(Scope::Node, host_name),
+            self.peer_key(Scope::Pod, &ifname),
         );
-        self.peers
-            .insert((Scope::Pod, ifname), (Scope::Node, host_name.to_string()));
+        self.peers.insert(h.clone(), p.clone());
+        self.peers.insert(p, h);
         Ok((host, pod))
     }
 
@@ -479,6 +497,31 @@ impl FakeHost {
         Ok(self.ns(scope).links.get(name).cloned())
     }
 
+    pub(crate) fn list_links(&mut self, scope: Scope) -> Result<Vec<LinkInfo>, LinkError> {
+        let ifname = self.attachment.1.clone();
+        Ok(self
+            .ns(scope)
+            .links
+            .values()
+            .filter(|l| scope == Scope::Node || l.name == ifname || l.name == "lo")
+            .cloned()
+            .collect())
+    }
+
+    pub(crate) fn set_link_up(&mut self, scope: Scope, name: &str) -> Result<(), LinkError> {
+        self.check_pod_device(scope, name);
+        self.note(format!("links.set-link-up {scope:?} {name}"));
+        match self.ns_mut(scope).links.get_mut(name) {
+            Some(l) => {
+                l.up = true;
+                Ok(())
+            }
+            // lo always exists in a namespace.
+            None if name == "lo" => Ok(()),
+            None => Err(LinkError::NotFound(format!("no link {name}"))),
+        }
+    }
+
     pub(crate) fn list_routes(
         &mut self,
         scope: Scope,
@@ -501,11 +544,16 @@ impl FakeHost {
         let existed = ns.links.remove(name).is_some();
         ns.routes.retain(|r| r.device != name);
         // Deleting one end of a veth pair deletes the other, as in the kernel.
-        if let Some((peer_scope, peer)) = self.peers.remove(&(scope, name.to_string())) {
-            self.peers.remove(&(peer_scope, peer.clone()));
-            let ns = self.ns_mut(peer_scope);
-            ns.links.remove(&peer);
-            ns.routes.retain(|r| r.device != peer);
+        let key = self.peer_key(scope, name);
+        if let Some(peer) = self.peers.remove(&key) {
+            self.peers.remove(&peer);
+            let (peer_scope, owner, peer_name) = peer;
+            let ns = match peer_scope {
+                Scope::Node => &mut self.node,
+                Scope::Pod => self.pods.entry(owner).or_default(),
+            };
+            ns.links.remove(&peer_name);
+            ns.routes.retain(|r| r.device != peer_name);
         }
         Ok(existed)
     }
@@ -609,7 +657,8 @@ pub fn endpoint(address: &str, ports: &[(&str, Protocol, u16)]) -> Endpoint {
     }
 }
 
-/// A CNI request for the harness's attachment.
+/// A CNI request for the harness's attachment, with the runtime's network
+/// configuration `config` (JSON text).
 pub fn cni_request(container_id: &str, ifname: &str, config: &str) -> crate::cni_types::CniRequest {
     crate::cni_types::CniRequest {
         container_id: container_id.to_string(),
@@ -618,7 +667,7 @@ pub fn cni_request(container_id: &str, ifname: &str, config: &str) -> crate::cni
         args: vec![],
         network: "switchyard".to_string(),
         cni_version: "1.1.0".to_string(),
-        config: config.to_string(),
+        network_config: config.to_string(),
         prev_result: None,
     }
 }

@@ -21,21 +21,55 @@ enum Command {
     /// Inspect and validate network modules.
     #[command(subcommand)]
     Module(module::ModuleCommand),
+    /// Run the node agent (CNI server, modules, datapath).
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// A directory of manifests (Node, Pod, NetworkModule), for running
+    /// without Kubernetes.
+    #[arg(long)]
+    local: Option<std::path::PathBuf>,
+    /// Where the address ledger, attachments, journals and modules are kept.
+    #[arg(long, default_value = "/var/lib/switchyard")]
+    data_dir: std::path::PathBuf,
+    /// This node's name (defaults to the host name).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// The socket the switchyard-cni plugin talks to.
+    #[arg(long, default_value = switchyard_cni::DEFAULT_SOCKET)]
+    cni_socket: std::path::PathBuf,
+    /// Pod CIDRs of this node, when no Node manifest gives them (one per family).
+    #[arg(long = "pod-cidr")]
+    pod_cidrs: Vec<ipnet::IpNet>,
+    /// Meter fuel so modules may be given instruction budgets (slows every call ~16%).
+    #[arg(long)]
+    fuel_metering: bool,
+    /// How long a StatefulSet pod's released address waits for the pod to return.
+    #[arg(long, default_value_t = 600)]
+    sticky_ttl_seconds: u64,
 }
 
 /// Run the CLI; the exit code is 0 on success, 1 when the command failed
 /// (an invalid module, say) and 2 on a usage error.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Agent(_) => "info",
+        Command::Module(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let r = match cli.command {
         Command::Module(m) => module::run(m),
+        Command::Agent(a) => agent(a),
     };
     match r {
         Ok(code) => code,
@@ -44,4 +78,28 @@ pub fn run() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let node = match a.node {
+        Some(n) => n,
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    let options = crate::agent::AgentOptions {
+        data_dir: a.data_dir,
+        local: a.local,
+        node,
+        cni_socket: a.cni_socket,
+        pod_cidrs: a.pod_cidrs,
+        fuel: a.fuel_metering,
+        sticky_ttl: std::time::Duration::from_secs(a.sticky_ttl_seconds),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let agent = crate::agent::Agent::start(options).await?;
+        agent.run().await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

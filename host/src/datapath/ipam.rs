@@ -12,6 +12,17 @@
 //! address that was just released is not handed out again until the pool has
 //! been gone around once: a stale connection to a dead pod does not reach its
 //! successor.
+//!
+//! Sticky addresses (StatefulSet pods). Kubernetes gives a re-created
+//! StatefulSet pod the same name, and databases expect the same address too.
+//! An allocation may carry an owner, the pod's `namespace/name`; when it is
+//! released the address is reserved for that owner for `sticky_ttl`, and the
+//! owner's next allocation in the pool takes it back. Others skip a reserved
+//! address until the reservation expires. Limits: the address survives only a
+//! re-creation on the same node (pools are per node); only within the TTL;
+//! and a reservation yields when its pool has no other free address (the
+//! oldest goes first), because a pod that cannot start is worse than one that
+//! moved.
 
 use ipnet::IpNet;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -70,11 +81,14 @@ pub enum IpamError {
 pub trait Ipam: Send + Sync {
     fn pools(&self) -> Vec<PoolInfo>;
     /// The attachment's address in `pool`: the one it holds, or a new one.
+    /// `owner` (a pod's `namespace/name`) makes the address sticky: reserved
+    /// for the owner after release.
     fn allocate(
         &self,
         key: &AttachmentKey,
         pool: &str,
         preferred: Option<IpAddr>,
+        owner: Option<&str>,
     ) -> Result<Allocation, IpamError>;
     /// Release every address of the attachment; returns how many.
     fn release(&self, key: &AttachmentKey) -> Result<u32, IpamError>;
@@ -89,6 +103,8 @@ const ALLOCATIONS: TableDefinition<'static, &str, &str> = TableDefinition::new("
 const ATTACHMENTS: TableDefinition<'static, &str, &str> = TableDefinition::new("attachments");
 /// pool -> offset of the last address handed out.
 const CURSORS: TableDefinition<'static, &str, u128> = TableDefinition::new("cursors");
+/// `pool/address` -> `expiry-seconds owner`: addresses kept for a sticky owner.
+const RESERVED: TableDefinition<'static, &str, &str> = TableDefinition::new("reserved");
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,6 +114,15 @@ struct Record {
     pool: String,
     address: IpAddr,
     allocated_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Most candidates one allocation looks at before it calls a pool exhausted.
@@ -108,7 +133,11 @@ const MAX_SCAN: u128 = 1 << 20;
 pub struct Ledger {
     db: Database,
     pools: Vec<PoolConfig>,
+    sticky_ttl: std::time::Duration,
 }
+
+/// How long a sticky address waits for its owner by default.
+pub const DEFAULT_STICKY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,9 +229,45 @@ impl Ledger {
             txn.open_table(ALLOCATIONS).map_err(storage)?;
             txn.open_table(ATTACHMENTS).map_err(storage)?;
             txn.open_table(CURSORS).map_err(storage)?;
+            txn.open_table(RESERVED).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        Ok(Ledger { db, pools })
+        Ok(Ledger {
+            db,
+            pools,
+            sticky_ttl: DEFAULT_STICKY_TTL,
+        })
+    }
+
+    /// Change how long a released sticky address waits for its owner.
+    pub fn with_sticky_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.sticky_ttl = ttl;
+        self
+    }
+
+    /// Addresses reserved for sticky owners: (pool, address, owner, expiry).
+    pub fn reservations(&self) -> Result<Vec<(String, IpAddr, String, u64)>, IpamError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(RESERVED).map_err(storage)?;
+        let mut out = vec![];
+        for row in t.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let (pool, addr) = k
+                .value()
+                .split_once('/')
+                .ok_or_else(|| storage("bad reservation key"))?;
+            let (exp, owner) = v
+                .value()
+                .split_once(' ')
+                .ok_or_else(|| storage("bad reservation"))?;
+            out.push((
+                pool.to_string(),
+                addr.parse().map_err(storage)?,
+                owner.to_string(),
+                exp.parse().map_err(storage)?,
+            ));
+        }
+        Ok(out)
     }
 
     fn pool(&self, name: &str) -> Result<&PoolConfig, IpamError> {
@@ -285,14 +350,17 @@ impl Ipam for Ledger {
         key: &AttachmentKey,
         pool: &str,
         preferred: Option<IpAddr>,
+        owner: Option<&str>,
     ) -> Result<Allocation, IpamError> {
         let p = self.pool(pool)?.clone();
         let (first, last) = usable_range(&p.subnet).expect("checked when opened");
+        let now = now_secs();
         let txn = self.db.begin_write().map_err(storage)?;
         let chosen = {
             let mut allocs = txn.open_table(ALLOCATIONS).map_err(storage)?;
             let mut attach = txn.open_table(ATTACHMENTS).map_err(storage)?;
             let mut cursors = txn.open_table(CURSORS).map_err(storage)?;
+            let mut reserved = txn.open_table(RESERVED).map_err(storage)?;
             let akey = attach_key(key, pool);
             if let Some(existing) = attach.get(akey.as_str()).map_err(storage)? {
                 let addr: IpAddr = existing.value().parse().map_err(storage)?;
@@ -303,6 +371,23 @@ impl Ipam for Ledger {
                     gateway: p.gateway(),
                 });
             }
+            // Unexpired reservations of this pool: address -> (expiry, owner).
+            let prefix = format!("{pool}/");
+            let mut held_for: std::collections::HashMap<IpAddr, (u64, String)> = Default::default();
+            for row in reserved.range(prefix.as_str()..).map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                let Some(addr) = k.value().strip_prefix(&prefix) else {
+                    break;
+                };
+                let (exp, who) = v
+                    .value()
+                    .split_once(' ')
+                    .ok_or_else(|| storage("bad reservation"))?;
+                let exp: u64 = exp.parse().map_err(storage)?;
+                if exp > now {
+                    held_for.insert(addr.parse().map_err(storage)?, (exp, who.to_string()));
+                }
+            }
             let taken =
                 |a: IpAddr, allocs: &redb::Table<'_, &str, &str>| -> Result<bool, IpamError> {
                     Ok(allocs
@@ -310,12 +395,21 @@ impl Ipam for Ledger {
                         .map_err(storage)?
                         .is_some())
                 };
+            let usable = |a: IpAddr| {
+                p.subnet.contains(&a)
+                    && a != p.gateway()
+                    && a != p.subnet.network()
+                    && !(a.is_ipv4() && a == p.subnet.broadcast())
+            };
+            // The owner's own reservation comes first.
+            let mine = owner.and_then(|o| {
+                held_for
+                    .iter()
+                    .find(|(_, (_, who))| who == o)
+                    .map(|(a, _)| *a)
+            });
             let addr = if let Some(a) = preferred {
-                if !p.subnet.contains(&a)
-                    || a == p.gateway()
-                    || a == p.subnet.network()
-                    || (a.is_ipv4() && a == p.subnet.broadcast())
-                {
+                if !usable(a) {
                     return Err(IpamError::OutOfPool(format!(
                         "{a} is not a usable address of pool {pool} ({})",
                         p.subnet
@@ -326,6 +420,15 @@ impl Ipam for Ledger {
                         "{a} in pool {pool} is held by another attachment"
                     )));
                 }
+                if let Some((_, who)) = held_for.get(&a)
+                    && Some(who.as_str()) != owner
+                {
+                    return Err(IpamError::InUse(format!(
+                        "{a} in pool {pool} is reserved for {who}"
+                    )));
+                }
+                a
+            } else if let Some(a) = mine.filter(|a| matches!(taken(*a, &allocs), Ok(false))) {
                 a
             } else {
                 let cursor = cursors
@@ -338,30 +441,43 @@ impl Ipam for Ledger {
                 for i in 0..span.min(MAX_SCAN) {
                     let off = first + (cursor + 1 - first + i) % span;
                     let a = offset_to_addr(&p.subnet, off);
-                    if !taken(a, &allocs)? {
+                    if !taken(a, &allocs)? && !held_for.contains_key(&a) {
                         found = Some((a, off));
                         break;
                     }
                 }
-                let Some((a, off)) = found else {
-                    return Err(IpamError::Exhausted(format!(
-                        "pool {pool} ({}) has no free address: {} are held",
-                        p.subnet,
-                        span.min(MAX_SCAN)
-                    )));
-                };
-                cursors.insert(pool, off).map_err(storage)?;
-                a
+                match found {
+                    Some((a, off)) => {
+                        cursors.insert(pool, off).map_err(storage)?;
+                        a
+                    }
+                    None => {
+                        // Under pressure a reservation yields, the oldest first.
+                        let oldest = held_for
+                            .iter()
+                            .filter(|(a, _)| matches!(taken(**a, &allocs), Ok(false)))
+                            .min_by_key(|(_, (exp, _))| *exp)
+                            .map(|(a, _)| *a);
+                        oldest.ok_or_else(|| {
+                            IpamError::Exhausted(format!(
+                                "pool {pool} ({}) has no free address: {} are held",
+                                p.subnet,
+                                span.min(MAX_SCAN)
+                            ))
+                        })?
+                    }
+                }
             };
+            reserved
+                .remove(format!("{pool}/{addr}").as_str())
+                .map_err(storage)?;
             let record = Record {
                 container_id: key.container_id.clone(),
                 ifname: key.ifname.clone(),
                 pool: pool.to_string(),
                 address: addr,
-                allocated_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                allocated_at: now,
+                owner: owner.map(str::to_string),
             };
             let json = serde_json::to_string(&record).map_err(storage)?;
             allocs
@@ -381,11 +497,13 @@ impl Ipam for Ledger {
     }
 
     fn release(&self, key: &AttachmentKey) -> Result<u32, IpamError> {
+        let expiry = now_secs() + self.sticky_ttl.as_secs();
         let txn = self.db.begin_write().map_err(storage)?;
         let mut n = 0;
         {
             let mut allocs = txn.open_table(ALLOCATIONS).map_err(storage)?;
             let mut attach = txn.open_table(ATTACHMENTS).map_err(storage)?;
+            let mut reserved = txn.open_table(RESERVED).map_err(storage)?;
             let prefix = format!("{}\0{}\0", key.container_id, key.ifname);
             let mut held = vec![];
             for row in attach.range(prefix.as_str()..).map_err(storage)? {
@@ -398,9 +516,20 @@ impl Ipam for Ledger {
             }
             for (akey, pool, addr) in held {
                 attach.remove(akey.as_str()).map_err(storage)?;
-                allocs
-                    .remove(format!("{pool}/{addr}").as_str())
-                    .map_err(storage)?;
+                let alloc_key = format!("{pool}/{addr}");
+                let owner = match allocs.remove(alloc_key.as_str()).map_err(storage)? {
+                    Some(v) => serde_json::from_str::<Record>(v.value())
+                        .ok()
+                        .and_then(|r| r.owner),
+                    None => None,
+                };
+                if let Some(owner) = owner
+                    && !self.sticky_ttl.is_zero()
+                {
+                    reserved
+                        .insert(alloc_key.as_str(), format!("{expiry} {owner}").as_str())
+                        .map_err(storage)?;
+                }
                 n += 1;
             }
         }
@@ -469,10 +598,10 @@ mod tests {
     fn allocates_skipping_network_gateway_and_broadcast() {
         let d = tempfile::tempdir().unwrap();
         let l = ledger(d.path(), "10.244.1.0/30");
-        let a = l.allocate(&key("a"), "v4", None).unwrap();
+        let a = l.allocate(&key("a"), "v4", None, None).unwrap();
         assert_eq!(a.address.to_string(), "10.244.1.2/30");
         assert_eq!(a.gateway.to_string(), "10.244.1.1");
-        let e = l.allocate(&key("b"), "v4", None).unwrap_err();
+        let e = l.allocate(&key("b"), "v4", None, None).unwrap_err();
         assert!(matches!(e, IpamError::Exhausted(_)), "{e}");
     }
 
@@ -480,8 +609,8 @@ mod tests {
     fn repeated_add_returns_the_same_address() {
         let d = tempfile::tempdir().unwrap();
         let l = ledger(d.path(), "10.244.1.0/24");
-        let a = l.allocate(&key("a"), "v4", None).unwrap();
-        assert_eq!(l.allocate(&key("a"), "v4", None).unwrap(), a);
+        let a = l.allocate(&key("a"), "v4", None, None).unwrap();
+        assert_eq!(l.allocate(&key("a"), "v4", None, None).unwrap(), a);
         assert_eq!(l.held(&key("a")).unwrap(), vec![a]);
     }
 
@@ -489,10 +618,10 @@ mod tests {
     fn released_address_is_not_reused_at_once() {
         let d = tempfile::tempdir().unwrap();
         let l = ledger(d.path(), "10.244.1.0/24");
-        let a = l.allocate(&key("a"), "v4", None).unwrap();
+        let a = l.allocate(&key("a"), "v4", None, None).unwrap();
         assert_eq!(l.release(&key("a")).unwrap(), 1);
         assert_eq!(l.release(&key("a")).unwrap(), 0, "release is idempotent");
-        let b = l.allocate(&key("b"), "v4", None).unwrap();
+        let b = l.allocate(&key("b"), "v4", None, None).unwrap();
         assert_ne!(a.address, b.address);
     }
 
@@ -501,11 +630,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = {
             let l = ledger(d.path(), "10.244.1.0/24");
-            l.allocate(&key("a"), "v4", None).unwrap()
+            l.allocate(&key("a"), "v4", None, None).unwrap()
         };
         let l = ledger(d.path(), "10.244.1.0/24");
         assert_eq!(l.held(&key("a")).unwrap(), vec![a.clone()]);
-        let b = l.allocate(&key("b"), "v4", None).unwrap();
+        let b = l.allocate(&key("b"), "v4", None, None).unwrap();
         assert_ne!(b.address, a.address, "the cursor survives too");
     }
 
@@ -519,7 +648,7 @@ mod tests {
                 std::thread::spawn(move || {
                     (0..20)
                         .map(|i| {
-                            l.allocate(&key(&format!("c{t}-{i}")), "v4", None)
+                            l.allocate(&key(&format!("c{t}-{i}")), "v4", None, None)
                                 .unwrap()
                                 .address
                         })
@@ -543,22 +672,22 @@ mod tests {
         let l = ledger(d.path(), "10.244.1.0/24");
         let want: IpAddr = "10.244.1.77".parse().unwrap();
         assert_eq!(
-            l.allocate(&key("a"), "v4", Some(want))
+            l.allocate(&key("a"), "v4", Some(want), None)
                 .unwrap()
                 .address
                 .addr(),
             want
         );
         assert!(matches!(
-            l.allocate(&key("b"), "v4", Some(want)),
+            l.allocate(&key("b"), "v4", Some(want), None),
             Err(IpamError::InUse(_))
         ));
         assert!(matches!(
-            l.allocate(&key("b"), "v4", Some("10.244.1.1".parse().unwrap())),
+            l.allocate(&key("b"), "v4", Some("10.244.1.1".parse().unwrap()), None),
             Err(IpamError::OutOfPool(_))
         ));
         assert!(matches!(
-            l.allocate(&key("b"), "v6", None),
+            l.allocate(&key("b"), "v6", None, None),
             Err(IpamError::UnknownPool(_))
         ));
         assert!(
@@ -574,6 +703,58 @@ mod tests {
     }
 
     #[test]
+    fn a_sticky_owner_gets_its_address_back_and_others_skip_it() {
+        let d = tempfile::tempdir().unwrap();
+        let l = ledger(d.path(), "10.244.1.0/24");
+        let db0 = l
+            .allocate(&key("db-0-old"), "v4", None, Some("prod/db-0"))
+            .unwrap();
+        l.allocate(&key("other-1"), "v4", None, None).unwrap();
+        assert_eq!(l.release(&key("db-0-old")).unwrap(), 1);
+        assert_eq!(l.reservations().unwrap().len(), 1);
+        // Someone else does not get it, even though it is free...
+        for i in 0..5 {
+            let a = l
+                .allocate(&key(&format!("x{i}")), "v4", None, None)
+                .unwrap();
+            assert_ne!(a.address, db0.address);
+        }
+        let e = l
+            .allocate(&key("x9"), "v4", Some(db0.address.addr()), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("reserved for prod/db-0"), "{e}");
+        // ... and the re-created pod (new container, same name) does.
+        let again = l
+            .allocate(&key("db-0-new"), "v4", None, Some("prod/db-0"))
+            .unwrap();
+        assert_eq!(again.address, db0.address);
+        assert!(l.reservations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reservation_expires_and_yields_under_pressure() {
+        let d = tempfile::tempdir().unwrap();
+        let l =
+            ledger(d.path(), "10.244.1.0/30").with_sticky_ttl(std::time::Duration::from_secs(3600));
+        let a = l
+            .allocate(&key("db"), "v4", None, Some("prod/db-0"))
+            .unwrap();
+        l.release(&key("db")).unwrap();
+        // The only usable address is reserved; a new pod still gets it.
+        let b = l.allocate(&key("web"), "v4", None, None).unwrap();
+        assert_eq!(a.address, b.address);
+        let d2 = tempfile::tempdir().unwrap();
+        let l = ledger(d2.path(), "10.244.1.0/24").with_sticky_ttl(std::time::Duration::ZERO);
+        l.allocate(&key("db"), "v4", None, Some("prod/db-0"))
+            .unwrap();
+        l.release(&key("db")).unwrap();
+        assert!(
+            l.reservations().unwrap().is_empty(),
+            "a zero TTL keeps nothing"
+        );
+    }
+
+    #[test]
     fn ipv6_pools_work_without_scanning_the_world() {
         let d = tempfile::tempdir().unwrap();
         let l = Ledger::open(
@@ -584,7 +765,7 @@ mod tests {
             }],
         )
         .unwrap();
-        let a = l.allocate(&key("a"), "v6", None).unwrap();
+        let a = l.allocate(&key("a"), "v6", None, None).unwrap();
         assert_eq!(a.address.to_string(), "fd00:10:244:1::2/64");
         assert_eq!(l.pools()[0].gateway.to_string(), "fd00:10:244:1::1");
     }

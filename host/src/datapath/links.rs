@@ -27,7 +27,7 @@ pub struct LinkState {
     pub addresses: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RouteEntry {
     pub destination: IpNet,
     pub gateway: Option<IpAddr>,
@@ -71,6 +71,9 @@ pub trait Links: Send + Sync {
     fn del_route(&self, ns: &Netns, route: &RouteEntry) -> Result<(), LinkError>;
     fn set_sysctl(&self, ns: &Netns, key: &str, value: &str) -> Result<(), LinkError>;
     fn get_link(&self, ns: &Netns, name: &str) -> Result<Option<LinkState>, LinkError>;
+    /// Every link in a namespace.
+    fn list_links(&self, ns: &Netns) -> Result<Vec<LinkState>, LinkError>;
+    fn set_link_up(&self, ns: &Netns, name: &str) -> Result<(), LinkError>;
     fn list_routes(&self, ns: &Netns, device: &str) -> Result<Vec<RouteEntry>, LinkError>;
     /// Delete a link; `Ok(false)` if it did not exist.
     fn delete_link(&self, ns: &Netns, name: &str) -> Result<bool, LinkError>;
@@ -287,6 +290,22 @@ impl Links for RecordingLinks {
             .links
             .get(&(ns.clone(), name.to_string()))
             .cloned())
+    }
+
+    fn list_links(&self, ns: &Netns) -> Result<Vec<LinkState>, LinkError> {
+        Ok(self.links(ns))
+    }
+
+    fn set_link_up(&self, ns: &Netns, name: &str) -> Result<(), LinkError> {
+        let mut s = self.state.lock();
+        s.calls.push(format!("set-link-up {ns:?} {name}"));
+        match s.links.get_mut(&(ns.clone(), name.to_string())) {
+            Some(l) => {
+                l.up = true;
+                Ok(())
+            }
+            None => Err(LinkError::NotFound(format!("no link {name}"))),
+        }
     }
 
     fn list_routes(&self, ns: &Netns, device: &str) -> Result<Vec<RouteEntry>, LinkError> {

@@ -7,4 +7,5 @@
 
 pub mod ipam;
 pub mod links;
+pub mod netlink;
 pub mod probes;

@@ -1,6 +1,9 @@
 //! The network model: host-side projections of Kubernetes objects and of our
 //! CRDs. It knows no kernel and no wasm; sources fill it, modules render it.
 
+pub mod crd;
+pub mod local;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -57,7 +57,7 @@ impl ModuleSpec {
             sha256: None,
             config: serde_json::json!({}),
             failure_policy: FailurePolicy::default(),
-            limits: Limits::default(),
+            limits: Limits::for_role(role),
             plan_limits: PlanLimits::default(),
             priority: 0,
             generation: 1,

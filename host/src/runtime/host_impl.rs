@@ -109,6 +109,21 @@ impl HostState {
     }
 
     fn effect(&mut self, e: Effect) {
+        if let Some(path) = self.attachment.as_ref().and_then(|a| a.journal.as_ref()) {
+            // Not fsynced: it must survive the agent's crash, not the node's
+            // (a node that restarts has lost every pod namespace anyway).
+            let line = serde_json::to_string(&e).expect("effects serialize");
+            let r = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
+                });
+            if let Err(err) = r {
+                tracing::error!(module = %self.module, "cannot journal {line} to {}: {err}", path.display());
+            }
+        }
         self.call.effects.push(e);
     }
 }
@@ -252,7 +267,7 @@ impl ipam::Host for HostState {
                 ),
             );
         }
-        match ipam.allocate(&a.key(), &pool, preferred) {
+        match ipam.allocate(&a.key(), &pool, preferred, a.owner.as_deref()) {
             Ok(al) => {
                 self.effect(Effect::Allocated {
                     pool: al.pool.clone(),
@@ -522,6 +537,48 @@ impl links::Host for HostState {
             .get_link(&ns, &name)
             .map(|l| l.map(wit_link))
             .map_err(wit_link_error))
+    }
+
+    fn list_links(
+        &mut self,
+        scope: links::Scope,
+    ) -> Result<std::result::Result<Vec<links::LinkInfo>, links::LinkError>> {
+        const F: &str = "links.list-links";
+        let a = self.attachment(F)?;
+        let ns = match scope {
+            links::Scope::Node => Netns::Node,
+            links::Scope::Pod => match &a.netns {
+                Some(p) => Netns::Pod(p.clone()),
+                None => return self.violation(F, "the request has no pod network namespace"),
+            },
+        };
+        let backend = self.links_backend(F)?;
+        let grants = self.grants.clone();
+        // A module sees only what it may touch.
+        Ok(backend
+            .list_links(&ns)
+            .map(|v| {
+                v.into_iter()
+                    .filter(|l| match scope {
+                        links::Scope::Node => grants.allows_node_interface(&l.name),
+                        links::Scope::Pod => l.name == a.ifname || l.name == "lo",
+                    })
+                    .map(wit_link)
+                    .collect()
+            })
+            .map_err(wit_link_error))
+    }
+
+    fn set_link_up(
+        &mut self,
+        scope: links::Scope,
+        name: String,
+    ) -> Result<std::result::Result<(), links::LinkError>> {
+        const F: &str = "links.set-link-up";
+        let a = self.attachment(F)?;
+        let ns = self.device(F, scope, &name, &a)?;
+        let backend = self.links_backend(F)?;
+        Ok(backend.set_link_up(&ns, &name).map_err(wit_link_error))
     }
 
     fn list_routes(

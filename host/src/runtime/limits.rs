@@ -41,6 +41,19 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The defaults for a role. A CNI call waits on the kernel (links,
+    /// addresses, an fsynced ledger) through its host calls, and runtimes
+    /// give a CNI ADD minutes; render calls are pure computation.
+    pub fn for_role(role: crate::model::Role) -> Limits {
+        match role {
+            crate::model::Role::Cni => Limits {
+                deadline: Duration::from_secs(10),
+                ..Limits::default()
+            },
+            _ => Limits::default(),
+        }
+    }
+
     /// The hard ceilings the host accepts for any module.
     pub fn validate(&self) -> Result<(), String> {
         if self.deadline.is_zero() || self.deadline > Duration::from_secs(30) {

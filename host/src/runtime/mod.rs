@@ -707,18 +707,19 @@ impl Session {
         })
     }
 
-    /// A CNI verb (cni role): `add`, `del` or `check`.
+    /// A CNI verb (cni role): `add`, `del` or `check`, with the module's config.
     pub fn cni(
         &mut self,
         verb: CniVerb,
         request: &cni_types::CniRequest,
+        config: &str,
     ) -> Result<Result<Option<cni_types::CniResult>, cni_types::CniError>, CallError> {
         let object = format!("container {} {}", request.container_id, request.ifname);
         self.call(verb.function(), Some(&object), |i, s| match i {
             RoleInstance::Cni(m) => match verb {
-                CniVerb::Add => m.call_add(s, request).map(|r| r.map(Some)),
-                CniVerb::Del => m.call_del(s, request).map(|r| r.map(|()| None)),
-                CniVerb::Check => m.call_check(s, request).map(|r| r.map(|()| None)),
+                CniVerb::Add => m.call_add(s, request, config).map(|r| r.map(Some)),
+                CniVerb::Del => m.call_del(s, request, config).map(|r| r.map(|()| None)),
+                CniVerb::Check => m.call_check(s, request, config).map(|r| r.map(|()| None)),
             },
             _ => unreachable!("a session calls only its role's functions"),
         })
@@ -728,9 +729,10 @@ impl Session {
     pub fn cni_gc(
         &mut self,
         request: &cni_types::GcRequest,
+        config: &str,
     ) -> Result<Result<(), cni_types::CniError>, CallError> {
         self.call("gc", None, |i, s| match i {
-            RoleInstance::Cni(m) => m.call_gc(s, request),
+            RoleInstance::Cni(m) => m.call_gc(s, request, config),
             _ => unreachable!("a session calls only its role's functions"),
         })
     }
@@ -738,10 +740,11 @@ impl Session {
     /// CNI STATUS (cni role).
     pub fn cni_status(
         &mut self,
+        network_config: &str,
         config: &str,
     ) -> Result<Result<(), cni_types::CniError>, CallError> {
         self.call("status", None, |i, s| match i {
-            RoleInstance::Cni(m) => m.call_status(s, config),
+            RoleInstance::Cni(m) => m.call_status(s, network_config, config),
             _ => unreachable!("a session calls only its role's functions"),
         })
     }

@@ -33,12 +33,17 @@ impl std::fmt::Debug for HostServices {
 }
 
 /// The CNI attachment a call serves; `ipam` and `links` act only for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Attachment {
     pub container_id: String,
     pub ifname: String,
     /// The pod's netns path; `None` when the runtime no longer has one (DEL).
     pub netns: Option<PathBuf>,
+    /// The pod's `namespace/name` when its addresses are sticky (StatefulSet).
+    pub owner: Option<String>,
+    /// Where each effect is appended as it happens (one JSON line each), so a
+    /// crash in the middle of an ADD can be undone at start-up.
+    pub journal: Option<PathBuf>,
 }
 
 impl Attachment {
@@ -52,7 +57,8 @@ impl Attachment {
 
 /// A side effect a host function performed, in order, so a failed ADD can be
 /// undone exactly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "effect")]
 pub enum Effect {
     BridgeEnsured {
         name: String,

@@ -25,6 +25,9 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+pub mod agent;
+pub mod netns;
+
 pub fn env() -> Env {
     env_on(runtime())
 }

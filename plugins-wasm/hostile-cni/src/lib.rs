@@ -37,7 +37,7 @@ impl Guest for Hostile {
         )
     }
 
-    fn add(req: CniRequest) -> Result<CniResult, CniError> {
+    fn add(req: CniRequest, _config: String) -> Result<CniResult, CniError> {
         let behaviour = req
             .args
             .iter()
@@ -118,21 +118,21 @@ impl Guest for Hostile {
         })
     }
 
-    fn del(_req: CniRequest) -> Result<(), CniError> {
+    fn del(_req: CniRequest, _config: String) -> Result<(), CniError> {
         ipam::release()
             .map(|_| ())
             .map_err(|x| err(format!("{x:?}")))
     }
 
-    fn check(_req: CniRequest) -> Result<(), CniError> {
+    fn check(_req: CniRequest, _config: String) -> Result<(), CniError> {
         Ok(())
     }
 
-    fn gc(_req: GcRequest) -> Result<(), CniError> {
+    fn gc(_req: GcRequest, _config: String) -> Result<(), CniError> {
         Ok(())
     }
 
-    fn status(_config: String) -> Result<(), CniError> {
+    fn status(_network_config: String, _config: String) -> Result<(), CniError> {
         Ok(())
     }
 }

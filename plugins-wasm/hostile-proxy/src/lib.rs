@@ -5,7 +5,7 @@
 //! | behaviour | what the module does |
 //! |---|---|
 //! | `infinite-loop` | spins forever |
-//! | `memory-bomb` | allocates 1 MiB at a time forever |
+//! | `memory-bomb` | allocates 4 MiB at a time forever |
 //! | `deep-recursion` | recurses a billion levels deep |
 //! | `trap` | executes `unreachable` |
 //! | `panic` | panics with a message |
@@ -104,9 +104,11 @@ impl Guest for Hostile {
                 }
             }
             "memory-bomb" => {
+                // Grows linear memory 4 MiB at a time (the cap is enforced at
+                // memory.grow; touching the pages would only add page faults).
                 let mut hoard: Vec<Vec<u8>> = vec![];
                 loop {
-                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                    hoard.push(black_box(Vec::with_capacity(4 << 20)));
                 }
             }
             "deep-recursion" => Ok(PlanFragment {

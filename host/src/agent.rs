@@ -1,0 +1,232 @@
+//! `switchyard agent`: the node agent. Without Kubernetes it runs from a
+//! directory of manifests (`--local`) and a data directory; in a cluster it
+//! runs as a DaemonSet (the kube source comes with the Kubernetes issue).
+
+use crate::cni::{CniService, StickyPods, journal::Journal, store::AttachmentStore};
+use crate::datapath::ipam::{Ledger, PoolConfig};
+use crate::datapath::netlink::NetlinkLinks;
+use crate::datapath::probes::ProbeTable;
+use crate::model::local::{Manifests, sticky_owner};
+use crate::model::{FailurePolicy, Role};
+use crate::registry::source::{Fetcher, ModuleSource};
+use crate::registry::{ModuleSpec, Registry};
+use crate::runtime::{HostServices, Runtime, RuntimeConfig};
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Where the ledger, the attachment store, journals and cached modules live.
+    pub data_dir: PathBuf,
+    /// A directory of manifests (Node, Pod, NetworkModule, ...).
+    pub local: Option<PathBuf>,
+    /// This node's name.
+    pub node: String,
+    pub cni_socket: PathBuf,
+    /// Pod CIDRs when no Node manifest gives them.
+    pub pod_cidrs: Vec<IpNet>,
+    pub fuel: bool,
+    /// How long a StatefulSet pod's released address waits for it.
+    pub sticky_ttl: Duration,
+}
+
+/// The binding name of the built-in CNI module when no NetworkModule names one.
+pub const DEFAULT_CNI_BINDING: &str = "cni-bridge";
+
+/// A running agent's parts.
+pub struct Agent {
+    pub registry: Arc<Registry>,
+    pub cni: Arc<CniService>,
+    pub ledger: Arc<Ledger>,
+    pub options: AgentOptions,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.options.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pools from CIDRs: `v4` and `v6`, one per family.
+pub fn pools(cidrs: &[IpNet]) -> anyhow::Result<Vec<PoolConfig>> {
+    let mut pools: Vec<PoolConfig> = vec![];
+    for c in cidrs {
+        let name = if c.addr().is_ipv4() { "v4" } else { "v6" };
+        if pools.iter().any(|p| p.name == name) {
+            bail!("more than one {name} pod CIDR ({c}); a node has at most one per family");
+        }
+        pools.push(PoolConfig {
+            name: name.into(),
+            subnet: c.trunc(),
+        });
+    }
+    Ok(pools)
+}
+
+impl Agent {
+    /// Open the data directory, load modules and reconcile; not yet serving.
+    pub async fn start(options: AgentOptions) -> anyhow::Result<Agent> {
+        let data = &options.data_dir;
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("creating the data directory {}", data.display()))?;
+        let manifests = match &options.local {
+            Some(dir) => Manifests::load_dir(dir)?,
+            None => Manifests::default(),
+        };
+        let node = manifests.node(&options.node);
+        let mut cidrs: Vec<IpNet> = node
+            .and_then(|n| n.spec.as_ref())
+            .and_then(|s| {
+                s.pod_cidrs
+                    .clone()
+                    .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
+            })
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                c.parse().with_context(|| {
+                    format!("Node {}: spec.podCIDRs: {c:?} is not a CIDR", options.node)
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if cidrs.is_empty() {
+            cidrs = options.pod_cidrs.clone();
+        }
+        if cidrs.is_empty() {
+            tracing::warn!(
+                "node {} has no pod CIDR: CNI STATUS reports not available until it has one",
+                options.node
+            );
+        }
+        let ledger = Arc::new(
+            Ledger::open(&data.join("ipam.redb"), pools(&cidrs)?)?
+                .with_sticky_ttl(options.sticky_ttl),
+        );
+        let links = Arc::new(NetlinkLinks::new(None));
+        let services = HostServices {
+            probes: Some(Arc::new(ProbeTable::default())),
+            ipam: Some(ledger.clone()),
+            links: Some(links.clone()),
+        };
+        let runtime = Runtime::with_config(RuntimeConfig {
+            fuel: options.fuel,
+            ..RuntimeConfig::default()
+        })?;
+        let fetcher = Fetcher {
+            cache_dir: Some(data.join("modules")),
+            ..Fetcher::default()
+        };
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let registry = Registry::new(runtime, fetcher, services, cpus);
+
+        // The CNI module: the highest-priority NetworkModule of role cni for
+        // this node, else the built-in cni-bridge.
+        let labels = crate::model::local::node_labels(node);
+        let mut cni_modules: Vec<_> = manifests
+            .modules
+            .iter()
+            .filter(|m| m.spec.role == Role::Cni && m.spec.selects(&labels))
+            .collect();
+        cni_modules.sort_by_key(|m| -m.spec.priority);
+        let spec = match cni_modules.first() {
+            Some(m) => m
+                .spec
+                .to_module_spec(&m.name, m.generation)
+                .map_err(anyhow::Error::msg)?,
+            None => {
+                let mut s = ModuleSpec::new(
+                    DEFAULT_CNI_BINDING,
+                    Role::Cni,
+                    ModuleSource::Builtin("cni-bridge".into()),
+                );
+                s.failure_policy = FailurePolicy::FailClosed;
+                s
+            }
+        };
+        let binding = spec.name.clone();
+        if let Err(e) = registry.apply_async(spec).await {
+            // The agent keeps running: STATUS says why ADD cannot be served.
+            tracing::error!("{e}");
+        }
+        for m in manifests
+            .modules
+            .iter()
+            .filter(|m| m.spec.role != Role::Cni)
+        {
+            match m.spec.to_module_spec(&m.name, m.generation) {
+                Ok(spec) => {
+                    if let Err(e) = registry.apply_async(spec).await {
+                        tracing::error!("{e}");
+                    }
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+
+        let sticky: HashMap<(String, String), String> = manifests
+            .pods
+            .iter()
+            .filter_map(|p| {
+                let owner = sticky_owner(p)?;
+                let (ns, name) = owner.split_once('/')?;
+                Some(((ns.to_string(), name.to_string()), owner.clone()))
+            })
+            .collect();
+        let store =
+            AttachmentStore::open(&data.join("attachments.redb")).map_err(anyhow::Error::msg)?;
+        let journal = Journal::new(&data.join("journal"))?;
+        let cni = CniService::new(
+            registry.clone(),
+            &binding,
+            ledger.clone(),
+            links,
+            store,
+            journal,
+            Arc::new(StickyPods(sticky)),
+            64,
+        );
+        let svc = cni.clone();
+        let reconciled = tokio::task::spawn_blocking(move || svc.reconcile()).await?;
+        tracing::info!(
+            interrupted = reconciled.interrupted,
+            gone = reconciled.gone,
+            orphans = reconciled.orphans,
+            "reconciled pod attachments with the namespaces that exist"
+        );
+        for p in &reconciled.problems {
+            tracing::warn!("reconciling: {p}");
+        }
+        Ok(Agent {
+            registry,
+            cni,
+            ledger,
+            options,
+        })
+    }
+
+    /// Serve until SIGTERM or SIGINT.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("shutting down");
+        };
+        crate::cni::server::serve(self.options.cni_socket.clone(), self.cni.clone(), shutdown)
+            .await?;
+        Ok(())
+    }
+}

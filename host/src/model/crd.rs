@@ -1,0 +1,114 @@
+//! Our custom resources (group `switchyard.dev`, version `v1alpha1`), as the
+//! agent reads them from manifests or the API server.
+
+use super::{FailurePolicy, Role};
+use crate::registry::ModuleSpec;
+use crate::registry::source::ModuleSource;
+use crate::runtime::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const GROUP: &str = "switchyard.dev";
+pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
+
+/// Where a module's bytes come from: exactly one of `builtin`, `url` or `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModuleSourceSpec {
+    /// A module compiled into the agent, by name (`cni-bridge`, `proxy-nftables`).
+    pub builtin: Option<String>,
+    /// An http(s) URL; `sha256` is required with it.
+    pub url: Option<String>,
+    /// A file on the node.
+    pub file: Option<String>,
+    /// The module's sha256 (64 hex digits, optionally `sha256:`-prefixed).
+    pub sha256: Option<String>,
+}
+
+/// `NetworkModule.spec.limits`: each field set replaces the role's default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub deadline_ms: Option<u64>,
+    pub memory_bytes: Option<usize>,
+    pub fuel: Option<u64>,
+    pub max_output_bytes: Option<usize>,
+    pub max_log_bytes: Option<usize>,
+    pub max_log_records: Option<usize>,
+}
+
+impl LimitsSpec {
+    /// These limits over `base` (the role's defaults).
+    pub fn over(&self, base: Limits) -> Limits {
+        Limits {
+            deadline: self
+                .deadline_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(base.deadline),
+            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
+            fuel: self.fuel.or(base.fuel),
+            max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
+            max_log_bytes: self.max_log_bytes.unwrap_or(base.max_log_bytes),
+            max_log_records: self.max_log_records.unwrap_or(base.max_log_records),
+            max_stdio_bytes: base.max_stdio_bytes,
+        }
+    }
+}
+
+/// `NetworkModule.spec`: one module bound to a role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkModuleSpec {
+    pub role: Role,
+    pub source: ModuleSourceSpec,
+    /// The module's config, checked against the schema it describes.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Among modules of one role on a node, the highest priority serves.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub limits: Option<LimitsSpec>,
+    /// Nodes the module is for (all when empty).
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Run beside the active module and compare plans without applying.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+impl NetworkModuleSpec {
+    /// The registry's view of this NetworkModule.
+    pub fn to_module_spec(&self, name: &str, generation: i64) -> Result<ModuleSpec, String> {
+        let s = &self.source;
+        let source = match (&s.builtin, &s.url, &s.file) {
+            (Some(b), None, None) => ModuleSource::Builtin(b.clone()),
+            (None, Some(u), None) => ModuleSource::Url(u.clone()),
+            (None, None, Some(f)) => ModuleSource::File(f.into()),
+            _ => {
+                return Err(format!(
+                    "NetworkModule {name:?} is invalid: spec.source: exactly one of builtin, url and file must be set"
+                ));
+            }
+        };
+        let mut spec = ModuleSpec::new(name, self.role, source);
+        spec.sha256 = s.sha256.clone();
+        spec.config = self.config.clone().unwrap_or_else(|| serde_json::json!({}));
+        spec.failure_policy = self.failure_policy;
+        spec.priority = self.priority;
+        spec.generation = generation;
+        if let Some(l) = &self.limits {
+            spec.limits = l.over(Limits::for_role(self.role));
+        }
+        Ok(spec)
+    }
+
+    /// Whether the module is meant for a node with these labels.
+    pub fn selects(&self, node_labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector
+            .iter()
+            .all(|(k, v)| node_labels.get(k) == Some(v))
+    }
+}

@@ -1,0 +1,575 @@
+//! Pod networking end to end (root): a real agent in a node namespace of its
+//! own, the real plugin exec'd as a runtime execs it, pods as namespaces this
+//! test creates, real packets. Each test checks the kernel and the ledger for
+//! leftovers when it is done.
+
+mod common;
+
+use common::agent::{AgentProc, cni, held, result_ips, verb};
+use common::netns::{Netns, require_root, wait_for};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const V4: &str = "10.71.0.0/24";
+const V6: &str = "fd71::/64";
+
+fn pools() -> [(&'static str, &'static str); 2] {
+    [("v4", V4), ("v6", V6)]
+}
+
+fn with_prev(config: &Value, prev: &Value) -> Value {
+    let mut c = config.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+#[test]
+fn add_check_del_in_both_families_with_real_traffic() {
+    require_root();
+    let mut agent = AgentProc::start("cni-a", &[V4, V6], None);
+    let (a, b) = (Netns::new("pa"), Netns::new("pb"));
+    let conf = agent.conf("1.1.0");
+
+    let ra = verb("ADD", "ctr-a", &a.path, &conf);
+    let res = ra.ok().clone();
+    assert_eq!(res["cniVersion"], "1.1.0");
+    assert_eq!(res["interfaces"][1]["name"], "eth0");
+    assert_eq!(
+        res["interfaces"][1]["sandbox"],
+        a.path.display().to_string()
+    );
+    assert_eq!(res["interfaces"][1]["mtu"], 1500);
+    assert_eq!(res["ips"][0]["gateway"], "10.71.0.1");
+    assert_eq!(res["ips"][1]["gateway"], "fd71::1");
+    assert_eq!(res["routes"].as_array().unwrap().len(), 2);
+    let rb = verb("ADD", "ctr-b", &b.path, &conf);
+    let ips_b = result_ips(rb.ok());
+
+    // The kernel agrees with the result, and packets flow both ways.
+    let addrs = a.ip(&["-br", "addr", "show", "eth0"]);
+    for ip in result_ips(&res) {
+        assert!(addrs.contains(&ip), "{ip} not on eth0: {addrs}");
+    }
+    assert!(a.ping(&ips_b[0]), "IPv4 pod to pod");
+    assert!(a.ping(&ips_b[1]), "IPv6 pod to pod");
+    assert!(b.ping("10.71.0.1"), "pod to its gateway");
+
+    // CHECK passes, then fails once the address is gone.
+    assert_eq!(
+        verb("CHECK", "ctr-a", &a.path, &with_prev(&conf, &res)).code,
+        0
+    );
+    a.ip(&[
+        "addr",
+        "del",
+        &format!("{}/24", result_ips(&res)[0]),
+        "dev",
+        "eth0",
+    ]);
+    let c = verb("CHECK", "ctr-a", &a.path, &with_prev(&conf, &res));
+    assert_eq!(c.error_code(), 103, "{}", c.raw);
+    assert!(
+        c.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("is missing from eth0"),
+        "{}",
+        c.raw
+    );
+    // CHECK of a container that was never added.
+    assert_eq!(
+        verb("CHECK", "ctr-x", &a.path, &with_prev(&conf, &res)).error_code(),
+        3
+    );
+
+    // DEL removes everything; again is fine; so is DEL without a namespace.
+    assert_eq!(
+        verb("DEL", "ctr-a", &a.path, &with_prev(&conf, &res)).code,
+        0
+    );
+    assert_eq!(verb("DEL", "ctr-a", &a.path, &conf).code, 0);
+    let no_ns = cni(
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "ctr-a"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &conf.to_string(),
+    );
+    assert_eq!(no_ns.code, 0, "{}", no_ns.raw);
+    assert!(!a.ip(&["-br", "link"]).contains("eth0"));
+    assert_eq!(agent.pod_veths().len(), 1, "only pod b's veth is left");
+    assert!(!b.ping(&result_ips(&res)[0]));
+    assert_eq!(verb("DEL", "ctr-b", &b.path, &conf).code, 0);
+
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0, "no address stays held");
+    assert!(agent.pod_veths().is_empty());
+}
+
+#[test]
+fn every_spec_version_gets_its_own_result_shape() {
+    require_root();
+    let agent = AgentProc::start("cni-v", &[V4, V6], None);
+    let version = cni(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+    assert_eq!(
+        version.ok()["supportedVersions"],
+        json!(["0.4.0", "1.0.0", "1.1.0"])
+    );
+    assert_eq!(version.out["cniVersion"], "1.0.0");
+    for (i, v) in ["0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let p = Netns::new("pv");
+        let r = verb("ADD", &format!("ctr-{i}"), &p.path, &agent.conf(v));
+        let out = r.ok();
+        assert_eq!(out["cniVersion"], *v);
+        assert_eq!(
+            out["ips"][0].get("version").is_some(),
+            *v == "0.4.0",
+            "{v}: {out}"
+        );
+        assert_eq!(
+            out["interfaces"][1].get("mtu").is_some(),
+            *v == "1.1.0",
+            "{v}: {out}"
+        );
+        assert_eq!(
+            verb("DEL", &format!("ctr-{i}"), &p.path, &agent.conf(v)).code,
+            0
+        );
+    }
+    // 1.1's cniVersions picks the highest both sides speak.
+    let mut c = agent.conf("1.0.0");
+    c["cniVersions"] = json!(["1.0.0", "1.1.0", "2.0.0"]);
+    let p = Netns::new("pv");
+    assert_eq!(
+        verb("ADD", "ctr-n", &p.path, &c).ok()["cniVersion"],
+        "1.1.0"
+    );
+    assert_eq!(verb("DEL", "ctr-n", &p.path, &c).code, 0);
+}
+
+#[test]
+fn bad_input_gets_the_right_code_and_leaves_nothing_behind() {
+    require_root();
+    let mut agent = AgentProc::start("cni-b", &[V4, V6], None);
+    let p = Netns::new("pbad");
+    let ns = p.path.display().to_string();
+    let conf = agent.conf("1.0.0").to_string();
+    let env = |cmd: &'static str,
+               id: &'static str,
+               ifname: &'static str|
+     -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", cmd.into()),
+            ("CNI_CONTAINERID", id.into()),
+            ("CNI_NETNS", ns.clone()),
+            ("CNI_IFNAME", ifname.into()),
+            ("CNI_PATH", "/opt/cni/bin".into()),
+        ]
+    };
+    let run = |vars: Vec<(&str, String)>, stdin: &str| {
+        let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        cni(&v, stdin)
+    };
+    let mut c = agent.conf("1.0.0");
+    c["brige"] = json!("sy0");
+    let typo = c.to_string();
+    let mut c = agent.conf("1.0.0");
+    c["ipam"] = json!({"type": "host-local"});
+    let ipam = c.to_string();
+    /// (what, expected code, environment, stdin)
+    type Case<'a> = (&'a str, u64, Vec<(&'a str, String)>, String);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "malformed JSON",
+            6,
+            env("ADD", "c1", "eth0"),
+            "{\"cniVersion\":".into(),
+        ),
+        ("unknown field", 2, env("ADD", "c1", "eth0"), typo),
+        ("an ipam section", 2, env("ADD", "c1", "eth0"), ipam),
+        (
+            "unsupported version",
+            1,
+            env("ADD", "c1", "eth0"),
+            agent.conf("0.3.1").to_string(),
+        ),
+        ("no CNI_COMMAND", 4, vec![], conf.clone()),
+        (
+            "bad container id",
+            4,
+            env("ADD", "-c1", "eth0"),
+            conf.clone(),
+        ),
+        (
+            "interface name too long",
+            4,
+            env("ADD", "c1", "eth0-is-far-too-long"),
+            conf.clone(),
+        ),
+        (
+            "no CNI_NETNS",
+            4,
+            env("ADD", "c1", "eth0")
+                .into_iter()
+                .filter(|(k, _)| *k != "CNI_NETNS")
+                .collect(),
+            conf.clone(),
+        ),
+        (
+            "netns that does not exist",
+            3,
+            vec![
+                ("CNI_COMMAND", "ADD".into()),
+                ("CNI_CONTAINERID", "c1".into()),
+                ("CNI_NETNS", "/var/run/netns/sy-none".into()),
+                ("CNI_IFNAME", "eth0".into()),
+            ],
+            conf.clone(),
+        ),
+        (
+            "netns that is not a namespace",
+            4,
+            vec![
+                ("CNI_COMMAND", "ADD".into()),
+                ("CNI_CONTAINERID", "c1".into()),
+                ("CNI_NETNS", "/tmp".into()),
+                ("CNI_IFNAME", "eth0".into()),
+            ],
+            conf.clone(),
+        ),
+    ];
+    for (what, code, vars, stdin) in cases {
+        let r = run(vars, &stdin);
+        assert_eq!(r.error_code(), code, "{what}: {}", r.raw);
+        assert!(
+            !r.out["msg"].as_str().unwrap_or_default().is_empty(),
+            "{what}: a message says what to fix"
+        );
+    }
+    // An interface that already exists in the pod.
+    p.ip(&["link", "add", "eth0", "type", "bridge"]);
+    let r = run(env("ADD", "c2", "eth0"), &conf);
+    assert_eq!(r.error_code(), 102, "{}", r.raw);
+    assert!(
+        r.out["details"]
+            .as_str()
+            .unwrap()
+            .contains("eth0 exists in the pod namespace"),
+        "{}",
+        r.raw
+    );
+    assert!(
+        agent.pod_veths().is_empty(),
+        "the failed ADD was rolled back"
+    );
+
+    agent.stop();
+    assert_eq!(
+        held(&agent.ledger(&pools())),
+        0,
+        "no address leaked by a failed ADD"
+    );
+}
+
+#[test]
+fn an_exhausted_pool_is_reported_and_rolled_back() {
+    require_root();
+    let mut agent = AgentProc::start("cni-x", &["10.72.0.0/30"], None);
+    let (a, b) = (Netns::new("px"), Netns::new("py"));
+    let conf = agent.conf("1.1.0");
+    verb("ADD", "one", &a.path, &conf).ok();
+    let r = verb("ADD", "two", &b.path, &conf);
+    assert_eq!(r.error_code(), 101, "{}", r.raw);
+    assert!(
+        r.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("has no free address"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(agent.pod_veths().len(), 1);
+    assert!(!b.ip(&["-br", "link"]).contains("eth0"));
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&[("v4", "10.72.0.0/30")])), 1);
+}
+
+#[test]
+fn without_an_agent_add_says_try_again_and_status_says_not_available() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = json!({"cniVersion": "1.1.0", "name": "pods", "type": "switchyard-cni", "socket": dir.path().join("absent.sock")});
+    let p = Netns::new("pn");
+    assert_eq!(verb("ADD", "c1", &p.path, &conf).error_code(), 11);
+    assert_eq!(verb("DEL", "c1", &p.path, &conf).error_code(), 11);
+    let s = cni(&[("CNI_COMMAND", "STATUS")], &conf.to_string());
+    assert_eq!(s.error_code(), 50, "{}", s.raw);
+    assert!(s.out["msg"].as_str().unwrap().contains("not reachable"));
+}
+
+#[test]
+fn status_reports_a_node_without_pod_cidr() {
+    require_root();
+    let agent = AgentProc::start("cni-s", &[], None);
+    let s = cni(
+        &[("CNI_COMMAND", "STATUS")],
+        &agent.conf("1.1.0").to_string(),
+    );
+    assert_eq!(s.error_code(), 50, "{}", s.raw);
+    assert!(
+        s.out["msg"].as_str().unwrap().contains("no pod CIDR"),
+        "{}",
+        s.raw
+    );
+    let p = Netns::new("pz");
+    let r = verb("ADD", "c1", &p.path, &agent.conf("1.1.0"));
+    assert_eq!(r.error_code(), 11, "{}", r.raw);
+    let ok = AgentProc::start("cni-t", &[V4], None);
+    assert_eq!(
+        cni(&[("CNI_COMMAND", "STATUS")], &ok.conf("1.1.0").to_string()).code,
+        0
+    );
+    // STATUS is a 1.1 verb.
+    assert_eq!(
+        cni(&[("CNI_COMMAND", "STATUS")], &ok.conf("1.0.0").to_string()).error_code(),
+        1
+    );
+}
+
+#[test]
+fn del_succeeds_when_the_namespace_is_already_gone() {
+    require_root();
+    let mut agent = AgentProc::start("cni-d", &[V4, V6], None);
+    let p = Netns::new("pgone");
+    let path = p.path.clone();
+    let conf = agent.conf("1.1.0");
+    verb("ADD", "gone", &path, &conf).ok();
+    drop(p);
+    // The kernel removes the veth pair with the namespace.
+    assert!(wait_for(Duration::from_secs(5), || agent
+        .pod_veths()
+        .is_empty()));
+    let r = verb("DEL", "gone", &path, &conf);
+    assert_eq!(r.code, 0, "{}", r.raw);
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
+}
+
+#[test]
+fn fifty_concurrent_adds_get_distinct_addresses_and_dels_clean_up() {
+    require_root();
+    let mut agent = AgentProc::start("cni-c", &[V4, V6], None);
+    let pods: Vec<Netns> = (0..50).map(|_| Netns::new("pc")).collect();
+    let conf = agent.conf("1.1.0");
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let conf = &conf;
+                s.spawn(move || verb("ADD", &format!("c{i}"), &p.path, conf))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().ok().clone())
+            .collect()
+    });
+    let all: Vec<String> = results.iter().flat_map(result_ips).collect();
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 100);
+    assert_eq!(distinct.len(), 100, "no address was handed out twice");
+    let last = result_ips(&results[49]);
+    assert!(pods[0].ping(&last[0]) && pods[0].ping(&last[1]));
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let conf = &conf;
+            s.spawn(move || assert_eq!(verb("DEL", &format!("c{i}"), &p.path, conf).code, 0));
+        }
+    });
+    assert!(agent.pod_veths().is_empty());
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
+}
+
+#[test]
+fn gc_tears_down_attachments_that_are_not_valid() {
+    require_root();
+    let mut agent = AgentProc::start("cni-g", &[V4, V6], None);
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pg")).collect();
+    let conf = agent.conf("1.1.0");
+    for (i, p) in pods.iter().enumerate() {
+        verb("ADD", &format!("g{i}"), &p.path, &conf).ok();
+    }
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "g0", "ifname": "eth0"}]);
+    let r = cni(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+        &gc.to_string(),
+    );
+    assert_eq!(r.code, 0, "{}", r.raw);
+    assert!(r.raw.trim().is_empty(), "GC prints nothing on success");
+    assert_eq!(agent.pod_veths().len(), 1);
+    assert!(pods[0].ip(&["-br", "link"]).contains("eth0"));
+    assert!(!pods[1].ip(&["-br", "link"]).contains("eth0"));
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 1);
+}
+
+#[test]
+fn start_up_tears_down_attachments_whose_namespace_is_gone() {
+    require_root();
+    let mut agent = AgentProc::start("cni-r", &[V4, V6], None);
+    let keep = Netns::new("pk");
+    let lose = Netns::new("pl");
+    let conf = agent.conf("1.1.0");
+    verb("ADD", "keep", &keep.path, &conf).ok();
+    verb("ADD", "lose", &lose.path, &conf).ok();
+    agent.stop();
+    drop(lose);
+    agent.spawn();
+    assert!(agent.log().contains("gone=1"), "{}", agent.log());
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 1);
+}
+
+#[test]
+fn kill_9_at_any_moment_leaks_nothing_and_duplicates_nothing() {
+    require_root();
+    let mut agent = AgentProc::start("cni-k", &[V4, V6], None);
+    let conf = agent.conf("1.1.0");
+    let pods: Vec<Netns> = (0..24).map(|_| Netns::new("pk9")).collect();
+    let mut added: Vec<(usize, Value)> = vec![];
+    // Kill the agent while ADDs are in flight, several times, at different moments.
+    for round in 0..4 {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|j| {
+                    let i = round * 6 + j;
+                    let (p, conf) = (&pods[i], &conf);
+                    s.spawn(move || (i, verb("ADD", &format!("k{i}"), &p.path, conf)))
+                })
+                .collect();
+            // Early (before ADDs reach the agent), during, and late (after some finished).
+            std::thread::sleep(Duration::from_millis([3, 30, 80, 200][round]));
+            agent.kill9();
+            for h in handles {
+                let (i, r) = h.join().unwrap();
+                if r.code == 0 {
+                    added.push((i, r.out));
+                }
+            }
+        });
+        agent.spawn();
+    }
+    // The crash really happened in the middle of ADDs: some failed, some
+    // succeeded, and restarts found interrupted ADDs to undo.
+    let interrupted: usize = agent
+        .log()
+        .lines()
+        .filter_map(|l| {
+            l.split("interrupted=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    eprintln!(
+        "{} of 24 ADDs succeeded; restarts undid {interrupted} interrupted ADDs",
+        added.len()
+    );
+    assert!(
+        !added.is_empty() && added.len() < 24,
+        "{} of 24 ADDs succeeded",
+        added.len()
+    );
+    // The runtime DELs every container whose ADD failed; the rest stay up.
+    let ok: HashSet<usize> = added.iter().map(|(i, _)| *i).collect();
+    for (i, p) in pods.iter().enumerate() {
+        if !ok.contains(&i) {
+            assert_eq!(verb("DEL", &format!("k{i}"), &p.path, &conf).code, 0);
+        }
+    }
+    // What survives is whole and unique: every live pod has its addresses, no
+    // address is on two pods, and every pod veth belongs to a live pod.
+    let mut seen = HashSet::new();
+    for (i, out) in &added {
+        let addrs = pods[*i].ip(&["-br", "addr", "show", "eth0"]);
+        for ip in result_ips(out) {
+            assert!(addrs.contains(&ip), "pod {i} lost {ip}");
+            assert!(seen.insert(ip.clone()), "{ip} is on two pods");
+        }
+    }
+    assert_eq!(
+        agent.pod_veths().len(),
+        added.len(),
+        "veths: {:?}",
+        agent.pod_veths()
+    );
+    agent.stop();
+    assert_eq!(
+        held(&agent.ledger(&pools())),
+        added.len(),
+        "the ledger holds exactly the live pods"
+    );
+    agent.spawn();
+    for (i, _) in &added {
+        assert_eq!(verb("DEL", &format!("k{i}"), &pods[*i].path, &conf).code, 0);
+    }
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
+    assert!(agent.pod_veths().is_empty());
+}
+
+const STATEFUL: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: db-0
+  namespace: prod
+  ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: db, uid: 11111111-2222-3333-4444-555555555555}]
+spec:
+  containers: [{name: db, image: postgres}]
+"#;
+
+#[test]
+fn a_re_created_statefulset_pod_gets_its_address_back() {
+    require_root();
+    let mut agent = AgentProc::start("cni-ss", &[V4, V6], Some(STATEFUL));
+    let conf = agent.conf("1.1.0");
+    let add = |id: &str, ns: &Netns, pod: &str| {
+        let netns = ns.path.display().to_string();
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME={pod}");
+        cni(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", &netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+            ],
+            &conf.to_string(),
+        )
+    };
+    let first = Netns::new("db");
+    let before = result_ips(add("db-0-a", &first, "db-0").ok());
+    assert_eq!(verb("DEL", "db-0-a", &first.path, &conf).code, 0);
+    drop(first);
+    // Other pods come and go meanwhile, and do not get its address.
+    let others: Vec<Netns> = (0..3).map(|_| Netns::new("web")).collect();
+    for (i, o) in others.iter().enumerate() {
+        let got = result_ips(add(&format!("web-{i}"), o, &format!("web-{i}")).ok());
+        assert!(
+            got.iter().all(|ip| !before.contains(ip)),
+            "{got:?} took the StatefulSet pod's address"
+        );
+    }
+    let second = Netns::new("db");
+    let after = result_ips(add("db-0-b", &second, "db-0").ok());
+    assert_eq!(before, after, "the re-created pod has the same addresses");
+    agent.stop();
+}
