@@ -10,7 +10,7 @@ cd "$here"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages the build, the tests and the lab use.
-PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables golang-go golang-github-appc-cni-dev containernetworking-plugins)
+PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables golang-go golang-github-appc-cni-dev containernetworking-plugins)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
