@@ -24,8 +24,17 @@ const CONCURRENT: usize = 50;
 const CYCLES: usize = 1000;
 
 fn sh(args: &[&str]) -> String {
-    let o = Command::new("timeout").arg("20").args(args).output().expect("run a command");
-    assert!(o.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("timeout")
+        .arg("20")
+        .args(args)
+        .output()
+        .expect("run a command");
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -36,7 +45,9 @@ struct Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -45,13 +56,23 @@ fn pods(tag: &str, n: usize) -> Vec<Pod> {
         .map(|i| {
             let name = format!("syb-{tag}-{}-{i}", std::process::id());
             sh(&["ip", "netns", "add", &name]);
-            Pod { path: PathBuf::from(format!("/var/run/netns/{name}")), name }
+            Pod {
+                path: PathBuf::from(format!("/var/run/netns/{name}")),
+                name,
+            }
         })
         .collect()
 }
 
 /// Exec a plugin as a runtime does; returns the latency (panics on failure).
-fn exec(plugin: &Path, cni_path: &str, cmd: &str, id: &str, netns: &Path, conf: &Value) -> Duration {
+fn exec(
+    plugin: &Path,
+    cni_path: &str,
+    cmd: &str,
+    id: &str,
+    netns: &Path,
+    conf: &Value,
+) -> Duration {
     let t = Instant::now();
     let mut child = Command::new(plugin)
         .env_clear()
@@ -66,10 +87,21 @@ fn exec(plugin: &Path, cni_path: &str, cmd: &str, id: &str, netns: &Path, conf: 
         .stderr(Stdio::piped())
         .spawn()
         .expect("exec the plugin");
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let took = t.elapsed();
-    assert!(out.status.success(), "{} {cmd} {id} failed: {}{}", plugin.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{} {cmd} {id} failed: {}{}",
+        plugin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     took
 }
 
@@ -87,18 +119,27 @@ impl Plugin {
 }
 
 fn count_links(prefix: &str) -> usize {
-    sh(&["ip", "-br", "link"]).lines().filter(|l| l.starts_with(prefix)).count()
+    sh(&["ip", "-br", "link"])
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .count()
 }
 
 fn main() -> anyhow::Result<()> {
-    anyhow::ensure!(nix::unistd::geteuid().is_root(), "this benchmark needs root (network namespaces)");
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "this benchmark needs root (network namespaces)"
+    );
     let work = tempfile::tempdir()?;
     // Enter a node namespace of our own before any thread exists: every
     // thread and child process of this benchmark lives in it.
     let node = format!("syb-node-{}", std::process::id());
     sh(&["ip", "netns", "add", &node]);
     let node_path = PathBuf::from(format!("/var/run/netns/{node}"));
-    nix::sched::setns(std::fs::File::open(&node_path)?, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    nix::sched::setns(
+        std::fs::File::open(&node_path)?,
+        nix::sched::CloneFlags::CLONE_NEWNET,
+    )?;
     sh(&["ip", "link", "set", "lo", "up"]);
 
     let socket = work.path().join("cni.sock");
@@ -111,12 +152,16 @@ fn main() -> anyhow::Result<()> {
         fuel: false,
         sticky_ttl: Duration::from_secs(600),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let agent = rt.block_on(Agent::start(options))?;
     let ledger = agent.ledger.clone();
     let cni = agent.cni.clone();
     let sock = socket.clone();
-    rt.spawn(async move { switchyard::cni::server::serve(sock, cni, std::future::pending()).await });
+    rt.spawn(
+        async move { switchyard::cni::server::serve(sock, cni, std::future::pending()).await },
+    );
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -173,13 +218,21 @@ fn main() -> anyhow::Result<()> {
             let ps = pods("c", CONCURRENT);
             let t = Instant::now();
             let lat: Vec<Duration> = std::thread::scope(|s| {
-                let hs: Vec<_> = ps.iter().enumerate().map(|(i, pod)| s.spawn(move || p.run("ADD", &format!("c{round}-{i}"), pod))).collect();
+                let hs: Vec<_> = ps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pod)| s.spawn(move || p.run("ADD", &format!("c{round}-{i}"), pod)))
+                    .collect();
                 hs.into_iter().map(|h| h.join().unwrap()).collect()
             });
             con_wall[k].push(t.elapsed());
             con_add[k].extend(lat);
             let lat: Vec<Duration> = std::thread::scope(|s| {
-                let hs: Vec<_> = ps.iter().enumerate().map(|(i, pod)| s.spawn(move || p.run("DEL", &format!("c{round}-{i}"), pod))).collect();
+                let hs: Vec<_> = ps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pod)| s.spawn(move || p.run("DEL", &format!("c{round}-{i}"), pod)))
+                    .collect();
                 hs.into_iter().map(|h| h.join().unwrap()).collect()
             });
             con_del[k].extend(lat);
@@ -200,16 +253,37 @@ fn main() -> anyhow::Result<()> {
     let left_addresses = ledger.attachments()?.len();
     let left_links = count_links("syv") - links_before;
     let rules_after = (sh(&["nft", "list", "ruleset"]), sh(&["iptables-save"]));
-    let strip = |s: &str| s.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    let left_rules = usize::from(rules_after.0 != rules_before.0) + usize::from(strip(&rules_after.1) != strip(&rules_before.1));
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let left_rules = usize::from(rules_after.0 != rules_before.0)
+        + usize::from(strip(&rules_after.1) != strip(&rules_before.1));
 
     let mut results = vec![];
     for (k, p) in plugins.iter().enumerate() {
-        results.push(Summary::of(&format!("[{}] ADD, sequential", p.label), std::mem::take(&mut seq_add[k])));
-        results.push(Summary::of(&format!("[{}] DEL, sequential", p.label), std::mem::take(&mut seq_del[k])));
-        results.push(Summary::of(&format!("[{}] ADD, {CONCURRENT} concurrent", p.label), std::mem::take(&mut con_add[k])));
-        results.push(Summary::of(&format!("[{}] DEL, {CONCURRENT} concurrent", p.label), std::mem::take(&mut con_del[k])));
-        results.push(Summary::of(&format!("[{}] wall time of {CONCURRENT} concurrent ADDs", p.label), std::mem::take(&mut con_wall[k])));
+        results.push(Summary::of(
+            &format!("[{}] ADD, sequential", p.label),
+            std::mem::take(&mut seq_add[k]),
+        ));
+        results.push(Summary::of(
+            &format!("[{}] DEL, sequential", p.label),
+            std::mem::take(&mut seq_del[k]),
+        ));
+        results.push(Summary::of(
+            &format!("[{}] ADD, {CONCURRENT} concurrent", p.label),
+            std::mem::take(&mut con_add[k]),
+        ));
+        results.push(Summary::of(
+            &format!("[{}] DEL, {CONCURRENT} concurrent", p.label),
+            std::mem::take(&mut con_del[k]),
+        ));
+        results.push(Summary::of(
+            &format!("[{}] wall time of {CONCURRENT} concurrent ADDs", p.label),
+            std::mem::take(&mut con_wall[k]),
+        ));
     }
     header();
     for r in &results {
@@ -218,7 +292,10 @@ fn main() -> anyhow::Result<()> {
     let add_ratio = results[0].p50_us / results[5].p50_us;
     let del_ratio = results[1].p50_us / results[6].p50_us;
     println!("\nADD p50 ours/reference: {add_ratio:.2}   DEL p50 ours/reference: {del_ratio:.2}");
-    println!("{CYCLES} ADD/DEL cycles in {:.1} s; left behind: {left_addresses} addresses, {left_links} links, {left_rules} rule sets changed", cycles_took.as_secs_f64());
+    println!(
+        "{CYCLES} ADD/DEL cycles in {:.1} s; left behind: {left_addresses} addresses, {left_links} links, {left_rules} rule sets changed",
+        cycles_took.as_secs_f64()
+    );
 
     write_results(
         "cni-latency",
@@ -238,6 +315,9 @@ fn main() -> anyhow::Result<()> {
     drop(warm);
     drop(cycle_pods);
     let _ = Command::new("ip").args(["netns", "del", &node]).output();
-    assert!(left_addresses == 0 && left_links == 0 && left_rules == 0, "{CYCLES} cycles left something behind");
+    assert!(
+        left_addresses == 0 && left_links == 0 && left_rules == 0,
+        "{CYCLES} cycles left something behind"
+    );
     Ok(())
 }

@@ -213,6 +213,17 @@ impl Guest for Bridge {
         let (host, pod) = links::create_veth(&host_name, bridge, mtu)
             .map_err(|e| link_err(&format!("interface {} in the pod", req.ifname), e))?;
         links::set_link_up(Scope::Pod, "lo").map_err(|e| link_err("lo in the pod", e))?;
+        // A reused address must be relearnt by neighbours at once; and pod
+        // addresses are assigned, so a stray router advertisement must not add
+        // addresses or routes.
+        let ifname = &req.ifname;
+        let mut sysctls = vec![(format!("net.ipv4.conf.{ifname}.arp_notify"), "1")];
+        if pools.iter().any(|p| p.family == IpFamily::Ipv6) {
+            sysctls.push((format!("net.ipv6.conf.{ifname}.accept_ra"), "0"));
+        }
+        for (key, value) in &sysctls {
+            links::set_sysctl(Scope::Pod, key, value).map_err(|e| link_err(key, e))?;
+        }
         let mut ips = vec![];
         let mut routes = vec![];
         for (family, a) in allocations {
@@ -428,6 +439,15 @@ mod tests {
             h.sysctls(Scope::Node)
                 .get("net.ipv4.ip_forward")
                 .map(String::as_str),
+            Some("1")
+        );
+        let pod = h.sysctls(Scope::Pod);
+        assert_eq!(
+            pod.get("net.ipv6.conf.eth0.accept_ra").map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(
+            pod.get("net.ipv4.conf.eth0.arp_notify").map(String::as_str),
             Some("1")
         );
 
