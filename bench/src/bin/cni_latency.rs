@@ -197,14 +197,13 @@ fn main() -> anyhow::Result<()> {
     let mut seq_del = [vec![], vec![]];
     for round in 0..ROUNDS {
         let ps = [pods("sa", SEQUENTIAL), pods("sb", SEQUENTIAL)];
-        for i in 0..SEQUENTIAL {
-            for (k, p) in plugins.iter().enumerate() {
-                seq_add[k].push(p.run("ADD", &format!("s{round}-{i}"), &ps[k][i]));
-            }
-        }
-        for i in 0..SEQUENTIAL {
-            for (k, p) in plugins.iter().enumerate() {
-                seq_del[k].push(p.run("DEL", &format!("s{round}-{i}"), &ps[k][i]));
+        // Pod i of each plugin, side by side.
+        let pairs: Vec<[&Pod; 2]> = ps[0].iter().zip(&ps[1]).map(|(a, b)| [a, b]).collect();
+        for (verb, samples) in [("ADD", &mut seq_add), ("DEL", &mut seq_del)] {
+            for (i, pair) in pairs.iter().enumerate() {
+                for (k, p) in plugins.iter().enumerate() {
+                    samples[k].push(p.run(verb, &format!("s{round}-{i}"), pair[k]));
+                }
             }
         }
     }
