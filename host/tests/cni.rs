@@ -55,7 +55,11 @@ fn add_check_del_in_both_families_with_real_traffic() {
     assert!(a.ping(&ips_b[1]), "IPv6 pod to pod");
     assert!(b.ping("10.71.0.1"), "pod to its gateway");
     // The sysctls a pod needs are set inside it.
-    let ra = String::from_utf8(a.exec(&["cat", "/proc/sys/net/ipv6/conf/eth0/accept_ra"]).stdout).unwrap();
+    let ra = String::from_utf8(
+        a.exec(&["cat", "/proc/sys/net/ipv6/conf/eth0/accept_ra"])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(ra.trim(), "0");
 
     // CHECK passes, then fails once the address is gone.
