@@ -6,11 +6,11 @@ use crate::cni::{CniService, StickyPods, journal::Journal, store::AttachmentStor
 use crate::datapath::ipam::{Ledger, PoolConfig};
 use crate::datapath::netlink::NetlinkLinks;
 use crate::datapath::probes::ProbeTable;
-use crate::model::local::{Manifests, sticky_owner};
 use crate::model::{FailurePolicy, Role};
 use crate::registry::source::{Fetcher, ModuleSource};
 use crate::registry::{ModuleSpec, Registry};
 use crate::runtime::{HostServices, Runtime, RuntimeConfig};
+use crate::source::local::{Manifests, sticky_owner};
 use anyhow::{Context, bail};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -43,6 +43,8 @@ pub struct Agent {
     pub registry: Arc<Registry>,
     pub cni: Arc<CniService>,
     pub ledger: Arc<Ledger>,
+    /// Pods whose addresses outlive them, from the manifests.
+    pub sticky: Arc<StickyPods>,
     pub options: AgentOptions,
 }
 
@@ -69,6 +71,23 @@ pub fn pools(cidrs: &[IpNet]) -> anyhow::Result<Vec<PoolConfig>> {
     }
     Ok(pools)
 }
+
+/// The sticky pods among `manifests`' pods, keyed by (namespace, name).
+pub fn sticky_pods(manifests: &Manifests) -> HashMap<(String, String), String> {
+    manifests
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let owner = sticky_owner(p)?;
+            let (ns, name) = owner.split_once('/')?;
+            Some(((ns.to_string(), name.to_string()), owner.clone()))
+        })
+        .collect()
+}
+
+/// The VXLAN overhead the overlay takes from the uplink MTU (IPv4 outer
+/// header; IPv6 would take 70).
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 impl Agent {
     /// Open the data directory, load modules and reconcile; not yet serving.
@@ -130,7 +149,7 @@ impl Agent {
 
         // The CNI module: the highest-priority NetworkModule of role cni for
         // this node, else the built-in cni-bridge.
-        let labels = crate::model::local::node_labels(node);
+        let labels = crate::source::local::node_labels(node);
         let mut cni_modules: Vec<_> = manifests
             .modules
             .iter()
@@ -149,6 +168,17 @@ impl Agent {
                     ModuleSource::Builtin("cni-bridge".into()),
                 );
                 s.failure_policy = FailurePolicy::FailClosed;
+                // Pods' MTU follows the cluster network: the overlay's
+                // encapsulation takes its share of the uplink's 1500.
+                if let Some(net) = manifests.cluster_network() {
+                    let mtu = net
+                        .mtu
+                        .or((net.model == crate::model::crd::NetworkModel::Overlay)
+                            .then_some(1500 - VXLAN_OVERHEAD));
+                    if let Some(mtu) = mtu {
+                        s.config = serde_json::json!({ "mtu": mtu });
+                    }
+                }
                 s
             }
         };
@@ -172,15 +202,7 @@ impl Agent {
             }
         }
 
-        let sticky: HashMap<(String, String), String> = manifests
-            .pods
-            .iter()
-            .filter_map(|p| {
-                let owner = sticky_owner(p)?;
-                let (ns, name) = owner.split_once('/')?;
-                Some(((ns.to_string(), name.to_string()), owner.clone()))
-            })
-            .collect();
+        let sticky = Arc::new(StickyPods::new(sticky_pods(&manifests)));
         let store =
             AttachmentStore::open(&data.join("attachments.redb")).map_err(anyhow::Error::msg)?;
         let journal = Journal::new(&data.join("journal"))?;
@@ -191,7 +213,7 @@ impl Agent {
             links,
             store,
             journal,
-            Arc::new(StickyPods(sticky)),
+            sticky.clone(),
             64,
         );
         let svc = cni.clone();
@@ -209,24 +231,34 @@ impl Agent {
             registry,
             cni,
             ledger,
+            sticky,
             options,
         })
     }
 
     /// Serve until SIGTERM or SIGINT.
     pub async fn run(self) -> anyhow::Result<()> {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal handler");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            tracing::info!("shutting down");
-        };
+        self.serve(shutdown_signal()).await
+    }
+
+    /// Serve CNI until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         crate::cni::server::serve(self.options.cni_socket.clone(), self.cni.clone(), shutdown)
             .await?;
         Ok(())
     }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
 }

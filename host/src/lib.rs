@@ -9,16 +9,24 @@
 //! - [`registry`]: modules by name, loaded from files or URLs, hot-swapped,
 //!   with failure policies and per-module status;
 //! - [`plan`]: what modules return, validated against grants, kept per object;
-//! - [`datapath`]: the kernel side (IPAM ledger, links, probes, ...).
+//! - [`datapath`]: the kernel side (IPAM ledger, links, node networking,
+//!   probes, ...);
+//! - [`source`]: where the model comes from (manifest directories, the lab's
+//!   cluster directory);
+//! - [`cni`]: the agent's CNI server; [`api`]: the admin API and console;
+//! - [`lab`]: a multi-node cluster on one machine, built from namespaces.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod cni;
 pub mod datapath;
+pub mod lab;
 pub mod model;
 pub mod plan;
 pub mod registry;
 pub mod runtime;
+pub mod source;
 
 /// Paths of the modules built from `plugins-wasm/` by this crate's build script.
 pub mod modules {

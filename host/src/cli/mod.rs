@@ -23,6 +23,8 @@ enum Command {
     Module(module::ModuleCommand),
     /// Run the node agent (CNI server, modules, datapath).
     Agent(AgentArgs),
+    /// A multi-node cluster on this machine, built from network namespaces.
+    Lab(crate::lab::cli::LabArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +51,15 @@ struct AgentArgs {
     /// How long a StatefulSet pod's released address waits for the pod to return.
     #[arg(long, default_value_t = 600)]
     sticky_ttl_seconds: u64,
+    /// Run as the agent of node `--node` of the lab in this directory: the
+    /// lab's cluster directory is the source, and the agent also runs node
+    /// networking, the node's pods and the admin API.
+    #[arg(long, conflicts_with = "local")]
+    lab: Option<std::path::PathBuf>,
+    /// Enter this network namespace (a name under /var/run/netns, or a path)
+    /// before anything else, as a host-network DaemonSet pod runs in its node's.
+    #[arg(long)]
+    netns: Option<std::path::PathBuf>,
 }
 
 /// Run the CLI; the exit code is 0 on success, 1 when the command failed
@@ -57,7 +68,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Agent(_) => "info",
-        Command::Module(_) => "warn",
+        Command::Module(_) | Command::Lab(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -70,6 +81,7 @@ pub fn run() -> ExitCode {
     let r = match cli.command {
         Command::Module(m) => module::run(m),
         Command::Agent(a) => agent(a),
+        Command::Lab(l) => crate::lab::cli::run(l),
     };
     match r {
         Ok(code) => code,
@@ -80,7 +92,34 @@ pub fn run() -> ExitCode {
     }
 }
 
+fn enter_netns(ns: &std::path::Path) -> anyhow::Result<()> {
+    let path = if ns.is_absolute() {
+        ns.to_path_buf()
+    } else {
+        std::path::Path::new("/var/run/netns").join(ns)
+    };
+    let f = std::fs::File::open(&path)
+        .map_err(|e| anyhow::anyhow!("network namespace {}: {e}", path.display()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| anyhow::anyhow!("entering network namespace {}: {e}", path.display()))?;
+    Ok(())
+}
+
 fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread exists: every thread made later is in the namespace.
+    if let Some(ns) = &a.netns {
+        enter_netns(ns)?;
+    }
+    if let Some(dir) = a.lab {
+        let node = a.node.ok_or_else(|| {
+            anyhow::anyhow!("--lab needs --node: which of the lab's nodes this agent runs")
+        })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(crate::lab::agent::run(&dir, &node))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let node = match a.node {
         Some(n) => n,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),

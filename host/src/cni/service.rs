@@ -28,13 +28,25 @@ pub trait PodDirectory: Send + Sync {
     fn sticky_owner(&self, namespace: &str, name: &str) -> Option<String>;
 }
 
-/// A fixed set of sticky pods (from local manifests).
-#[derive(Debug, Default, Clone)]
-pub struct StickyPods(pub HashMap<(String, String), String>);
+/// The sticky pods the local source knows, replaced whenever it reloads.
+#[derive(Debug, Default)]
+pub struct StickyPods(parking_lot::RwLock<HashMap<(String, String), String>>);
+
+impl StickyPods {
+    pub fn new(pods: HashMap<(String, String), String>) -> StickyPods {
+        StickyPods(parking_lot::RwLock::new(pods))
+    }
+
+    /// Replace the set (after the manifests changed).
+    pub fn replace(&self, pods: HashMap<(String, String), String>) {
+        *self.0.write() = pods;
+    }
+}
 
 impl PodDirectory for StickyPods {
     fn sticky_owner(&self, namespace: &str, name: &str) -> Option<String> {
         self.0
+            .read()
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
     }

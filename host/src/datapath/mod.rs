@@ -8,4 +8,5 @@
 pub mod ipam;
 pub mod links;
 pub mod netlink;
+pub mod nodenet;
 pub mod probes;

@@ -67,9 +67,9 @@ pub fn is_netns(path: &Path) -> bool {
 
 /// A netlink error with the errno the kernel returned.
 #[derive(Debug)]
-struct NlError {
-    errno: i32,
-    what: String,
+pub(crate) struct NlError {
+    pub(crate) errno: i32,
+    pub(crate) what: String,
 }
 
 impl NlError {
@@ -80,7 +80,7 @@ impl NlError {
         }
     }
 
-    fn into_link_error(self) -> LinkError {
+    pub(crate) fn into_link_error(self) -> LinkError {
         match self.errno {
             EEXIST => LinkError::Exists(self.what),
             ENODEV | ENOENT | ESRCH => LinkError::NotFound(self.what),
@@ -89,10 +89,10 @@ impl NlError {
     }
 }
 
-const EEXIST: i32 = 17;
-const ENOENT: i32 = 2;
-const ESRCH: i32 = 3;
-const ENODEV: i32 = 19;
+pub(crate) const EEXIST: i32 = 17;
+pub(crate) const ENOENT: i32 = 2;
+pub(crate) const ESRCH: i32 = 3;
+pub(crate) const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
 
 const EIO: i32 = 5;
@@ -102,14 +102,14 @@ fn libc_eio() -> i32 {
 }
 
 /// One rtnetlink socket, in the namespace of the thread that made it.
-struct Nl {
+pub(crate) struct Nl {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Nl {
-    fn new() -> Result<Nl, NlError> {
+    pub(crate) fn new() -> Result<Nl, NlError> {
         let mut socket =
             Socket::new(NETLINK_ROUTE).map_err(|e| NlError::io("netlink socket", e))?;
         socket
@@ -127,7 +127,7 @@ impl Nl {
 
     /// Send one request and collect the replies until the ACK (or the end of
     /// a dump).
-    fn request(
+    pub(crate) fn request(
         &mut self,
         what: &str,
         msg: RouteNetlinkMessage,
@@ -197,7 +197,7 @@ impl Nl {
         }
     }
 
-    fn link(&mut self, name: &str) -> Result<Option<LinkMessage>, NlError> {
+    pub(crate) fn link(&mut self, name: &str) -> Result<Option<LinkMessage>, NlError> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.request(
@@ -214,7 +214,7 @@ impl Nl {
         }
     }
 
-    fn index(&mut self, name: &str) -> Result<u32, NlError> {
+    pub(crate) fn index(&mut self, name: &str) -> Result<u32, NlError> {
         self.link(name)?
             .map(|l| l.header.index)
             .ok_or_else(|| NlError {
@@ -223,7 +223,7 @@ impl Nl {
             })
     }
 
-    fn links(&mut self) -> Result<Vec<LinkMessage>, NlError> {
+    pub(crate) fn links(&mut self) -> Result<Vec<LinkMessage>, NlError> {
         Ok(self
             .request(
                 "listing links",
@@ -255,7 +255,7 @@ impl Nl {
         }
     }
 
-    fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>, NlError> {
+    pub(crate) fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>, NlError> {
         let replies = self.request(
             "listing addresses",
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
@@ -276,7 +276,7 @@ impl Nl {
             .collect())
     }
 
-    fn state(&mut self, l: LinkMessage) -> Result<LinkState, NlError> {
+    pub(crate) fn state(&mut self, l: LinkMessage) -> Result<LinkState, NlError> {
         let name = link_name(&l).unwrap_or_default();
         let master = match l.attributes.iter().find_map(|a| match a {
             LinkAttribute::Controller(i) => Some(*i),
@@ -327,7 +327,7 @@ impl Nl {
         })
     }
 
-    fn set_up(&mut self, index: u32) -> Result<(), NlError> {
+    pub(crate) fn set_up(&mut self, index: u32) -> Result<(), NlError> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.header.flags = LinkFlags::Up;
@@ -340,7 +340,12 @@ impl Nl {
         .map(|_| ())
     }
 
-    fn add_address(&mut self, index: u32, device: &str, addr: IpNet) -> Result<(), NlError> {
+    pub(crate) fn add_address(
+        &mut self,
+        index: u32,
+        device: &str,
+        addr: IpNet,
+    ) -> Result<(), NlError> {
         let mut m = AddressMessage::default();
         m.header.family = family(&addr.addr());
         m.header.prefix_len = addr.prefix_len();
@@ -497,7 +502,7 @@ fn link_name(l: &LinkMessage) -> Option<String> {
     })
 }
 
-fn family(a: &IpAddr) -> AddressFamily {
+pub(crate) fn family(a: &IpAddr) -> AddressFamily {
     if a.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -505,14 +510,14 @@ fn family(a: &IpAddr) -> AddressFamily {
     }
 }
 
-fn route_address(a: IpAddr) -> RouteAddress {
+pub(crate) fn route_address(a: IpAddr) -> RouteAddress {
     match a {
         IpAddr::V4(a) => RouteAddress::Inet(a),
         IpAddr::V6(a) => RouteAddress::Inet6(a),
     }
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+pub(crate) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
         RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
@@ -521,7 +526,7 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 }
 
 /// Write a sysctl under /proc/sys in the calling thread's namespace.
-fn write_sysctl(key: &str, value: &str) -> io::Result<()> {
+pub(crate) fn write_sysctl(key: &str, value: &str) -> io::Result<()> {
     let path = Path::new("/proc/sys").join(key.replace('.', "/"));
     std::fs::write(&path, value)
         .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))

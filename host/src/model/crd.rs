@@ -112,3 +112,153 @@ impl NetworkModuleSpec {
             .all(|(k, v)| node_labels.get(k) == Some(v))
     }
 }
+
+/// The network model of a cluster (`ClusterNetwork.spec.model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkModel {
+    /// Pod addresses are routable on the underlay; no masquerade.
+    #[default]
+    Flat,
+    /// VXLAN between nodes; pods are not on the underlay and leave the
+    /// cluster masqueraded.
+    Overlay,
+    /// Nodes route pod CIDRs to each other; the outside cannot reach pods,
+    /// and pods reach it only masqueraded.
+    Island,
+    /// Pods reach only the cluster (pods and nodes); nodes reach anything.
+    Isolated,
+}
+
+impl std::fmt::Display for NetworkModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetworkModel::Flat => "flat",
+            NetworkModel::Overlay => "overlay",
+            NetworkModel::Island => "island",
+            NetworkModel::Isolated => "isolated",
+        })
+    }
+}
+
+impl std::str::FromStr for NetworkModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "flat" => Ok(NetworkModel::Flat),
+            "overlay" => Ok(NetworkModel::Overlay),
+            "island" => Ok(NetworkModel::Island),
+            "isolated" => Ok(NetworkModel::Isolated),
+            _ => Err(format!(
+                "unknown network model {s:?}: expected flat, overlay, island or isolated"
+            )),
+        }
+    }
+}
+
+/// VXLAN settings of the overlay model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VxlanSpec {
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    #[serde(default = "default_vxlan_port")]
+    pub port: u16,
+}
+
+fn default_vni() -> u32 {
+    4242
+}
+
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+impl Default for VxlanSpec {
+    fn default() -> Self {
+        VxlanSpec {
+            vni: default_vni(),
+            port: default_vxlan_port(),
+        }
+    }
+}
+
+/// How Services are proxied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxySpec {
+    /// `nftables`, `ipvs` or `userspace`.
+    #[serde(default = "default_proxy_mode")]
+    pub mode: String,
+    /// Scheduler for Services without the `switchyard.dev/scheduler` annotation.
+    #[serde(default = "default_scheduler")]
+    pub default_scheduler: String,
+}
+
+fn default_proxy_mode() -> String {
+    "nftables".into()
+}
+
+fn default_scheduler() -> String {
+    "random".into()
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        ProxySpec {
+            mode: default_proxy_mode(),
+            default_scheduler: default_scheduler(),
+        }
+    }
+}
+
+/// DNS settings handed to pods.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsSpec {
+    #[serde(default)]
+    pub cluster_domain: Option<String>,
+    #[serde(default)]
+    pub servers: Vec<String>,
+}
+
+/// `ClusterNetwork.spec` (the singleton `default`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterNetworkSpec {
+    #[serde(default)]
+    pub model: NetworkModel,
+    /// The cluster's pod CIDRs, at most one per family.
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+    /// The cluster's Service CIDRs, at most one per family.
+    #[serde(default, rename = "serviceCIDRs")]
+    pub service_cidrs: Vec<String>,
+    /// Prefix length of each node's pod CIDR, per family (24 and 64 by default).
+    #[serde(default)]
+    pub node_mask_v4: Option<u8>,
+    #[serde(default)]
+    pub node_mask_v6: Option<u8>,
+    #[serde(default)]
+    pub vxlan: Option<VxlanSpec>,
+    /// Masquerade traffic leaving the pod network; by default for the
+    /// overlay and island models.
+    #[serde(default)]
+    pub masquerade: Option<bool>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub proxy: ProxySpec,
+    #[serde(default)]
+    pub dns: Option<DnsSpec>,
+}
+
+impl ClusterNetworkSpec {
+    /// Whether traffic leaving the pod network is masqueraded.
+    pub fn masquerades(&self) -> bool {
+        self.masquerade.unwrap_or(matches!(
+            self.model,
+            NetworkModel::Overlay | NetworkModel::Island
+        ))
+    }
+}

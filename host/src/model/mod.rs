@@ -2,7 +2,6 @@
 //! CRDs. It knows no kernel and no wasm; sources fill it, modules render it.
 
 pub mod crd;
-pub mod local;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -2,8 +2,9 @@
 //! that runs without Kubernetes (and for the lab). The same YAML goes to a
 //! cluster.
 
-use super::crd::{API_VERSION, NetworkModuleSpec};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use crate::model::crd::{API_VERSION, ClusterNetworkSpec, NetworkModuleSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,12 +26,23 @@ pub struct NetworkModule {
     pub spec: NetworkModuleSpec,
 }
 
+/// A ClusterNetwork from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterNetwork {
+    pub name: String,
+    pub spec: ClusterNetworkSpec,
+}
+
 /// Everything the directory holds that the agent understands.
 #[derive(Debug, Default, Clone)]
 pub struct Manifests {
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
+    pub namespaces: Vec<Namespace>,
+    pub services: Vec<Service>,
+    pub network_policies: Vec<NetworkPolicy>,
     pub modules: Vec<NetworkModule>,
+    pub cluster_networks: Vec<ClusterNetwork>,
     /// Kinds this agent does not read (yet), by `kind/name`.
     pub ignored: Vec<String>,
 }
@@ -48,6 +60,13 @@ struct Header {
 struct ModuleDoc {
     metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     spec: NetworkModuleSpec,
+}
+
+#[derive(Deserialize)]
+struct ClusterNetworkDoc {
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default)]
+    spec: ClusterNetworkSpec,
 }
 
 impl Manifests {
@@ -93,6 +112,25 @@ impl Manifests {
                 ("v1", "Pod") => self
                     .pods
                     .push(serde_yaml::from_value(value).map_err(|e| err(format!("Pod: {e}")))?),
+                ("v1", "Namespace") => self.namespaces.push(
+                    serde_yaml::from_value(value).map_err(|e| err(format!("Namespace: {e}")))?,
+                ),
+                ("v1", "Service") => self
+                    .services
+                    .push(serde_yaml::from_value(value).map_err(|e| err(format!("Service: {e}")))?),
+                ("networking.k8s.io/v1", "NetworkPolicy") => self.network_policies.push(
+                    serde_yaml::from_value(value)
+                        .map_err(|e| err(format!("NetworkPolicy: {e}")))?,
+                ),
+                (API_VERSION, "ClusterNetwork") => {
+                    let d: ClusterNetworkDoc = serde_yaml::from_value(value)
+                        .map_err(|e| err(format!("ClusterNetwork: {e}")))?;
+                    let name = d.metadata.name.ok_or_else(|| {
+                        err("ClusterNetwork: metadata.name: Required value".into())
+                    })?;
+                    self.cluster_networks
+                        .push(ClusterNetwork { name, spec: d.spec });
+                }
                 (API_VERSION, "NetworkModule") => {
                     let d: ModuleDoc = serde_yaml::from_value(value)
                         .map_err(|e| err(format!("NetworkModule: {e}")))?;
@@ -117,6 +155,14 @@ impl Manifests {
             }
         }
         Ok(())
+    }
+
+    /// The cluster's network settings: the ClusterNetwork named `default`.
+    pub fn cluster_network(&self) -> Option<&ClusterNetworkSpec> {
+        self.cluster_networks
+            .iter()
+            .find(|c| c.name == "default")
+            .map(|c| &c.spec)
     }
 
     /// The Node object named `name`.
@@ -237,7 +283,8 @@ metadata: {name: web}
             with.to_module_spec("cni", 1).unwrap().limits.deadline,
             std::time::Duration::from_millis(100)
         );
-        assert_eq!(m.ignored, vec!["Service/web"]);
+        assert_eq!(m.services.len(), 1);
+        assert!(m.ignored.is_empty());
         assert!(m.modules[0].spec.selects(&node_labels(Some(node))));
     }
 

@@ -1,0 +1,154 @@
+//! The agent's admin API and the web console it serves.
+//!
+//! Read-only for now (GET only), so it needs no authentication yet; it
+//! listens on the node's address, which in the lab only the machine reaches
+//! (through the host link) besides the lab's own namespaces.
+//!
+//! | path | what |
+//! |---|---|
+//! | `/healthz` | `ok` while the agent serves |
+//! | `/api/v1/node` | this node: model, CIDRs, node networking, problems |
+//! | `/api/v1/modules` | every module binding: digest, version, condition, calls, errors, latency p50/p99 |
+//! | `/api/v1/ipam` | pools and the addresses held, per attachment |
+//! | `/api/v1/cluster` | the cluster as this node's source sees it (nodes, pods, Services, policies) |
+//! | `/` | the console (`web/`, built into the binary) |
+
+use crate::datapath::ipam::Ipam;
+use crate::datapath::ipam::{Ledger, PoolInfo};
+use crate::registry::Registry;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// What the API asks of the agent it is part of.
+pub trait NodeSource: Send + Sync + 'static {
+    /// This node, as JSON.
+    fn node(&self) -> Value;
+    /// The cluster as the node's source sees it, if it has a view.
+    fn cluster(&self) -> Option<Value>;
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Arc<Registry>,
+    pub ledger: Arc<Ledger>,
+    pub source: Arc<dyn NodeSource>,
+}
+
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+const CONSOLE_JS: &str = include_str!("../../../web/dist/console.js");
+const CONSOLE_CSS: &str = include_str!("../../../web/console.css");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The admin API and console routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }),
+        )
+        .route(
+            "/console.css",
+            get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/node", get(node))
+        .route("/api/v1/modules", get(modules))
+        .route("/api/v1/ipam", get(ipam))
+        .route("/api/v1/cluster", get(cluster))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster"})),
+            )
+        })
+        .with_state(state)
+}
+
+async fn node(State(s): State<ApiState>) -> axum::Json<Value> {
+    axum::Json(s.source.node())
+}
+
+async fn modules(State(s): State<ApiState>) -> axum::Json<Value> {
+    axum::Json(serde_json::to_value(s.registry.status()).unwrap_or(Value::Null))
+}
+
+async fn ipam(State(s): State<ApiState>) -> Response {
+    let ledger = s.ledger.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let pools: Vec<PoolInfo> = ledger.pools();
+        let held = ledger.all().map_err(|e| e.to_string())?;
+        let reserved = ledger.reservations().map_err(|e| e.to_string())?;
+        Ok::<_, String>(json!({
+            "pools": pools,
+            "allocations": held.iter().map(|(k, a)| json!({
+                "containerId": k.container_id,
+                "ifname": k.ifname,
+                "pool": a.pool,
+                "address": a.address,
+            })).collect::<Vec<_>>(),
+            "reservations": reserved.iter().map(|(owner, ip, pool, until)| json!({
+                "owner": owner, "address": ip, "pool": pool, "until": until,
+            })).collect::<Vec<_>>(),
+        }))
+    })
+    .await;
+    match r {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": format!("reading the address ledger: {e}")})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn cluster(State(s): State<ApiState>) -> Response {
+    let source = s.source.clone();
+    match tokio::task::spawn_blocking(move || source.cluster()).await {
+        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "this agent has no cluster view (it runs from a local manifest directory)"})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Serve the API on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin API and console listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

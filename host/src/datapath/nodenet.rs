@@ -1,0 +1,508 @@
+//! Node networking for the cluster's network model: how pods on different
+//! nodes reach each other, and what pods may reach outside the cluster.
+//!
+//! - flat, island, isolated: a route per other node's pod CIDR, via that
+//!   node's underlay address;
+//! - overlay: a VXLAN device, and per other node a permanent neighbour entry
+//!   (its VTEP address to its VTEP MAC), an FDB entry (its VTEP MAC to its
+//!   underlay address) and an on-link route for its pod CIDR. Every VTEP MAC
+//!   is derived from the node's name, so no node needs to publish it and
+//!   nothing is flooded;
+//! - island and overlay (or `masquerade: true`): traffic from pods to outside
+//!   the cluster is masqueraded on the uplink;
+//! - isolated: traffic from pods to outside the cluster (anything but pods
+//!   and nodes) is dropped.
+//!
+//! Routes carry our own protocol number, so stale ones are found and removed;
+//! the nftables table is replaced whole in one transaction.
+
+use super::netlink::{
+    EEXIST, ENODEV, ENOENT, ESRCH, Nl, NlError, family, in_netns, ip_of, route_address,
+};
+use crate::model::crd::{ClusterNetworkSpec, NetworkModel};
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The protocol number our routes carry (`ip route` shows it as `proto 83`).
+pub const ROUTE_PROTOCOL: u8 = 83;
+/// The VXLAN device of the overlay model.
+pub const VXLAN_DEVICE: &str = "sy-vxlan";
+/// The nftables table node networking owns.
+pub const NFT_TABLE: &str = "switchyard-node";
+
+/// What node networking needs to know about a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Underlay addresses (InternalIP), at most one per family.
+    pub addresses: Vec<IpAddr>,
+    /// Pod CIDRs, at most one per family.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+impl NodeInfo {
+    fn address(&self, v4: bool) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(|a| a.is_ipv4() == v4)
+    }
+
+    /// The VTEP MAC of this node: locally administered, from its name.
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        let h = self.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        let b = h.to_be_bytes();
+        [0x0a, 0x58, b[0], b[1], b[2], b[3]]
+    }
+
+    /// The VTEP address of a pod CIDR: its network address.
+    fn vtep_ip(cidr: &IpNet) -> IpAddr {
+        cidr.network()
+    }
+}
+
+/// What this node should have, computed from the model alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodePlan {
+    /// (destination, gateway, device, on-link)
+    pub routes: Vec<(IpNet, IpAddr, String, bool)>,
+    pub vxlan: Option<VxlanPlan>,
+    pub nft: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanPlan {
+    pub vni: u32,
+    pub port: u16,
+    pub local: IpAddr,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Our VTEP addresses (host prefixes).
+    pub addresses: Vec<IpNet>,
+    /// Per remote node: (VTEP address, VTEP MAC, underlay address).
+    pub peers: Vec<(IpAddr, [u8; 6], IpAddr)>,
+}
+
+fn cidrs(v: &[String]) -> Vec<IpNet> {
+    v.iter().filter_map(|c| c.parse().ok()).collect()
+}
+
+/// Compute the plan for node `me` with uplink `uplink` (MTU `uplink_mtu`).
+pub fn plan(
+    me: &str,
+    uplink: &str,
+    uplink_mtu: u32,
+    nodes: &[NodeInfo],
+    net: &ClusterNetworkSpec,
+) -> NodePlan {
+    let Some(mine) = nodes.iter().find(|n| n.name == me) else {
+        return NodePlan::default();
+    };
+    let mut p = NodePlan::default();
+    let others: Vec<&NodeInfo> = nodes.iter().filter(|n| n.name != me).collect();
+    if net.model == NetworkModel::Overlay {
+        // VXLAN over IPv4 when the node has an IPv4 underlay address.
+        if let Some(local) = mine.address(true).or_else(|| mine.address(false)) {
+            let v4 = local.is_ipv4();
+            let overhead = if v4 { 50 } else { 70 };
+            let vx = net.vxlan.clone().unwrap_or_default();
+            let mut peers = vec![];
+            for o in &others {
+                let Some(remote) = o.address(v4) else {
+                    continue;
+                };
+                for c in &o.pod_cidrs {
+                    let vtep = NodeInfo::vtep_ip(c);
+                    peers.push((vtep, o.vtep_mac(), remote));
+                    p.routes.push((*c, vtep, VXLAN_DEVICE.to_string(), true));
+                }
+            }
+            p.vxlan = Some(VxlanPlan {
+                vni: vx.vni,
+                port: vx.port,
+                local,
+                mac: mine.vtep_mac(),
+                mtu: uplink_mtu.saturating_sub(overhead),
+                addresses: mine
+                    .pod_cidrs
+                    .iter()
+                    .map(|c| {
+                        IpNet::new(NodeInfo::vtep_ip(c), c.max_prefix_len()).expect("host prefix")
+                    })
+                    .collect(),
+                peers,
+            });
+        }
+    } else {
+        for o in &others {
+            for c in &o.pod_cidrs {
+                if let Some(via) = o.address(c.addr().is_ipv4()) {
+                    p.routes.push((*c, via, uplink.to_string(), false));
+                }
+            }
+        }
+    }
+    p.nft = nft_table(uplink, nodes, net);
+    p
+}
+
+fn nft_table(uplink: &str, nodes: &[NodeInfo], net: &ClusterNetworkSpec) -> String {
+    let cluster = cidrs(&net.pod_cidrs);
+    let set = |v4: bool, items: Vec<String>| {
+        let ty = if v4 { "ipv4_addr" } else { "ipv6_addr" };
+        if items.is_empty() {
+            format!("type {ty}; flags interval;")
+        } else {
+            format!(
+                "type {ty}; flags interval; elements = {{ {} }};",
+                items.join(", ")
+            )
+        }
+    };
+    let of = |v4: bool| -> Vec<String> {
+        cluster
+            .iter()
+            .filter(|c| c.addr().is_ipv4() == v4)
+            .map(|c| c.trunc().to_string())
+            .collect()
+    };
+    let node_ips = |v4: bool| -> Vec<String> {
+        let mut v: Vec<String> = nodes
+            .iter()
+            .flat_map(|n| n.addresses.iter())
+            .filter(|a| a.is_ipv4() == v4)
+            .map(|a| a.to_string())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut t = String::new();
+    t.push_str(&format!("table inet {NFT_TABLE} {{\n"));
+    t.push_str(&format!("  set cluster4 {{ {} }}\n", set(true, of(true))));
+    t.push_str(&format!("  set cluster6 {{ {} }}\n", set(false, of(false))));
+    t.push_str(&format!(
+        "  set nodes4 {{ {} }}\n",
+        set(true, node_ips(true))
+    ));
+    t.push_str(&format!(
+        "  set nodes6 {{ {} }}\n",
+        set(false, node_ips(false))
+    ));
+    if net.masquerades() && net.model != NetworkModel::Isolated {
+        t.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+        t.push_str(&format!("    oifname \"{uplink}\" ip saddr @cluster4 ip daddr != @cluster4 masquerade comment \"pods leave the cluster as their node\"\n"));
+        t.push_str(&format!(
+            "    oifname \"{uplink}\" ip6 saddr @cluster6 ip6 daddr != @cluster6 masquerade\n"
+        ));
+        t.push_str("  }\n");
+    }
+    if net.model == NetworkModel::Isolated {
+        t.push_str(
+            "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+        );
+        t.push_str("    ip saddr @cluster4 ip daddr != @cluster4 ip daddr != @nodes4 drop comment \"isolated: pods reach only the cluster\"\n");
+        t.push_str("    ip6 saddr @cluster6 ip6 daddr != @cluster6 ip6 daddr != @nodes6 drop\n");
+        t.push_str("  }\n");
+    }
+    t.push_str("}\n");
+    t
+}
+
+/// Replace the node table in one nftables transaction (in the namespace at
+/// `netns`, or the agent's own).
+pub fn apply_nft(netns: Option<&PathBuf>, table: &str) -> Result<(), String> {
+    // Creating then deleting then adding the table is one atomic replace: no
+    // window without rules.
+    let script = format!("table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n{table}");
+    let run = || -> std::io::Result<std::process::Output> {
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())?;
+        child.wait_with_output()
+    };
+    let out = match netns {
+        Some(p) => in_netns(p, run),
+        None => run(),
+    }
+    .map_err(|e| format!("running nft: {e} (is the nftables package installed?)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft rejected the node table: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn neighbour(index: u32, family: AddressFamily, dst: IpAddr, mac: [u8; 6]) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.attributes
+        .push(NeighbourAttribute::Destination(match dst {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m
+}
+
+fn ensure_vxlan(nl: &mut Nl, uplink: &str, v: &VxlanPlan) -> Result<u32, NlError> {
+    if let Some(l) = nl.link(VXLAN_DEVICE)? {
+        return Ok(l.header.index);
+    }
+    let uplink_index = nl.index(uplink)?;
+    let mut info = vec![
+        InfoVxlan::Id(v.vni),
+        InfoVxlan::Port(v.port),
+        InfoVxlan::Learning(false),
+        InfoVxlan::Link(uplink_index),
+    ];
+    match v.local {
+        IpAddr::V4(a) => info.push(InfoVxlan::Local(a)),
+        IpAddr::V6(a) => info.push(InfoVxlan::Local6(a)),
+    }
+    let mut m = LinkMessage::default();
+    m.header.flags = LinkFlags::Up;
+    m.header.change_mask = LinkFlags::Up;
+    m.attributes
+        .push(LinkAttribute::IfName(VXLAN_DEVICE.into()));
+    m.attributes.push(LinkAttribute::Mtu(v.mtu));
+    m.attributes.push(LinkAttribute::Address(v.mac.to_vec()));
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(info)),
+    ]));
+    nl.request(
+        "creating the VXLAN device",
+        RouteNetlinkMessage::NewLink(m),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )?;
+    nl.index(VXLAN_DEVICE)
+}
+
+/// Apply a plan: VXLAN device and entries, routes (stale ones of ours
+/// removed), and the nftables table.
+pub fn apply(netns: Option<&PathBuf>, uplink: &str, plan: &NodePlan) -> Result<(), String> {
+    let body = || -> Result<(), NlError> {
+        let mut nl = Nl::new()?;
+        if let Some(v) = &plan.vxlan {
+            let index = ensure_vxlan(&mut nl, uplink, v)?;
+            nl.set_up(index)?;
+            let have = nl.addresses(index)?;
+            for a in &v.addresses {
+                if !have.contains(a) {
+                    match nl.add_address(index, VXLAN_DEVICE, *a) {
+                        Err(e) if e.errno == EEXIST => {}
+                        r => r?,
+                    }
+                }
+            }
+            for (vtep, mac, underlay) in &v.peers {
+                let n = neighbour(index, family(vtep), *vtep, *mac);
+                nl.request(
+                    "adding a VTEP neighbour",
+                    RouteNetlinkMessage::NewNeighbour(n),
+                    NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                )?;
+                let mut fdb = neighbour(index, AddressFamily::Bridge, *underlay, *mac);
+                fdb.header.flags = NeighbourFlags::Own;
+                nl.request(
+                    "adding a VXLAN FDB entry",
+                    RouteNetlinkMessage::NewNeighbour(fdb),
+                    NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                )?;
+            }
+        }
+        // Routes: replace the wanted ones, remove ours that are not wanted.
+        let mut wanted = BTreeSet::new();
+        for (dst, via, dev, onlink) in &plan.routes {
+            let index = nl.index(dev)?;
+            let mut m = RouteMessage::default();
+            m.header = RouteHeader {
+                address_family: family(&dst.addr()),
+                destination_prefix_length: dst.prefix_len(),
+                table: RouteHeader::RT_TABLE_MAIN,
+                protocol: RouteProtocol::Other(ROUTE_PROTOCOL),
+                scope: RouteScope::Universe,
+                kind: RouteType::Unicast,
+                ..m.header
+            };
+            if *onlink {
+                m.header.flags = RouteFlags::Onlink;
+            }
+            m.attributes.push(RouteAttribute::Destination(route_address(
+                dst.trunc().addr(),
+            )));
+            m.attributes
+                .push(RouteAttribute::Gateway(route_address(*via)));
+            m.attributes.push(RouteAttribute::Oif(index));
+            nl.request(
+                &format!("routing {dst} via {via}"),
+                RouteNetlinkMessage::NewRoute(m),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            )?;
+            wanted.insert(dst.trunc());
+        }
+        let all = nl.request(
+            "listing routes",
+            RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        for r in all {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            if m.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+                continue;
+            }
+            let dst = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => ip_of(d),
+                _ => None,
+            });
+            let Some(dst) =
+                dst.and_then(|d| IpNet::new(d, m.header.destination_prefix_length).ok())
+            else {
+                continue;
+            };
+            if !wanted.contains(&dst) {
+                match nl.request(
+                    &format!("removing the stale route to {dst}"),
+                    RouteNetlinkMessage::DelRoute(m),
+                    NLM_F_ACK,
+                ) {
+                    Err(e) if e.errno == ESRCH || e.errno == ENOENT || e.errno == ENODEV => {}
+                    r => {
+                        r?;
+                    }
+                }
+            }
+        }
+        let _ = AddressMessage::default();
+        Ok(())
+    };
+    let r = match netns {
+        Some(p) => in_netns(p, || Ok(body())).map_err(|e| e.to_string())?,
+        None => body(),
+    };
+    r.map_err(|e| e.what)?;
+    apply_nft(netns, &plan.nft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes() -> Vec<NodeInfo> {
+        (1..=3)
+            .map(|i| NodeInfo {
+                name: format!("node-{i}"),
+                addresses: vec![
+                    format!("198.18.0.{}", 10 + i).parse().unwrap(),
+                    format!("fd18::{}", 10 + i).parse().unwrap(),
+                ],
+                pod_cidrs: vec![
+                    format!("10.244.{i}.0/24").parse().unwrap(),
+                    format!("fd00:10:244:{i}::/64").parse().unwrap(),
+                ],
+            })
+            .collect()
+    }
+
+    fn net(model: NetworkModel) -> ClusterNetworkSpec {
+        ClusterNetworkSpec {
+            model,
+            pod_cidrs: vec!["10.244.0.0/16".into(), "fd00:10:244::/56".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flat_routes_each_other_node_via_its_underlay_address() {
+        let p = plan("node-1", "eth0", 1500, &nodes(), &net(NetworkModel::Flat));
+        assert_eq!(p.routes.len(), 4);
+        assert!(p.routes.contains(&(
+            "10.244.2.0/24".parse().unwrap(),
+            "198.18.0.12".parse().unwrap(),
+            "eth0".into(),
+            false
+        )));
+        assert!(p.routes.contains(&(
+            "fd00:10:244:3::/64".parse().unwrap(),
+            "fd18::13".parse().unwrap(),
+            "eth0".into(),
+            false
+        )));
+        assert!(p.vxlan.is_none());
+        assert!(!p.nft.contains("masquerade") && !p.nft.contains("drop"));
+    }
+
+    #[test]
+    fn overlay_uses_vxlan_with_derived_vtep_macs() {
+        let p = plan(
+            "node-1",
+            "eth0",
+            1500,
+            &nodes(),
+            &net(NetworkModel::Overlay),
+        );
+        let v = p.vxlan.unwrap();
+        assert_eq!(v.mtu, 1450);
+        assert_eq!(v.peers.len(), 4);
+        assert_eq!(v.peers[0].0.to_string(), "10.244.2.0");
+        assert_eq!(v.peers[0].1, nodes()[1].vtep_mac());
+        assert!(p.routes.iter().all(|r| r.2 == VXLAN_DEVICE && r.3));
+        assert!(
+            p.nft.contains("masquerade"),
+            "the overlay masquerades by default"
+        );
+        assert_ne!(nodes()[0].vtep_mac(), nodes()[1].vtep_mac());
+    }
+
+    #[test]
+    fn island_masquerades_and_isolated_drops() {
+        let island = plan("node-1", "eth0", 1500, &nodes(), &net(NetworkModel::Island));
+        assert!(island.nft.contains("masquerade") && !island.nft.contains("drop"));
+        let iso = plan(
+            "node-1",
+            "eth0",
+            1500,
+            &nodes(),
+            &net(NetworkModel::Isolated),
+        );
+        assert!(iso.nft.contains("drop") && !iso.nft.contains("masquerade"));
+        assert!(
+            iso.nft
+                .contains("elements = { 198.18.0.11, 198.18.0.12, 198.18.0.13 }"),
+            "{}",
+            iso.nft
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! A lab node's agent: the ordinary agent (CNI server, modules, IPAM) fed by
+//! the lab's cluster directory, plus what a node needs around it in the lab:
+//! node networking for the cluster's model, the kubelet's part for the pods
+//! bound to the node, the Node's status, and the admin API with the console.
+//!
+//! It runs inside the node's network namespace, as a DaemonSet pod with
+//! host networking would (`switchyard agent --lab DIR --node NAME`).
+
+use super::kubelet::Kubelet;
+use super::layout::{ADMIN_PORT, Lab, UPLINK};
+use super::view::{ClusterView, LabNodeStatus, unix_now};
+use crate::agent::{Agent, AgentOptions, sticky_pods};
+use crate::api::{ApiState, NodeSource};
+use crate::cni::StickyPods;
+use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
+use crate::model::Role;
+use crate::registry::Registry;
+use crate::source::cluster_dir::ClusterDir;
+use crate::source::local::Manifests;
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often the loop looks at the cluster directory.
+const POLL: Duration = Duration::from_millis(200);
+/// How often the kubelet checks its pods even when nothing changed.
+const RESYNC: Duration = Duration::from_secs(1);
+/// How often the node's status is written even when nothing changed.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// What this node's agent reports (the admin API's `/api/v1/node`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    pub name: String,
+    pub lab: String,
+    pub model: String,
+    pub addresses: Vec<String>,
+    pub pod_cidrs: Vec<String>,
+    pub ready: bool,
+    pub problems: Vec<String>,
+    /// Routes node networking installed: `dst via gw dev`.
+    pub routes: Vec<String>,
+    /// VXLAN peers (overlay): `vtep mac underlay`.
+    pub vxlan_peers: Vec<String>,
+    pub masquerade: bool,
+    /// Pods this node runs: `namespace/name ips`.
+    pub pods: Vec<String>,
+}
+
+struct LabSource {
+    lab: Lab,
+    report: Arc<Mutex<NodeReport>>,
+}
+
+impl NodeSource for LabSource {
+    fn node(&self) -> Value {
+        serde_json::to_value(&*self.report.lock()).unwrap_or(Value::Null)
+    }
+
+    fn cluster(&self) -> Option<Value> {
+        serde_json::to_value(ClusterView::read(&self.lab)).ok()
+    }
+}
+
+/// Node networking's view of the Node objects.
+pub fn node_infos(m: &Manifests) -> Vec<NodeInfo> {
+    m.nodes
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.metadata.name.clone().unwrap_or_default(),
+            addresses: n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect(),
+            pod_cidrs: n
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidrs.clone())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        })
+        .collect()
+}
+
+fn describe_plan(plan: &NodePlan, r: &mut NodeReport) {
+    r.routes = plan
+        .routes
+        .iter()
+        .map(|(dst, via, dev, _)| format!("{dst} via {via} dev {dev}"))
+        .collect();
+    r.vxlan_peers = plan
+        .vxlan
+        .iter()
+        .flat_map(|v| v.peers.iter())
+        .map(|(vtep, mac, underlay)| {
+            let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{vtep} {} {underlay}", mac.join(":"))
+        })
+        .collect();
+    r.masquerade = plan.nft.contains("masquerade");
+}
+
+/// The node loop: node networking, pods, status. Runs on its own thread
+/// (it waits on processes) until `stop` is set.
+struct NodeLoop {
+    lab: Lab,
+    node: String,
+    cluster: ClusterDir,
+    kubelet: Kubelet,
+    registry: Arc<Registry>,
+    sticky: Arc<StickyPods>,
+    report: Arc<Mutex<NodeReport>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl NodeLoop {
+    fn run(mut self) {
+        let mut last_fingerprint = None;
+        let mut applied: Option<NodePlan> = None;
+        let mut last_sync = Instant::now() - RESYNC;
+        let mut last_beat = Instant::now() - HEARTBEAT;
+        let mut problems: Vec<String> = vec![];
+        while !self.stop.load(Ordering::Relaxed) {
+            let fp = self.cluster.objects_fingerprint();
+            let changed = last_fingerprint != Some(fp);
+            if changed || last_sync.elapsed() >= RESYNC {
+                last_fingerprint = Some(fp);
+                last_sync = Instant::now();
+                problems.clear();
+                match self.cluster.manifests() {
+                    Err(e) => problems.push(format!("reading the cluster: {e}")),
+                    Ok(m) => {
+                        let net = m.cluster_network().cloned().unwrap_or_default();
+                        let plan = nodenet::plan(&self.node, UPLINK, 1500, &node_infos(&m), &net);
+                        if applied.as_ref() != Some(&plan) {
+                            match nodenet::apply(None, UPLINK, &plan) {
+                                Ok(()) => {
+                                    tracing::info!(
+                                        routes = plan.routes.len(),
+                                        vxlan = plan.vxlan.is_some(),
+                                        "node networking applied"
+                                    );
+                                    let mut r = self.report.lock();
+                                    describe_plan(&plan, &mut r);
+                                    r.model = net.model.to_string();
+                                    applied = Some(plan);
+                                }
+                                Err(e) => problems.push(format!("node networking: {e}")),
+                            }
+                        }
+                        self.sticky.replace(sticky_pods(&m));
+                        // Pods only once node networking is in place.
+                        if applied.is_some() {
+                            problems.extend(self.kubelet.reconcile(&m.pods));
+                        }
+                    }
+                }
+                let mut r = self.report.lock();
+                r.pods = self
+                    .kubelet
+                    .records()
+                    .map(|p| format!("{}/{} {}", p.namespace, p.name, p.ips.join(",")))
+                    .collect();
+            }
+            if changed || last_beat.elapsed() >= HEARTBEAT {
+                last_beat = Instant::now();
+                let cni_ready = self.registry.active_for(Role::Cni).is_some();
+                let ready = applied.is_some() && cni_ready;
+                let mut r = self.report.lock();
+                r.ready = ready;
+                r.problems = problems.clone();
+                if !cni_ready {
+                    r.problems
+                        .push("no CNI module is loaded (see /api/v1/modules)".into());
+                }
+                let status = self.status(ready, &r.problems);
+                drop(r);
+                if let Err(e) = self.cluster.put_status("Node", "", &self.node, &status) {
+                    tracing::warn!("writing the node's status: {e}");
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn status(&self, ready: bool, problems: &[String]) -> LabNodeStatus {
+        let me = self.lab.config.node(&self.node);
+        let mut addresses: Vec<NodeAddress> = me
+            .into_iter()
+            .flat_map(|n| n.addresses.iter())
+            .map(|a| NodeAddress {
+                type_: "InternalIP".into(),
+                address: a.to_string(),
+            })
+            .collect();
+        addresses.push(NodeAddress {
+            type_: "Hostname".into(),
+            address: self.node.clone(),
+        });
+        let now = super::view::k8s_now();
+        LabNodeStatus {
+            status: NodeStatus {
+                addresses: Some(addresses),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    reason: Some(if ready { "AgentReady" } else { "AgentNotReady" }.into()),
+                    message: Some(if ready {
+                        "the agent serves CNI and node networking is in place".into()
+                    } else {
+                        problems.join("; ")
+                    }),
+                    last_heartbeat_time: Some(now),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            agent_pid: std::process::id(),
+            heartbeat: unix_now(),
+            problems: problems.to_vec(),
+        }
+    }
+}
+
+/// Run the agent of lab node `node` in the lab at `dir` until SIGTERM.
+pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
+    let lab = Lab::load(dir)?.with_context(|| {
+        format!(
+            "no lab in {} (run `switchyard lab up` first)",
+            dir.display()
+        )
+    })?;
+    let me = lab
+        .config
+        .node(node)
+        .cloned()
+        .with_context(|| format!("the lab has no node {node:?}"))?;
+    let node_dir = lab.node_dir(node);
+    std::fs::create_dir_all(&node_dir)?;
+    let cluster = lab.cluster()?;
+    let cni_socket = node_dir.join("cni.sock");
+    let agent = Agent::start(AgentOptions {
+        data_dir: node_dir.join("data"),
+        local: Some(cluster.objects_dir()),
+        node: node.to_string(),
+        cni_socket: cni_socket.clone(),
+        pod_cidrs: me.pod_cidrs.clone(),
+        fuel: false,
+        sticky_ttl: Duration::from_secs(600),
+    })
+    .await?;
+    let report = Arc::new(Mutex::new(NodeReport {
+        name: node.to_string(),
+        lab: lab.config.name.clone(),
+        model: lab.config.model.to_string(),
+        addresses: me.addresses.iter().map(|a| a.to_string()).collect(),
+        pod_cidrs: me.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    }));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api_state = ApiState {
+        registry: agent.registry.clone(),
+        ledger: agent.ledger.clone(),
+        source: Arc::new(LabSource {
+            lab: lab.clone(),
+            report: report.clone(),
+        }),
+    };
+    let api_addr = std::net::SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), ADMIN_PORT);
+    let api = tokio::spawn(crate::api::serve(
+        api_addr,
+        api_state,
+        stopped(stop_rx.clone()),
+    ));
+    let agent = Arc::new(agent);
+    let cni_agent = agent.clone();
+    let cni = tokio::spawn(async move { cni_agent.serve(stopped(stop_rx)).await });
+
+    // The kubelet execs the plugin, which needs the socket: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cni_socket.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let plugin = lab.dir.join("bin").join("switchyard-cni");
+    let kubelet = Kubelet::new(lab.clone(), node, plugin, &cni_socket)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let node_loop = NodeLoop {
+        lab: lab.clone(),
+        node: node.to_string(),
+        cluster,
+        kubelet,
+        registry: agent.registry.clone(),
+        sticky: agent.sticky.clone(),
+        report,
+        stop: stop.clone(),
+    };
+    let looper = std::thread::Builder::new()
+        .name("lab-node".into())
+        .spawn(move || node_loop.run())?;
+
+    tokio::select! {
+        _ = crate::agent::shutdown_signal() => {}
+        r = cni => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = looper.join();
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.context("the CNI server stopped")),
+                Err(e) => Err(e.into()),
+            };
+        }
+        r = api => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = looper.join();
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context(format!("the admin API on port {ADMIN_PORT}"))),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || looper.join()).await;
+    Ok(())
+}

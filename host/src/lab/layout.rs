@@ -1,0 +1,314 @@
+//! Where a lab's pieces are: its directory, namespaces, addresses and CIDRs,
+//! all derived from its name and recorded in `lab.json`.
+
+use crate::model::crd::NetworkModel;
+use crate::source::cluster_dir::{ClusterDir, write_atomic};
+use anyhow::Context;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Where `lab` commands keep a lab unless told otherwise.
+pub const DEFAULT_LAB_DIR: &str = "/var/lib/switchyard-lab";
+/// The port of every agent's admin API and console.
+pub const ADMIN_PORT: u16 = 9090;
+/// The uplink of every node and of the external host.
+pub const UPLINK: &str = "eth0";
+
+/// Which families the pods get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Families {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl Families {
+    pub fn v4(self) -> bool {
+        self != Families::Ipv6
+    }
+
+    pub fn v6(self) -> bool {
+        self != Families::Ipv4
+    }
+}
+
+impl std::str::FromStr for Families {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipv4" => Ok(Families::Ipv4),
+            "ipv6" => Ok(Families::Ipv6),
+            "dual" => Ok(Families::Dual),
+            _ => Err(format!(
+                "unknown IP family {s:?}: expected ipv4, ipv6 or dual"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Families {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Families::Ipv4 => "ipv4",
+            Families::Ipv6 => "ipv6",
+            Families::Dual => "dual",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabNode {
+    pub name: String,
+    /// Underlay addresses (always both families: the underlay is infrastructure).
+    pub addresses: Vec<IpAddr>,
+    /// This node's pod CIDRs, per the lab's families.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabConfig {
+    pub name: String,
+    pub model: NetworkModel,
+    pub families: Families,
+    /// Picks the lab's underlay (`198.18.<index>.0/24`, `fd18:0:<index>::/64`)
+    /// and host link (`198.19.<index>.0/30`).
+    pub index: u8,
+    pub nodes: Vec<LabNode>,
+    /// The external host's underlay addresses.
+    pub external: Vec<IpAddr>,
+    /// The underlay router's addresses (on the underlay bridge).
+    pub router: Vec<IpAddr>,
+    pub cluster_pod_cidrs: Vec<IpNet>,
+    pub service_cidrs: Vec<IpNet>,
+    /// Whether the machine has a link into the lab (for the console).
+    pub host_link: bool,
+}
+
+fn index_of(name: &str) -> u8 {
+    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    20 + (h % 200) as u8
+}
+
+impl LabConfig {
+    /// A lab named `name` with `nodes` nodes.
+    pub fn new(
+        name: &str,
+        nodes: usize,
+        model: NetworkModel,
+        families: Families,
+        host_link: bool,
+    ) -> LabConfig {
+        let x = index_of(name);
+        let ul4 = |host: u8| -> IpAddr { format!("198.18.{x}.{host}").parse().expect("literal") };
+        let ul6 =
+            |host: u16| -> IpAddr { format!("fd18:0:{x}::{host:x}").parse().expect("literal") };
+        let mut cluster = vec![];
+        let mut services = vec![];
+        if families.v4() {
+            cluster.push("10.244.0.0/16".parse().expect("literal"));
+            services.push("10.96.0.0/16".parse().expect("literal"));
+        }
+        if families.v6() {
+            cluster.push("fd00:10:244::/56".parse().expect("literal"));
+            services.push("fd00:10:96::/112".parse().expect("literal"));
+        }
+        let nodes = (1..=nodes)
+            .map(|i| {
+                let mut pod_cidrs = vec![];
+                if families.v4() {
+                    pod_cidrs.push(format!("10.244.{i}.0/24").parse().expect("literal"));
+                }
+                if families.v6() {
+                    pod_cidrs.push(format!("fd00:10:244:{i:x}::/64").parse().expect("literal"));
+                }
+                LabNode {
+                    name: format!("node-{i}"),
+                    addresses: vec![ul4(10 + i as u8), ul6(0x10 + i as u16)],
+                    pod_cidrs,
+                }
+            })
+            .collect();
+        LabConfig {
+            name: name.to_string(),
+            model,
+            families,
+            index: x,
+            nodes,
+            external: vec![ul4(100), ul6(0x100)],
+            router: vec![ul4(1), ul6(1)],
+            cluster_pod_cidrs: cluster,
+            service_cidrs: services,
+            host_link,
+        }
+    }
+
+    pub fn underlay(&self) -> Vec<IpNet> {
+        vec![
+            format!("198.18.{}.0/24", self.index)
+                .parse()
+                .expect("literal"),
+            format!("fd18:0:{}::/64", self.index)
+                .parse()
+                .expect("literal"),
+        ]
+    }
+
+    /// The machine's end and the lab's end of the host link.
+    pub fn host_link_addresses(&self) -> (IpNet, IpNet) {
+        (
+            format!("198.19.{}.1/30", self.index)
+                .parse()
+                .expect("literal"),
+            format!("198.19.{}.2/30", self.index)
+                .parse()
+                .expect("literal"),
+        )
+    }
+
+    pub fn node(&self, name: &str) -> Option<&LabNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// A lab on disk.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub dir: PathBuf,
+    pub config: LabConfig,
+}
+
+/// A short stable hash, for names.
+pub fn short_hash(s: &str) -> String {
+    let h = s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+impl Lab {
+    /// The lab in `dir`, if one is up.
+    pub fn load(dir: &Path) -> anyhow::Result<Option<Lab>> {
+        let p = dir.join("lab.json");
+        match std::fs::read(&p) {
+            Ok(b) => {
+                let config = serde_json::from_slice(&b)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                Ok(Some(Lab {
+                    dir: dir.to_path_buf(),
+                    config,
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        write_atomic(
+            &self.dir.join("lab.json"),
+            &serde_json::to_vec_pretty(&self.config)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn cluster(&self) -> anyhow::Result<ClusterDir> {
+        Ok(ClusterDir::open(&self.dir.join("cluster"))?)
+    }
+
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node)
+    }
+
+    /// Namespace names start with `sy<name>-` (the lab's name is at most 8
+    /// characters, so interface names derived from it fit in 15).
+    fn prefix(&self) -> String {
+        format!("sy{}-", self.config.name)
+    }
+
+    pub fn underlay_netns(&self) -> String {
+        format!("{}underlay", self.prefix())
+    }
+
+    pub fn external_netns(&self) -> String {
+        format!("{}external", self.prefix())
+    }
+
+    pub fn node_netns(&self, node: &str) -> String {
+        format!("{}{node}", self.prefix())
+    }
+
+    /// The namespace of a pod (unique per pod instance).
+    pub fn pod_netns(&self, namespace: &str, name: &str, uid: &str) -> String {
+        format!(
+            "{}p-{}",
+            self.prefix(),
+            short_hash(&format!("{namespace}/{name}/{uid}"))
+        )
+    }
+
+    /// Every namespace of this lab is named with this prefix.
+    pub fn netns_prefix(&self) -> String {
+        self.prefix()
+    }
+
+    /// The machine's end of the host link.
+    pub fn host_link_name(&self) -> String {
+        format!("syh-{}", self.config.name)
+    }
+
+    pub fn admin_url(&self, node: &str) -> Option<String> {
+        let n = self.config.node(node)?;
+        let v4 = n.addresses.iter().find(|a| a.is_ipv4())?;
+        Some(format!("http://{v4}:{ADMIN_PORT}/"))
+    }
+
+    pub fn netns_path(name: &str) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_name_and_families() {
+        let c = LabConfig::new("lab", 3, NetworkModel::Overlay, Families::Dual, true);
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.nodes[2].pod_cidrs[0].to_string(), "10.244.3.0/24");
+        assert_eq!(c.nodes[2].pod_cidrs[1].to_string(), "fd00:10:244:3::/64");
+        assert!(
+            c.nodes[0].addresses[0]
+                .to_string()
+                .starts_with(&format!("198.18.{}.", c.index))
+        );
+        let v6 = LabConfig::new("lab", 1, NetworkModel::Flat, Families::Ipv6, false);
+        assert_eq!(v6.nodes[0].pod_cidrs.len(), 1);
+        assert!(v6.nodes[0].pod_cidrs[0].addr().is_ipv6());
+        assert_eq!(
+            v6.nodes[0].addresses.len(),
+            2,
+            "the underlay is dual-stack whatever the pods are"
+        );
+        let lab = Lab {
+            dir: "/x".into(),
+            config: c,
+        };
+        assert!(
+            lab.pod_netns("default", "web", "u1")
+                .starts_with("sylab-p-")
+        );
+        assert_ne!(
+            lab.pod_netns("default", "web", "u1"),
+            lab.pod_netns("default", "web", "u2")
+        );
+        assert!(lab.host_link_name().len() <= 15);
+    }
+}

@@ -1,0 +1,420 @@
+//! The lab's wires: namespaces, the underlay bridge, the host link, the
+//! external host, and taking all of it down again.
+//!
+//! Everything is made with `ip` and `nft` (the lab is also a demonstration a
+//! newcomer can repeat by hand) and named from the lab's name, so `down` finds
+//! it all even when `lab.json` is gone.
+
+use super::layout::{ADMIN_PORT, Lab, UPLINK};
+use crate::datapath::netlink::{in_netns, write_sysctl};
+use anyhow::{Context, bail};
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The underlay bridge, in the underlay namespace.
+const UNDERLAY_BRIDGE: &str = "ul0";
+/// The underlay end of the host link.
+const HOST_PEER: &str = "host0";
+/// The nftables table of the underlay router.
+const ROUTER_TABLE: &str = "switchyard-lab";
+/// Ports the external host serves.
+pub const EXTERNAL_LISTEN: [&str; 2] = ["tcp:80", "udp:80"];
+
+/// Run a command; its stderr is the error.
+pub fn run(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args[0]))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    }
+}
+
+fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut v = vec!["ip", "-n", ns];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
+fn sysctls(ns: &str, values: &[(&str, &str)]) -> anyhow::Result<()> {
+    let path = Lab::netns_path(ns);
+    let values: Vec<(String, String)> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    in_netns(&path, move || {
+        for (k, v) in &values {
+            write_sysctl(k, v)?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("setting sysctls in {ns}"))
+}
+
+fn add_netns(ns: &str) -> anyhow::Result<()> {
+    run(&["ip", "netns", "add", ns])?;
+    ip_in(ns, &["link", "set", "lo", "up"])?;
+    // The lab's machines are "just booted": without this, every link-local
+    // address stays tentative for a second or two, and a node forwarding a
+    // pod's first IPv6 packet cannot even send its neighbour solicitation
+    // (the kernel sends those from the link-local). Duplicates cannot happen
+    // on links the lab wires itself.
+    sysctls(
+        ns,
+        &[
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+        ],
+    )?;
+    Ok(())
+}
+
+fn prefix_len(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() { "24" } else { "64" }
+}
+
+/// Plug a namespace into the underlay: its `eth0`, with `addresses`.
+fn plug(lab: &Lab, ns: &str, port: &str, addresses: &[IpAddr]) -> anyhow::Result<()> {
+    let ul = lab.underlay_netns();
+    ip_in(
+        &ul,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", UPLINK, "netns", ns,
+        ],
+    )?;
+    ip_in(&ul, &["link", "set", port, "master", UNDERLAY_BRIDGE, "up"])?;
+    for a in addresses {
+        let cidr = format!("{a}/{}", prefix_len(a));
+        if a.is_ipv4() {
+            ip_in(ns, &["addr", "add", &cidr, "dev", UPLINK])?;
+        } else {
+            ip_in(ns, &["addr", "add", &cidr, "dev", UPLINK, "nodad"])?;
+        }
+    }
+    ip_in(ns, &["link", "set", UPLINK, "up"])?;
+    Ok(())
+}
+
+/// The underlay router's guard: from the machine, only new connections to
+/// the agents' admin port (and their replies) pass; nothing from the lab may
+/// open a connection towards the machine.
+fn router_table() -> String {
+    format!(
+        "table inet {ROUTER_TABLE} {{
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname \"{HOST_PEER}\" tcp dport {ADMIN_PORT} accept comment \"the machine reaches the admin API and console\"
+    iifname \"{HOST_PEER}\" ct state established,related accept
+    iifname \"{HOST_PEER}\" drop
+    oifname \"{HOST_PEER}\" ct state established,related accept
+    oifname \"{HOST_PEER}\" drop comment \"nothing in the lab opens a connection to the machine\"
+  }}
+}}
+"
+    )
+}
+
+fn nft_in(ns: &str, script: &str) -> anyhow::Result<()> {
+    let path = Lab::netns_path(ns);
+    let script = script.to_string();
+    let out = in_netns(&path, move || {
+        use std::io::Write;
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())?;
+        child.wait_with_output()
+    })
+    .with_context(|| format!("running nft in {ns}"))?;
+    if !out.status.success() {
+        bail!(
+            "nft in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Check that nothing on the machine uses the lab's addresses or names.
+pub fn preflight(lab: &Lab) -> anyhow::Result<()> {
+    for tool in ["ip", "nft"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            bail!(
+                "`{tool}` is not installed: the lab needs iproute2 and nftables (scripts/setup.sh installs them)"
+            );
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab makes network namespaces and links: run it as root");
+    }
+    let underlay4 = lab.config.underlay()[0].to_string();
+    let routes = run(&["ip", "-4", "route", "show", "to", "match", &underlay4])?;
+    if routes.lines().any(|l| !l.starts_with("default")) {
+        bail!(
+            "the machine already routes {underlay4} ({}); pick another lab name with --name",
+            routes.trim()
+        );
+    }
+    let leftovers = lab_namespaces(&lab.netns_prefix());
+    if !leftovers.is_empty() {
+        bail!(
+            "network namespaces of an earlier lab named {:?} still exist ({}); run `switchyard lab down --name {}` first",
+            lab.config.name,
+            leftovers.join(", "),
+            lab.config.name
+        );
+    }
+    Ok(())
+}
+
+/// Build the underlay, the host link and the external host.
+pub fn build_underlay(lab: &Lab) -> anyhow::Result<()> {
+    let c = &lab.config;
+    let ul = lab.underlay_netns();
+    add_netns(&ul)?;
+    // A plain switch: no MLD snooping, which would hold back neighbour
+    // solicitations until nodes have reported their groups.
+    ip_in(
+        &ul,
+        &[
+            "link",
+            "add",
+            UNDERLAY_BRIDGE,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ],
+    )?;
+    ip_in(&ul, &["link", "set", UNDERLAY_BRIDGE, "up"])?;
+    for a in &c.router {
+        let cidr = format!("{a}/{}", prefix_len(a));
+        if a.is_ipv4() {
+            ip_in(&ul, &["addr", "add", &cidr, "dev", UNDERLAY_BRIDGE])?;
+        } else {
+            ip_in(
+                &ul,
+                &["addr", "add", &cidr, "dev", UNDERLAY_BRIDGE, "nodad"],
+            )?;
+        }
+    }
+    sysctls(
+        &ul,
+        &[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ],
+    )?;
+    nft_in(&ul, &router_table())?;
+    if c.host_link {
+        let (host, peer) = c.host_link_addresses();
+        let link = lab.host_link_name();
+        run(&[
+            "ip", "link", "add", &link, "type", "veth", "peer", "name", HOST_PEER, "netns", &ul,
+        ])?;
+        run(&["ip", "addr", "add", &host.to_string(), "dev", &link])?;
+        run(&["ip", "link", "set", &link, "up"])?;
+        ip_in(&ul, &["addr", "add", &peer.to_string(), "dev", HOST_PEER])?;
+        ip_in(&ul, &["link", "set", HOST_PEER, "up"])?;
+        run(&[
+            "ip",
+            "route",
+            "add",
+            &c.underlay()[0].to_string(),
+            "via",
+            &peer.addr().to_string(),
+            "dev",
+            &link,
+        ])?;
+    }
+    // The external host: the broader network, with servers of its own.
+    let ext = lab.external_netns();
+    add_netns(&ext)?;
+    plug(lab, &ext, "u-external", &c.external)?;
+    if c.model == crate::model::crd::NetworkModel::Flat {
+        // Flat: the broader network routes each node's pod CIDRs to it (in a
+        // real network, static routes or BGP on the top-of-rack router).
+        for n in &c.nodes {
+            for cidr in &n.pod_cidrs {
+                let via = n
+                    .addresses
+                    .iter()
+                    .find(|a| a.is_ipv4() == cidr.addr().is_ipv4())
+                    .context("node without an underlay address of the pod CIDR's family")?;
+                ip_in(
+                    &ext,
+                    &["route", "add", &cidr.to_string(), "via", &via.to_string()],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Make one node's namespace and plug it in.
+pub fn build_node(lab: &Lab, node: &super::layout::LabNode) -> anyhow::Result<()> {
+    let ns = lab.node_netns(&node.name);
+    add_netns(&ns)?;
+    plug(lab, &ns, &format!("u-{}", node.name), &node.addresses)?;
+    sysctls(
+        &ns,
+        &[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ],
+    )?;
+    if lab.config.host_link {
+        let (host, _) = lab.config.host_link_addresses();
+        let router = lab
+            .config
+            .router
+            .iter()
+            .find(|a| a.is_ipv4())
+            .expect("the router has an IPv4 address");
+        ip_in(
+            &ns,
+            &[
+                "route",
+                "add",
+                &host.trunc().to_string(),
+                "via",
+                &router.to_string(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Every network namespace whose name starts with `prefix`.
+pub fn lab_namespaces(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Processes that belong to a lab: inside one of its namespaces, or running
+/// a binary from its directory.
+fn lab_processes(prefix: &str, dir: &Path) -> Vec<i32> {
+    let mut inodes = std::collections::HashSet::new();
+    for ns in lab_namespaces(prefix) {
+        if let Ok(m) = std::fs::metadata(Lab::netns_path(&ns)) {
+            inodes.insert(std::os::unix::fs::MetadataExt::ino(&m));
+        }
+    }
+    let bin = dir.join("bin");
+    let me = std::process::id() as i32;
+    let mut pids = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let in_ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| inodes.contains(&std::os::unix::fs::MetadataExt::ino(&m)))
+            .unwrap_or(false);
+        let ours = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.starts_with(&bin))
+            .unwrap_or(false);
+        if in_ns || ours {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// What `down` removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub processes: usize,
+    pub namespaces: usize,
+    pub links: usize,
+    pub files: bool,
+}
+
+/// Remove everything a lab named `name` made, whatever state it is in:
+/// processes, namespaces (with their links, routes and nftables tables), the
+/// host link and the lab's files. Idempotent.
+pub fn down(dir: &Path, name: &str) -> anyhow::Result<Removed> {
+    let prefix = format!("sy{name}-");
+    let mut removed = Removed::default();
+    // Agents first, gently, so none restarts a pod while the rest goes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pids = lab_processes(&prefix, dir);
+    for &pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    removed.processes = pids.len();
+    while !pids.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        pids.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+    }
+    // Pods before nodes before the underlay: every veth dies with one end.
+    let mut namespaces = lab_namespaces(&prefix);
+    namespaces.sort_by_key(|n| {
+        let rest = &n[prefix.len()..];
+        if rest.starts_with("p-") {
+            0
+        } else if rest == "underlay" {
+            2
+        } else {
+            1
+        }
+    });
+    let mut problems = vec![];
+    for ns in &namespaces {
+        match run(&["ip", "netns", "del", ns]) {
+            Ok(_) => removed.namespaces += 1,
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let link = format!("syh-{name}");
+    if run(&["ip", "link", "show", &link]).is_ok() {
+        run(&["ip", "link", "del", &link])?;
+        removed.links += 1;
+    }
+    if dir.join("lab.json").exists() || dir.join("cluster").exists() || dir.join("nodes").exists() {
+        for sub in ["cluster", "nodes", "bin", "lab.json", "external.log"] {
+            let p = dir.join(sub);
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            } else if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+        removed.files = true;
+        // The directory itself, if nothing else lives there.
+        let _ = std::fs::remove_dir(dir);
+    }
+    if !problems.is_empty() {
+        bail!("could not remove everything: {}", problems.join("; "));
+    }
+    Ok(removed)
+}
