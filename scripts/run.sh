@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job. Until the lab exists (see the issues), the most useful thing
-# Switchyard does on one machine is load its modules: this builds the agent
-# and every module, then inspects each one and validates it against its role,
-# exactly as the agent does before it binds a NetworkModule.
+# The main job: the local lab with the console. Builds the agent, the CNI
+# plugin and the modules, then brings up a 3-node lab (flat model, IPv4 by
+# default) with the example manifests in deploy/lab/, and prints where the
+# console is. Arguments go to `switchyard lab up`, e.g.
+#   ./scripts/run.sh --model overlay --ip-family dual --nodes 4
+# If a lab is already up, it shows that lab instead of building another.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -10,18 +12,32 @@ cd "$here"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-say "building the agent and the modules"
-cargo build --release --locked -p switchyard
-target="${CARGO_TARGET_DIR:-$here/target}"
-bin="$target/release/switchyard"
-modules="$target/wasm-modules/wasm32-wasip2/wasm"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: the lab makes network namespaces, links and nftables tables: run this as root" >&2
+  exit 1
+fi
 
-for m in proxy_nftables:service-proxy example_scheduler:scheduler; do
-  file="$modules/${m%%:*}.wasm"
-  role="${m##*:}"
-  say "switchyard module inspect $file"
-  "$bin" module inspect "$file"
-  say "switchyard module validate $file --role $role"
-  "$bin" module validate "$file" --role "$role"
-done
-say "the hostile test modules are refused or contained; see host/tests/hostile.rs"
+say "building the agent, the CNI plugin and the modules"
+cargo build --locked -p switchyard -p switchyard-cni
+target="${CARGO_TARGET_DIR:-$here/target}"
+bin="$target/debug/switchyard"
+dir="${SWITCHYARD_LAB_DIR:-/var/lib/switchyard-lab}"
+
+if [ -f "$dir/lab.json" ]; then
+  say "a lab is already up in $dir; here it is (take it down with: $bin lab down)"
+  "$bin" lab --dir "$dir" status
+  exit 0
+fi
+
+say "$bin lab up -f deploy/lab/ $*"
+"$bin" lab --dir "$dir" up -f "$here/deploy/lab" "$@"
+"$bin" lab --dir "$dir" status
+cat >&2 <<EOF
+
+Try:
+  $bin lab matrix                                   # who reaches whom (TCP/80)
+  $bin lab probe --from x/a --to external --port 80 -v
+  $bin lab exec x/a -- ip addr                      # inside a pod's network namespace
+  $bin lab apply -f my-pods.yaml                    # ordinary Kubernetes YAML
+  $bin lab down                                     # remove everything the lab made
+EOF

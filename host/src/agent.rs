@@ -45,6 +45,8 @@ pub struct Agent {
     pub ledger: Arc<Ledger>,
     /// Pods whose addresses outlive them, from the manifests.
     pub sticky: Arc<StickyPods>,
+    /// The module specs last applied, by binding name.
+    applied: parking_lot::Mutex<HashMap<String, ModuleSpec>>,
     pub options: AgentOptions,
 }
 
@@ -83,6 +85,49 @@ pub fn sticky_pods(manifests: &Manifests) -> HashMap<(String, String), String> {
             Some(((ns.to_string(), name.to_string()), owner.clone()))
         })
         .collect()
+}
+
+/// The modules node `node` should run, the CNI module first: the
+/// highest-priority NetworkModule of role cni that selects the node (else the
+/// built-in cni-bridge, with the MTU the cluster network needs), then every
+/// other NetworkModule that selects the node.
+pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSpec>, String> {
+    let labels = crate::source::local::node_labels(manifests.node(node));
+    let mut mine: Vec<_> = manifests
+        .modules
+        .iter()
+        .filter(|m| m.spec.selects(&labels))
+        .collect();
+    mine.sort_by_key(|m| (m.spec.role != Role::Cni, -m.spec.priority, m.name.clone()));
+    let mut specs = vec![];
+    if mine.first().is_none_or(|m| m.spec.role != Role::Cni) {
+        let mut s = ModuleSpec::new(
+            DEFAULT_CNI_BINDING,
+            Role::Cni,
+            ModuleSource::Builtin("cni-bridge".into()),
+        );
+        s.failure_policy = FailurePolicy::FailClosed;
+        // Pods' MTU follows the cluster network: the overlay's encapsulation
+        // takes its share of the uplink's 1500.
+        if let Some(net) = manifests.cluster_network() {
+            let mtu = net
+                .mtu
+                .or((net.model == crate::model::crd::NetworkModel::Overlay)
+                    .then_some(1500 - VXLAN_OVERHEAD));
+            if let Some(mtu) = mtu {
+                s.config = serde_json::json!({ "mtu": mtu });
+            }
+        }
+        specs.push(s);
+    }
+    for (i, m) in mine.iter().enumerate() {
+        // Lower-priority cni modules are not loaded: one serves.
+        if m.spec.role == Role::Cni && i > 0 {
+            continue;
+        }
+        specs.push(m.spec.to_module_spec(&m.name, m.generation)?);
+    }
+    Ok(specs)
 }
 
 /// The VXLAN overhead the overlay takes from the uplink MTU (IPv4 outer
@@ -147,59 +192,16 @@ impl Agent {
             .unwrap_or(2);
         let registry = Registry::new(runtime, fetcher, services, cpus);
 
-        // The CNI module: the highest-priority NetworkModule of role cni for
-        // this node, else the built-in cni-bridge.
-        let labels = crate::source::local::node_labels(node);
-        let mut cni_modules: Vec<_> = manifests
-            .modules
-            .iter()
-            .filter(|m| m.spec.role == Role::Cni && m.spec.selects(&labels))
-            .collect();
-        cni_modules.sort_by_key(|m| -m.spec.priority);
-        let spec = match cni_modules.first() {
-            Some(m) => m
-                .spec
-                .to_module_spec(&m.name, m.generation)
-                .map_err(anyhow::Error::msg)?,
-            None => {
-                let mut s = ModuleSpec::new(
-                    DEFAULT_CNI_BINDING,
-                    Role::Cni,
-                    ModuleSource::Builtin("cni-bridge".into()),
-                );
-                s.failure_policy = FailurePolicy::FailClosed;
-                // Pods' MTU follows the cluster network: the overlay's
-                // encapsulation takes its share of the uplink's 1500.
-                if let Some(net) = manifests.cluster_network() {
-                    let mtu = net
-                        .mtu
-                        .or((net.model == crate::model::crd::NetworkModel::Overlay)
-                            .then_some(1500 - VXLAN_OVERHEAD));
-                    if let Some(mtu) = mtu {
-                        s.config = serde_json::json!({ "mtu": mtu });
-                    }
-                }
-                s
+        let specs = desired_modules(&manifests, &options.node).map_err(anyhow::Error::msg)?;
+        let binding = specs[0].name.clone();
+        let mut applied = HashMap::new();
+        for spec in specs {
+            if let Err(e) = registry.apply_async(spec.clone()).await {
+                // The agent keeps running: STATUS says why ADD cannot be served,
+                // the module's status why it did not load.
+                tracing::error!("{e}");
             }
-        };
-        let binding = spec.name.clone();
-        if let Err(e) = registry.apply_async(spec).await {
-            // The agent keeps running: STATUS says why ADD cannot be served.
-            tracing::error!("{e}");
-        }
-        for m in manifests
-            .modules
-            .iter()
-            .filter(|m| m.spec.role != Role::Cni)
-        {
-            match m.spec.to_module_spec(&m.name, m.generation) {
-                Ok(spec) => {
-                    if let Err(e) = registry.apply_async(spec).await {
-                        tracing::error!("{e}");
-                    }
-                }
-                Err(e) => tracing::error!("{e}"),
-            }
+            applied.insert(spec.name.clone(), spec);
         }
 
         let sticky = Arc::new(StickyPods::new(sticky_pods(&manifests)));
@@ -232,8 +234,48 @@ impl Agent {
             cni,
             ledger,
             sticky,
+            applied: parking_lot::Mutex::new(applied),
             options,
         })
+    }
+
+    /// Make the loaded modules what `manifests` ask for: load new and
+    /// changed NetworkModules (a hot swap: calls in flight finish on the old
+    /// version), drop removed ones, and move CNI to another binding if a
+    /// different NetworkModule now serves it. Returns the problems.
+    pub fn sync_modules(&self, manifests: &Manifests) -> Vec<String> {
+        let specs = match desired_modules(manifests, &self.options.node) {
+            Ok(s) => s,
+            Err(e) => return vec![e],
+        };
+        let mut problems = vec![];
+        let mut applied = self.applied.lock();
+        for spec in &specs {
+            if applied.get(&spec.name) == Some(spec) {
+                continue;
+            }
+            // Remembered even when it fails, so a bad module is not
+            // recompiled every second; its status says why it is not loaded.
+            if let Err(e) = self.registry.apply(spec.clone()) {
+                problems.push(format!("NetworkModule {}: {e}", spec.name));
+            }
+            applied.insert(spec.name.clone(), spec.clone());
+        }
+        let cni = &specs[0].name;
+        if self.cni.binding() != *cni {
+            tracing::info!(from = %self.cni.binding(), to = %cni, "CNI now served by another NetworkModule");
+            self.cni.set_binding(cni);
+        }
+        let gone: Vec<String> = applied
+            .keys()
+            .filter(|n| !specs.iter().any(|s| &s.name == *n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.registry.remove(&name);
+            applied.remove(&name);
+        }
+        problems
     }
 
     /// Serve until SIGTERM or SIGINT.

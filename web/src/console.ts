@@ -135,7 +135,7 @@ function micros(v: number | null): string {
 function renderCluster(c: ClusterView): void {
   const title = document.getElementById("title");
   if (title) {
-    title.textContent = `lab ${c.name}: ${c.model} model, ${c.ipFamily}`;
+    title.textContent = `lab "${c.name}" · ${c.model} model · ${c.ipFamily}`;
   }
   const ready = c.nodes.filter((n) => n.ready).length;
   const running = c.pods.filter((p) => p.phase === "Running").length;

@@ -52,6 +52,23 @@ impl PodDirectory for StickyPods {
     }
 }
 
+/// Run one module call and count it in the binding's status (calls, errors,
+/// latency), as every other role's calls are.
+fn timed<T>(
+    active: &Active,
+    call: impl FnOnce() -> Result<Result<T, cni_types::CniError>, CallError>,
+) -> Result<Result<T, cni_types::CniError>, CallError> {
+    let t = std::time::Instant::now();
+    let r = call();
+    let error = match &r {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("error {}: {}", e.code, e.msg)),
+        Err(e) => Some(e.to_string()),
+    };
+    active.stats.record(t.elapsed(), error.as_deref());
+    r
+}
+
 /// What start-up reconciliation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -67,8 +84,9 @@ pub struct Reconciled {
 
 pub struct CniService {
     registry: Arc<Registry>,
-    /// The binding (NetworkModule) of the cni module.
-    binding: String,
+    /// The binding (NetworkModule) of the cni module; a newer NetworkModule
+    /// may take over (`set_binding`), and calls in flight finish on the old.
+    binding: RwLock<String>,
     ledger: Arc<Ledger>,
     links: Arc<dyn Links>,
     store: AttachmentStore,
@@ -83,7 +101,7 @@ pub struct CniService {
 impl std::fmt::Debug for CniService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CniService")
-            .field("binding", &self.binding)
+            .field("binding", &*self.binding.read())
             .finish_non_exhaustive()
     }
 }
@@ -148,7 +166,7 @@ impl CniService {
     ) -> Arc<CniService> {
         Arc::new(CniService {
             registry,
-            binding: binding.to_string(),
+            binding: RwLock::new(binding.to_string()),
             ledger,
             links,
             store,
@@ -218,15 +236,26 @@ impl CniService {
         })
     }
 
+    /// The binding serving CNI now.
+    pub fn binding(&self) -> String {
+        self.binding.read().clone()
+    }
+
+    /// Serve CNI from another binding from the next call on.
+    pub fn set_binding(&self, name: &str) {
+        *self.binding.write() = name.to_string();
+    }
+
     fn active(&self) -> Result<Arc<Active>, Error> {
-        let b = self.registry.binding(&self.binding);
+        let name = self.binding();
+        let b = self.registry.binding(&name);
         b.as_ref().and_then(|b| b.active()).ok_or_else(|| {
             let why = b
                 .map(|b| b.condition().message)
                 .unwrap_or_else(|| "it is not configured".into());
             Error::new(
                 code::TRY_AGAIN_LATER,
-                format!("the CNI module {} is not loaded: {why}", self.binding),
+                format!("the CNI module {name} is not loaded: {why}"),
             )
         })
     }
@@ -291,7 +320,7 @@ impl CniService {
                 owner: rec.owner.clone(),
                 journal: None,
             }));
-            match s.cni(CniVerb::Del, &req, &active.config) {
+            match timed(&active, || s.cni(CniVerb::Del, &req, &active.config)) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => problems.push(format!("module DEL: {}", e.msg)),
                 Err(e) => problems.push(format!("module DEL: {e}")),
@@ -394,7 +423,7 @@ impl CniService {
             owner,
             journal: Some(journal),
         }));
-        let outcome = s.cni(CniVerb::Add, &wreq, &active.config);
+        let outcome = timed(&active, || s.cni(CniVerb::Add, &wreq, &active.config));
         let report = s.report();
         let failure = match outcome {
             Ok(Ok(Some(r))) => {
@@ -461,11 +490,13 @@ impl CniService {
                 owner: rec.as_ref().and_then(|r| r.owner.clone()),
                 journal: None,
             }));
-            match s.cni(
-                CniVerb::Del,
-                &Self::wit_request(req, netns.as_deref()),
-                &active.config,
-            ) {
+            match timed(&active, || {
+                s.cni(
+                    CniVerb::Del,
+                    &Self::wit_request(req, netns.as_deref()),
+                    &active.config,
+                )
+            }) {
                 Ok(Ok(_)) => {}
                 // The host's cleanup below covers what the module did not.
                 Ok(Err(e)) => tracing::warn!("module DEL of {key:?}: {}", e.msg),
@@ -558,11 +589,13 @@ impl CniService {
             owner: rec.owner.clone(),
             journal: None,
         }));
-        match s.cni(
-            CniVerb::Check,
-            &Self::wit_request(req, Some(&netns)),
-            &active.config,
-        ) {
+        match timed(&active, || {
+            s.cni(
+                CniVerb::Check,
+                &Self::wit_request(req, Some(&netns)),
+                &active.config,
+            )
+        }) {
             Ok(Ok(_)) => Ok(None),
             Ok(Err(e)) => Err(module_err(e)),
             Err(e) => Err(call_err(&e)),
@@ -612,7 +645,7 @@ impl CniService {
             let mut s = active.session(self.registry.runtime(), self.registry.services().clone());
             // GC acts on the node only; no attachment is being served.
             s.set_attachment(Some(Attachment::default()));
-            match s.cni_gc(&greq, &active.config) {
+            match timed(&active, || s.cni_gc(&greq, &active.config)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => problems.push(e.msg),
                 Err(e) => problems.push(e.to_string()),
@@ -646,7 +679,9 @@ impl CniService {
         if let Some(o) = config.as_object_mut() {
             o.remove("prevResult");
         }
-        match s.cni_status(&config.to_string(), &active.config) {
+        match timed(&active, || {
+            s.cni_status(&config.to_string(), &active.config)
+        }) {
             Ok(Ok(())) => Ok(None),
             Ok(Err(e)) => Err(Error {
                 code: if e.code == code::NOT_AVAILABLE_DEGRADED {

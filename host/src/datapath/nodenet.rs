@@ -216,8 +216,11 @@ fn nft_table(uplink: &str, nodes: &[NodeInfo], net: &ClusterNetworkSpec) -> Stri
         t.push_str(
             "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
         );
-        t.push_str("    ip saddr @cluster4 ip daddr != @cluster4 ip daddr != @nodes4 drop comment \"isolated: pods reach only the cluster\"\n");
-        t.push_str("    ip6 saddr @cluster6 ip6 daddr != @cluster6 ip6 daddr != @nodes6 drop\n");
+        // Link-local and multicast destinations stay on the pod's own link
+        // (neighbour discovery between pods on one bridge); they are not
+        // "outside".
+        t.push_str("    ip saddr @cluster4 ip daddr != @cluster4 ip daddr != @nodes4 ip daddr != { 224.0.0.0/4, 255.255.255.255 } drop comment \"isolated: pods reach only the cluster\"\n");
+        t.push_str("    ip6 saddr @cluster6 ip6 daddr != @cluster6 ip6 daddr != @nodes6 ip6 daddr != { fe80::/10, ff00::/8 } drop\n");
         t.push_str("  }\n");
     }
     t.push_str("}\n");

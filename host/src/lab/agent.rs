@@ -11,10 +11,8 @@ use super::layout::{ADMIN_PORT, Lab, UPLINK};
 use super::view::{ClusterView, LabNodeStatus, unix_now};
 use crate::agent::{Agent, AgentOptions, sticky_pods};
 use crate::api::{ApiState, NodeSource};
-use crate::cni::StickyPods;
 use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
 use crate::model::Role;
-use crate::registry::Registry;
 use crate::source::cluster_dir::ClusterDir;
 use crate::source::local::Manifests;
 use anyhow::Context;
@@ -27,9 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// How often the loop looks at the cluster directory.
-const POLL: Duration = Duration::from_millis(200);
-/// How often the kubelet checks its pods even when nothing changed.
+/// How often the loop looks at the cluster directory's change marker.
+const POLL: Duration = Duration::from_millis(20);
+/// How often the kubelet checks its pods, and the whole directory is
+/// fingerprinted, even when the marker says nothing changed.
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often the node's status is written even when nothing changed.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -121,8 +120,7 @@ struct NodeLoop {
     node: String,
     cluster: ClusterDir,
     kubelet: Kubelet,
-    registry: Arc<Registry>,
-    sticky: Arc<StickyPods>,
+    agent: Arc<Agent>,
     report: Arc<Mutex<NodeReport>>,
     stop: Arc<AtomicBool>,
 }
@@ -130,15 +128,21 @@ struct NodeLoop {
 impl NodeLoop {
     fn run(mut self) {
         let mut last_fingerprint = None;
+        let mut last_marker = None;
         let mut applied: Option<NodePlan> = None;
         let mut last_sync = Instant::now() - RESYNC;
         let mut last_beat = Instant::now() - HEARTBEAT;
         let mut problems: Vec<String> = vec![];
         while !self.stop.load(Ordering::Relaxed) {
-            let fp = self.cluster.objects_fingerprint();
-            let changed = last_fingerprint != Some(fp);
-            if changed || last_sync.elapsed() >= RESYNC {
+            let marker = self.cluster.change_marker();
+            let mut changed = marker != last_marker;
+            last_marker = marker;
+            if !changed && last_sync.elapsed() >= RESYNC {
+                let fp = self.cluster.objects_fingerprint();
+                changed = last_fingerprint != Some(fp);
                 last_fingerprint = Some(fp);
+            }
+            if changed || last_sync.elapsed() >= RESYNC {
                 last_sync = Instant::now();
                 problems.clear();
                 match self.cluster.manifests() {
@@ -162,7 +166,8 @@ impl NodeLoop {
                                 Err(e) => problems.push(format!("node networking: {e}")),
                             }
                         }
-                        self.sticky.replace(sticky_pods(&m));
+                        self.agent.sticky.replace(sticky_pods(&m));
+                        problems.extend(self.agent.sync_modules(&m));
                         // Pods only once node networking is in place.
                         if applied.is_some() {
                             problems.extend(self.kubelet.reconcile(&m.pods));
@@ -178,7 +183,7 @@ impl NodeLoop {
             }
             if changed || last_beat.elapsed() >= HEARTBEAT {
                 last_beat = Instant::now();
-                let cni_ready = self.registry.active_for(Role::Cni).is_some();
+                let cni_ready = self.agent.registry.active_for(Role::Cni).is_some();
                 let ready = applied.is_some() && cni_ready;
                 let mut r = self.report.lock();
                 r.ready = ready;
@@ -307,8 +312,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         node: node.to_string(),
         cluster,
         kubelet,
-        registry: agent.registry.clone(),
-        sticky: agent.sticky.clone(),
+        agent: agent.clone(),
         report,
         stop: stop.clone(),
     };

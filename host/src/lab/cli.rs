@@ -807,14 +807,8 @@ fn restart(lab: &Lab, a: RestartArgs) -> anyhow::Result<ExitCode> {
                 };
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                    // Reap it if it is our child (it is not, usually).
-                    std::thread::sleep(Duration::from_millis(20));
-                    let status =
-                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                    if status.contains("State:\tZ") {
-                        break;
-                    }
+                while topology::alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 say(&format!("stopped the agent of {n} (pid {pid}, {sig})"));
             }

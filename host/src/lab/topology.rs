@@ -347,6 +347,21 @@ fn lab_processes(prefix: &str, dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// Whether a process still runs: a zombie (dead, not yet reaped by whoever
+/// inherited it) has already left its namespaces.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The state follows the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1;
+            rest.split_whitespace()
+                .next()
+                .map(|st| st != "Z" && st != "X")
+        })
+        .unwrap_or(false)
+}
+
 /// What `down` removed.
 #[derive(Debug, Default)]
 pub struct Removed {
@@ -373,8 +388,8 @@ pub fn down(dir: &Path, name: &str) -> anyhow::Result<Removed> {
     }
     removed.processes = pids.len();
     while !pids.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        pids.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        std::thread::sleep(Duration::from_millis(10));
+        pids.retain(|p| alive(*p));
     }
     // Pods before nodes before the underlay: every veth dies with one end.
     let mut namespaces = lab_namespaces(&prefix);

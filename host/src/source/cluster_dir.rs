@@ -11,8 +11,10 @@
 //! easy to read with `cat`. Every write is a rename of a complete file, so a
 //! reader never sees half an object. Each status file has exactly one writer
 //! (the agent of the node a pod runs on, the agent of a node for its Node),
-//! so there are no write conflicts. Readers notice changes by polling a
-//! cheap fingerprint (paths, sizes and modification times).
+//! so there are no write conflicts. Every change to an object also rewrites
+//! `objects/.changed`, so readers notice it by polling one small file; a
+//! slower full fingerprint (paths, sizes and modification times) catches
+//! files edited by hand.
 
 use super::local::{ManifestError, Manifests};
 use serde::Serialize;
@@ -87,7 +89,26 @@ impl ClusterDir {
         name: &str,
         yaml: &str,
     ) -> io::Result<()> {
-        write_atomic(&self.object_path(kind, namespace, name), yaml.as_bytes())
+        write_atomic(&self.object_path(kind, namespace, name), yaml.as_bytes())?;
+        self.mark_changed()
+    }
+
+    fn marker(&self) -> PathBuf {
+        self.root.join("objects").join(".changed")
+    }
+
+    /// Tell readers that objects changed (a new nanosecond timestamp).
+    fn mark_changed(&self) -> io::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        write_atomic(&self.marker(), now.to_string().as_bytes())
+    }
+
+    /// Cheap: changes whenever `put_object` or `delete_object` ran.
+    pub fn change_marker(&self) -> Option<String> {
+        std::fs::read_to_string(self.marker()).ok()
     }
 
     /// The stored manifest of an object.
@@ -98,7 +119,7 @@ impl ClusterDir {
     /// Remove an object; `false` if it did not exist.
     pub fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> io::Result<bool> {
         match std::fs::remove_file(self.object_path(kind, namespace, name)) {
-            Ok(()) => Ok(true),
+            Ok(()) => self.mark_changed().map(|()| true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }

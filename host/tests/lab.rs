@@ -1,0 +1,894 @@
+//! The lab, end to end, as a user drives it: `switchyard lab ...` commands
+//! against real namespaces, links, routes, nftables and packets. Every model in
+//! every family is brought up, probed against its expected reachability, and
+//! taken down leaving nothing behind. Needs root (CI runs as root).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the lab tests make network namespaces: run them as root (CI does)"
+    );
+}
+
+/// A lab brought up for one test, taken down when dropped (also on panic).
+struct TestLab {
+    name: String,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl TestLab {
+    fn up(name: &str, nodes: usize, model: &str, family: &str) -> TestLab {
+        need_root();
+        // One lab at a time: the machine has two cores, and probes that
+        // compete for them with other labs' start-up would time out.
+        let guard = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = tempfile::tempdir().unwrap();
+        let lab = TestLab {
+            name: name.to_string(),
+            dir: tmp.path().join("lab"),
+            _tmp: tmp,
+            _one_at_a_time: guard,
+        };
+        // Leftovers of an earlier, killed run of this very test.
+        let _ = lab.run(&["down", "--name", name]);
+        let o = lab.run(&[
+            "up",
+            "--name",
+            name,
+            "--nodes",
+            &nodes.to_string(),
+            "--model",
+            model,
+            "--ip-family",
+            family,
+            "--timeout",
+            "60",
+        ]);
+        assert!(o.status.success(), "lab up failed: {}", text(&o));
+        lab
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("lab")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running switchyard")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "switchyard lab {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) -> Output {
+        let f = self.dir.join(format!("apply-{}.yaml", rand_suffix()));
+        std::fs::write(&f, yaml).unwrap();
+        let o = self.run(&["apply", "-f", f.to_str().unwrap(), "--wait", "60"]);
+        let _ = std::fs::remove_file(&f);
+        o
+    }
+
+    /// (allowed, what the probe printed)
+    fn probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+        family: &str,
+    ) -> (bool, String) {
+        let o = self.run(&[
+            "probe",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            &port.to_string(),
+            "--protocol",
+            protocol,
+            "--family",
+            family,
+            "--timeout",
+            "2s",
+            "-v",
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        match o.status.code() {
+            Some(0) => {
+                assert!(out.starts_with("allowed"), "{}", text(&o));
+                (true, out)
+            }
+            Some(1) => {
+                assert!(out.starts_with("denied"), "{}", text(&o));
+                (false, out)
+            }
+            _ => panic!("probe {from} -> {to} could not be made: {}", text(&o)),
+        }
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    fn pod_ips(&self, pod: &str) -> Vec<String> {
+        let s = self.status();
+        let (ns, name) = pod.split_once('/').unwrap();
+        s["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["namespace"] == ns && p["name"] == name)
+            .map(|p| {
+                p["ips"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn node_address(&self, node: &str, v4: bool) -> String {
+        let s = self.status();
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap()["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .find(|a| a.contains('.') == v4)
+            .unwrap()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let o = self.run(&["down"]);
+        if !o.status.success() {
+            eprintln!("lab down failed: {}", text(&o));
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Nothing of lab `name` in `dir` is left: namespaces, host link, processes,
+/// files.
+fn assert_gone(name: &str, dir: &Path) {
+    let prefix = format!("sy{name}-");
+    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let link = Command::new("ip")
+        .args(["link", "show", &format!("syh-{name}")])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "the host link is still there");
+    let bin = dir.join("bin");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(exe) = std::fs::read_link(e.path().join("exe")) {
+            assert!(
+                !exe.starts_with(&bin),
+                "process {:?} still runs {}",
+                e.file_name(),
+                exe.display()
+            );
+        }
+    }
+    assert!(!dir.exists(), "{} is still there", dir.display());
+}
+
+/// Pods a and c on node-1, b on node-2, serving TCP and UDP on port 80.
+const PODS: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: s, image: registry.k8s.io/e2e-test-images/agnhost:2.53, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec:
+  nodeName: node-2
+  containers:
+  - {name: s, image: registry.k8s.io/e2e-test-images/agnhost:2.53, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {pod: c}}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: s, image: registry.k8s.io/e2e-test-images/agnhost:2.53, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}
+";
+
+/// What a model lets through, beyond pod to pod (always allowed).
+struct Expect {
+    pods_reach_outside: bool,
+    outside_reaches_pods: bool,
+    /// Pods reach the outside as their node's address.
+    masqueraded: bool,
+}
+
+fn expect(model: &str) -> Expect {
+    match model {
+        "flat" => Expect {
+            pods_reach_outside: true,
+            outside_reaches_pods: true,
+            masqueraded: false,
+        },
+        "overlay" | "island" => Expect {
+            pods_reach_outside: true,
+            outside_reaches_pods: false,
+            masqueraded: true,
+        },
+        "isolated" => Expect {
+            pods_reach_outside: false,
+            outside_reaches_pods: false,
+            masqueraded: false,
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn client_of(answer: &str) -> String {
+    // "allowed: pod=external node=external client=10.244.1.2:33034 path=/"
+    let c = answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("client="))
+        .unwrap_or_else(|| panic!("no client in {answer:?}"));
+    let host = c.rsplit_once(':').map(|(h, _)| h).unwrap_or(c);
+    host.trim_matches(['[', ']']).to_string()
+}
+
+/// Bring a lab up in `model` for each family and check everything the model
+/// promises, with real packets.
+fn check_model(model: &str, short: &str) {
+    let e = expect(model);
+    for family in ["ipv4", "ipv6", "dual"] {
+        let name = format!(
+            "t{short}{}",
+            match family {
+                "ipv4" => "4",
+                "ipv6" => "6",
+                _ => "d",
+            }
+        );
+        let lab = TestLab::up(&name, 2, model, family);
+        let o = lab.apply(PODS);
+        assert!(o.status.success(), "apply: {}", text(&o));
+        let fams: &[&str] = match family {
+            "ipv4" => &["ipv4"],
+            "ipv6" => &["ipv6"],
+            _ => &["ipv4", "ipv6"],
+        };
+        for fam in fams {
+            let v4 = *fam == "ipv4";
+            let ctx = format!("{model} {family} ({fam})");
+            // Pod to pod, same node and across nodes, TCP and UDP: the e2e
+            // truth table with no policy is all allowed.
+            for proto in ["TCP", "UDP"] {
+                let m: Value = serde_json::from_str(&lab.ok(&[
+                    "matrix",
+                    "--json",
+                    "--port",
+                    "80",
+                    "--protocol",
+                    proto,
+                    "--family",
+                    fam,
+                    "--timeout",
+                    "2s",
+                ]))
+                .unwrap();
+                assert_eq!(m["port"], 80);
+                assert_eq!(m["protocol"], proto);
+                let results = m["results"].as_array().unwrap();
+                assert_eq!(results.len(), 9, "{ctx}: 3 pods, 9 ordered pairs: {m}");
+                let denied: Vec<String> = results
+                    .iter()
+                    .filter(|r| r["allowed"] != true)
+                    .map(|r| format!("{} -> {}", r["from"], r["to"]))
+                    .collect();
+                assert!(
+                    denied.is_empty(),
+                    "{ctx} {proto}: expected all allowed, denied: {denied:?}"
+                );
+            }
+            // The answer says which pod answered: the probe reached the right one.
+            let (ok, answer) = lab.probe("x/a", "x/b", 80, "TCP", fam);
+            assert!(
+                ok && answer.contains("pod=x/b node=node-2"),
+                "{ctx}: {answer}"
+            );
+            let a_ip = lab
+                .pod_ips("x/a")
+                .into_iter()
+                .find(|i| i.contains('.') == v4)
+                .unwrap();
+            assert_eq!(
+                client_of(&answer),
+                a_ip,
+                "{ctx}: pod to pod keeps the source address"
+            );
+
+            // Pods and the outside.
+            let (ok, answer) = lab.probe("x/a", "external", 80, "TCP", fam);
+            assert_eq!(ok, e.pods_reach_outside, "{ctx}: pod -> external: {answer}");
+            if ok {
+                let seen = client_of(&answer);
+                let want = if e.masqueraded {
+                    lab.node_address("node-1", v4)
+                } else {
+                    a_ip.clone()
+                };
+                assert_eq!(seen, want, "{ctx}: the outside sees the pod as {seen}");
+            }
+            let (ok, answer) = lab.probe("x/a", "external", 80, "UDP", fam);
+            assert_eq!(
+                ok, e.pods_reach_outside,
+                "{ctx}: pod -> external UDP: {answer}"
+            );
+            let (ok, answer) = lab.probe("external", "x/b", 80, "TCP", fam);
+            assert_eq!(
+                ok, e.outside_reaches_pods,
+                "{ctx}: external -> pod: {answer}"
+            );
+
+            // Nodes reach everything, and pods reach nodes, in every model.
+            let (ok, answer) = lab.probe("node/node-1", "external", 80, "TCP", fam);
+            assert!(ok, "{ctx}: node -> external: {answer}");
+            let (ok, answer) = lab.probe("x/a", "node/node-2", 9090, "TCP", fam);
+            assert!(ok, "{ctx}: pod -> node: {answer}");
+            let (ok, answer) = lab.probe("node/node-1", "x/b", 80, "TCP", fam);
+            assert!(ok, "{ctx}: node -> pod on another node: {answer}");
+        }
+        if model == "overlay" {
+            for fam in fams {
+                assert_encapsulated(&lab, fam);
+            }
+        }
+        let dir = lab.dir.clone();
+        drop(lab);
+        assert_gone(&name, &dir);
+    }
+}
+
+/// In the overlay, pod addresses never appear on the underlay: between nodes
+/// there is only VXLAN. Counted by the underlay switch itself.
+fn assert_encapsulated(lab: &TestLab, family: &str) {
+    let ul = format!("sy{}-underlay", lab.name);
+    let _ = Command::new("ip")
+        .args([
+            "netns", "exec", &ul, "nft", "delete", "table", "bridge", "sytest",
+        ])
+        .output();
+    let rules = "table bridge sytest {
+  chain count {
+    type filter hook forward priority 0; policy accept;
+    ip saddr 10.244.0.0/16 counter
+    ip6 saddr fd00:10:244::/56 counter
+    udp dport 4789 counter
+  }
+}
+";
+    let f = lab.dir.join("count.nft");
+    std::fs::write(&f, rules).unwrap();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ul, "nft", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for _ in 0..3 {
+        let (ok, answer) = lab.probe("x/a", "x/b", 80, "TCP", family);
+        assert!(ok, "{answer}");
+    }
+    let o = Command::new("ip")
+        .args([
+            "netns", "exec", &ul, "nft", "list", "table", "bridge", "sytest",
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout).to_string();
+    let counts: Vec<u64> = listing
+        .lines()
+        .filter_map(|l| l.split("packets ").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 3, "{listing}");
+    assert_eq!(
+        counts[0] + counts[1],
+        0,
+        "pod addresses on the underlay:\n{listing}"
+    );
+    assert!(counts[2] > 0, "no VXLAN on the underlay:\n{listing}");
+}
+
+#[test]
+fn flat_model_in_every_family() {
+    check_model("flat", "f");
+}
+
+#[test]
+fn overlay_model_in_every_family() {
+    check_model("overlay", "o");
+}
+
+#[test]
+fn island_model_in_every_family() {
+    check_model("island", "i");
+}
+
+#[test]
+fn isolated_model_in_every_family() {
+    check_model("isolated", "s");
+}
+
+/// An agent that restarts (gracefully or killed) keeps its pods, their
+/// addresses and their traffic; its pods keep serving while it is down.
+#[test]
+fn restarting_an_agent_keeps_addresses_and_traffic() {
+    let lab = TestLab::up("tpersist", 2, "flat", "dual");
+    let o = lab.apply(PODS);
+    assert!(o.status.success(), "{}", text(&o));
+    let before: Vec<Vec<String>> = ["x/a", "x/b", "x/c"]
+        .iter()
+        .map(|p| lab.pod_ips(p))
+        .collect();
+    assert!(before.iter().all(|ips| ips.len() == 2), "{before:?}");
+    let servers_before = pod_server_pids(&lab);
+
+    // Kill node-1's agent as a crash would.
+    let o = lab.run(&["restart", "node-1", "--kill"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for fam in ["ipv4", "ipv6"] {
+        let (ok, answer) = lab.probe("x/b", "x/a", 80, "TCP", fam);
+        assert!(ok, "after the restart, {fam}: {answer}");
+        let (ok, answer) = lab.probe("x/a", "x/b", 80, "UDP", fam);
+        assert!(ok, "after the restart, {fam}: {answer}");
+    }
+    let after: Vec<Vec<String>> = ["x/a", "x/b", "x/c"]
+        .iter()
+        .map(|p| lab.pod_ips(p))
+        .collect();
+    assert_eq!(before, after, "addresses changed across the agent restart");
+    assert_eq!(servers_before, pod_server_pids(&lab), "pods were restarted");
+
+    // A graceful restart of every agent, then a new pod: no address is handed out twice.
+    let o = lab.run(&["restart"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: x}\nspec:\n  nodeName: node-1\n  containers: [{name: s, image: i, ports: [{containerPort: 80}]}]\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let d = lab.pod_ips("x/d");
+    for ips in &after {
+        for ip in ips {
+            assert!(!d.contains(ip), "x/d got {ip}, which a running pod holds");
+        }
+    }
+    assert_eq!(
+        before,
+        ["x/a", "x/b", "x/c"]
+            .iter()
+            .map(|p| lab.pod_ips(p))
+            .collect::<Vec<_>>()
+    );
+    let (ok, answer) = lab.probe("x/d", "x/b", 80, "TCP", "ipv6");
+    assert!(ok, "{answer}");
+    // The status shows no restarts: the containers kept running.
+    let s = lab.status();
+    for p in s["pods"].as_array().unwrap() {
+        assert_eq!(p["restarts"], 0, "{p}");
+        assert_eq!(p["phase"], "Running", "{p}");
+    }
+}
+
+fn pod_server_pids(lab: &TestLab) -> Vec<u32> {
+    let mut pids = vec![];
+    for e in std::fs::read_dir(lab.dir.join("nodes")).unwrap().flatten() {
+        for r in std::fs::read_dir(e.path().join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if r.path().extension().is_some_and(|x| x == "json") {
+                let v: Value = serde_json::from_slice(&std::fs::read(r.path()).unwrap()).unwrap();
+                pids.push(v["serverPid"].as_u64().unwrap() as u32);
+            }
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// Bad input gets the API server's messages and changes nothing; a pod for a
+/// node that does not exist stays Pending with a reason; `lab up` twice says
+/// so and harms nothing; `lab down` is idempotent and leaves nothing.
+#[test]
+fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let lab = TestLab::up("tbad", 1, "flat", "ipv4");
+    let good_and_bad = "
+apiVersion: v1
+kind: Pod
+metadata: {name: good}
+spec:
+  containers: [{name: s, image: i, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad}
+spec:
+  containers: [{name: s, image: i, ports: [{containerPort: 70000}]}]
+";
+    let o = lab.apply(good_and_bad);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Pod \"bad\" is invalid: spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was applied"), "{err}");
+    assert!(
+        lab.status()["pods"].as_array().unwrap().is_empty(),
+        "a pod of a refused apply was stored"
+    );
+
+    let o = lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: nope}\nspec: {containers: [{name: s, image: i}]}\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("namespaces \"nope\" not found"),
+        "{}",
+        text(&o)
+    );
+
+    let o = lab.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("no matches for kind \"Deployment\" in version \"apps/v1\""),
+        "{}",
+        text(&o)
+    );
+
+    let o = lab.apply("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 1.2.3.4, ports: [{port: 80}]}\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            "spec.clusterIPs[0]: Invalid value: \"1.2.3.4\": provided IP is not in the valid range"
+        ),
+        "{}",
+        text(&o)
+    );
+
+    // A pod bound to a node that does not exist: admitted, Pending, with a reason.
+    let o = lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: lost}\nspec:\n  nodeName: node-9\n  containers: [{name: s, image: i}]\n");
+    assert!(o.status.success(), "{}", text(&o));
+    let s = lab.status();
+    let lost = s["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "lost")
+        .unwrap()
+        .clone();
+    assert_eq!(lost["phase"], "Pending", "{lost}");
+    assert_eq!(lost["reason"], "NodeNotFound", "{lost}");
+    assert!(
+        lost["message"]
+            .as_str()
+            .unwrap()
+            .contains("node \"node-9\" does not exist"),
+        "{lost}"
+    );
+
+    // A pod whose nodeSelector fits no node: Pending, Unschedulable.
+    let o = lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: picky}\nspec:\n  nodeSelector: {disk: ssd}\n  containers: [{name: s, image: i}]\n");
+    assert!(o.status.success(), "{}", text(&o));
+    let s = lab.status();
+    let picky = s["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "picky")
+        .unwrap()
+        .clone();
+    assert_eq!(picky["reason"], "Unschedulable", "{picky}");
+
+    // A good pod runs; changing its spec is refused as the API server does.
+    let o = lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  containers: [{name: s, image: i, ports: [{containerPort: 80}]}]\n");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: good}\nspec:\n  containers: [{name: s, image: i, ports: [{containerPort: 81}]}]\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("spec: Forbidden: pod updates may not change fields"),
+        "{}",
+        text(&o)
+    );
+
+    // lab up twice: explained, exit 1, and the lab still works.
+    let o = lab.run(&["up", "--name", "tbad"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is already up"),
+        "{}",
+        text(&o)
+    );
+    let (ok, answer) = lab.probe("default/good", "default/good", 80, "TCP", "ipv4");
+    assert!(ok, "{answer}");
+
+    // Deleting: what exists goes (with its network), what does not is NotFound.
+    let netns = {
+        let st: Value = serde_json::from_slice(
+            &std::fs::read(lab.dir.join("cluster/status/Pod/default/good.json")).unwrap(),
+        )
+        .unwrap();
+        st["netns"].as_str().unwrap().to_string()
+    };
+    let f = lab.dir.join("del.yaml");
+    std::fs::write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\n").unwrap();
+    let o = lab.run(&["delete", "-f", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("pod \"good\" deleted"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pods \"ghost\" not found"),
+        "{}",
+        text(&o)
+    );
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !Path::new("/var/run/netns").join(&netns).exists()
+    });
+    assert!(gone, "the deleted pod's namespace {netns} is still there");
+
+    let dir = lab.dir.clone();
+    drop(lab);
+    assert_gone("tbad", &dir);
+    // Down again: nothing to do, still success.
+    let o = Command::new(BIN)
+        .args([
+            "lab",
+            "--dir",
+            dir.to_str().unwrap(),
+            "down",
+            "--name",
+            "tbad",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("nothing to remove"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// The machine reaches the console and the admin API through the host link.
+#[test]
+fn the_console_and_admin_api_answer_from_the_host() {
+    let lab = TestLab::up("tcons", 1, "island", "ipv4");
+    let o = lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: s, image: i, ports: [{containerPort: 80}]}]\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let node = lab.node_address("node-1", true);
+    let get = |path: &str| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &format!("{node}:9090").parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    let index = get("/");
+    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert!(
+        index.contains("<script type=\"module\" src=\"/console.js\">"),
+        "{index}"
+    );
+    assert!(get("/console.js").contains("function renderCluster"));
+    let cluster = get("/api/v1/cluster");
+    let body = cluster.split_once("\r\n\r\n").unwrap().1;
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["model"], "island");
+    assert_eq!(v["pods"][0]["name"], "a");
+    assert_eq!(v["pods"][0]["phase"], "Running");
+    let modules: Value =
+        serde_json::from_str(get("/api/v1/modules").split_once("\r\n\r\n").unwrap().1).unwrap();
+    let cni = &modules[0];
+    assert_eq!(cni["name"], "cni-bridge", "{modules}");
+    assert!(
+        cni["calls"].as_u64().unwrap() >= 1,
+        "the pod's ADD is counted: {modules}"
+    );
+    assert_eq!(cni["errors"], 0, "{modules}");
+    let node_v: Value =
+        serde_json::from_str(get("/api/v1/node").split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(node_v["ready"], true, "{node_v}");
+    assert_eq!(node_v["masquerade"], true, "{node_v}");
+
+    // The console itself, rendered by a real browser: its script ran, read
+    // the API and filled the tables.
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("the console test needs chromium (scripts/setup.sh installs it)");
+    let o = Command::new("timeout")
+        .args([
+            "60",
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("http://{node}:9090/"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        dom.contains("<td>default/a</td><td>node-1</td><td>Running</td>"),
+        "the pods table: {dom}"
+    );
+    assert!(
+        dom.contains("lab \"tcons\" · island model · ipv4"),
+        "the title: {dom}"
+    );
+    assert!(
+        dom.contains("1/1 nodes ready · 1/1 pods running"),
+        "the summary: {dom}"
+    );
+    assert!(
+        dom.contains("<td>cni-bridge</td><td>cni</td>"),
+        "the modules table: {dom}"
+    );
+    assert!(!dom.contains("the agent does not answer"), "{dom}");
+}
+
+/// An operator swaps the CNI module with a NetworkModule: new pods get the
+/// new module's network (here, its MTU), running pods keep theirs and their
+/// traffic, and the admin API shows which binding serves.
+#[test]
+fn a_networkmodule_takes_over_cni_without_breaking_running_pods() {
+    let lab = TestLab::up("tswap", 1, "flat", "ipv4");
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: s, image: i, ports: [{{containerPort: 80}}]}}]\n"
+        )
+    };
+    let mtu = |name: &str| -> String {
+        let out = lab.ok(&[
+            "exec",
+            &format!("default/{name}"),
+            "--",
+            "cat",
+            "/sys/class/net/eth0/mtu",
+        ]);
+        out.trim().to_string()
+    };
+    let o = lab.apply(&pod("before"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(mtu("before"), "1500");
+    let o = lab.apply(
+        "apiVersion: switchyard.dev/v1alpha1
+kind: NetworkModule
+metadata: {name: cni-small-mtu}
+spec:
+  role: cni
+  priority: 10
+  source: {builtin: cni-bridge}
+  config: {mtu: 1400}
+",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // The agent notices within its poll interval; the next pod uses it.
+    let node = lab.node_address("node-1", true);
+    let serving = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        let o = Command::new("curl")
+            .args(["-s", &format!("http://{node}:9090/api/v1/modules")])
+            .output();
+        o.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"cni-small-mtu\""))
+    });
+    assert!(serving, "the NetworkModule was not loaded");
+    let o = lab.apply(&pod("after"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        mtu("after"),
+        "1400",
+        "the new pod did not get the new module's network"
+    );
+    assert_eq!(mtu("before"), "1500", "the running pod was touched");
+    let (ok, answer) = lab.probe("default/after", "default/before", 80, "TCP", "ipv4");
+    assert!(ok, "{answer}");
+
+    // A NetworkModule that cannot load is refused at apply, with the reason.
+    let o = lab.apply(
+        "apiVersion: switchyard.dev/v1alpha1
+kind: NetworkModule
+metadata: {name: broken}
+spec:
+  role: cni
+  source: {builtin: cni-bridge, file: /x.wasm}
+",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("NetworkModule \"broken\" is invalid"),
+        "{}",
+        text(&o)
+    );
+}
