@@ -243,6 +243,7 @@ impl NodeLoop {
 
 /// Run the agent of lab node `node` in the lab at `dir` until SIGTERM.
 pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
+    tracing::info!(node, lab = %dir.display(), pid = std::process::id(), "lab agent starting");
     let lab = Lab::load(dir)?.with_context(|| {
         format!(
             "no lab in {} (run `switchyard lab up` first)",
