@@ -24,6 +24,7 @@ pub mod datapath;
 pub mod lab;
 pub mod model;
 pub mod plan;
+pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod source;

@@ -52,6 +52,20 @@ impl Plan {
         self.items.push(PlanItem {
             rule_id: rule_id.into(),
             comment: self.comment.clone(),
+            shared: false,
+            body,
+        });
+        self
+    }
+
+    /// Add an item other objects may render identically (see `plan-item` in
+    /// the WIT): a dispatch chain that depends only on a scheduler and an
+    /// endpoint count, say. The host keeps one copy while any object has it.
+    pub fn shared(&mut self, rule_id: impl Into<String>, body: PlanBody) -> &mut Self {
+        self.items.push(PlanItem {
+            rule_id: rule_id.into(),
+            comment: self.comment.clone(),
+            shared: true,
             body,
         });
         self

@@ -8,5 +8,6 @@
 pub mod ipam;
 pub mod links;
 pub mod netlink;
+pub mod nft;
 pub mod nodenet;
 pub mod probes;

@@ -6,11 +6,15 @@
 //! failure policy, and refuses a fragment that claims what another object's
 //! fragment already holds (two Services with the same VIP and port, say):
 //! the earlier one keeps it and the later one is reported.
+//!
+//! Items marked `shared` may be held by many objects as long as they render
+//! them identically: the datapath gets the item with its first holder and
+//! loses it with its last.
 
 use super::Fragment;
 use crate::model::{FailurePolicy, ObjectRef};
 use crate::runtime::bindings::imports::switchyard::plugin::types::{PlanBody, PlanItem};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Something in a role's datapath a fragment takes for itself.
@@ -101,6 +105,10 @@ pub struct Change {
     pub object: ObjectRef,
     pub old: Option<Arc<Fragment>>,
     pub new: Option<Arc<Fragment>>,
+    /// Shared items of `old` other objects still hold: not to be removed.
+    pub kept: Vec<Claim>,
+    /// Shared items of `new` other objects already hold: not to be added.
+    pub present: Vec<Claim>,
 }
 
 impl Change {
@@ -130,11 +138,17 @@ impl Change {
         Delta {
             removed: old
                 .iter()
-                .filter(|i| new_by.get(&claim(i)).is_none_or(|n| n.body != i.body))
+                .filter(|i| {
+                    let c = claim(i);
+                    !self.kept.contains(&c) && new_by.get(&c).is_none_or(|n| n.body != i.body)
+                })
                 .collect(),
             added: new
                 .iter()
-                .filter(|i| old_by.get(&claim(i)).is_none_or(|o| o.body != i.body))
+                .filter(|i| {
+                    let c = claim(i);
+                    !self.present.contains(&c) && old_by.get(&c).is_none_or(|o| o.body != i.body)
+                })
                 .collect(),
         }
     }
@@ -148,11 +162,21 @@ pub struct Delta<'a> {
     pub added: Vec<&'a PlanItem>,
 }
 
+/// Who holds a claim.
+#[derive(Debug, Clone)]
+enum Holder {
+    One(ObjectRef),
+    /// A shared item, with the objects that render it.
+    Shared(BTreeSet<ObjectRef>),
+}
+
 /// Fragments by object for one role's datapath.
 #[derive(Debug, Default)]
 pub struct PlanStore {
     entries: BTreeMap<ObjectRef, Entry>,
-    owners: HashMap<Claim, ObjectRef>,
+    owners: HashMap<Claim, Holder>,
+    /// The body of each shared item, to check that its holders agree.
+    shared: HashMap<Claim, PlanItem>,
 }
 
 impl PlanStore {
@@ -169,22 +193,48 @@ impl PlanStore {
         self.entries.values().filter_map(|e| e.installed.as_ref())
     }
 
-    /// Which object holds a claim.
+    /// Which object holds a claim (the first, for a shared item).
     pub fn owner(&self, claim: &Claim) -> Option<&ObjectRef> {
-        self.owners.get(claim)
+        match self.owners.get(claim)? {
+            Holder::One(o) => Some(o),
+            Holder::Shared(s) => s.iter().next(),
+        }
+    }
+
+    /// How many objects hold a claim.
+    pub fn holders(&self, claim: &Claim) -> usize {
+        match self.owners.get(claim) {
+            None => 0,
+            Some(Holder::One(_)) => 1,
+            Some(Holder::Shared(s)) => s.len(),
+        }
     }
 
     fn check(&self, fragment: &Fragment) -> Result<(), Conflict> {
         for item in &fragment.items {
             let c = claim(item);
-            if let Some(owner) = self.owners.get(&c)
-                && *owner != fragment.object
-            {
-                return Err(Conflict {
-                    object: fragment.object.clone(),
-                    owner: owner.clone(),
-                    claim: c,
-                });
+            let conflict = |owner: &ObjectRef| Conflict {
+                object: fragment.object.clone(),
+                owner: owner.clone(),
+                claim: c.clone(),
+            };
+            match self.owners.get(&c) {
+                None => {}
+                Some(Holder::One(owner)) if *owner != fragment.object => {
+                    return Err(conflict(owner));
+                }
+                Some(Holder::One(_)) => {}
+                Some(Holder::Shared(holders)) => {
+                    let others: Vec<&ObjectRef> =
+                        holders.iter().filter(|o| **o != fragment.object).collect();
+                    let agrees =
+                        item.shared && self.shared.get(&c).is_some_and(|s| s.body == item.body);
+                    if let Some(first) = others.first()
+                        && !agrees
+                    {
+                        return Err(conflict(first));
+                    }
+                }
             }
         }
         Ok(())
@@ -193,20 +243,57 @@ impl PlanStore {
     fn install(&mut self, object: &ObjectRef, new: Option<Arc<Fragment>>) -> Change {
         let entry = self.entries.entry(object.clone()).or_default();
         let old = std::mem::replace(&mut entry.installed, new.clone());
+        let mut kept = vec![];
+        let mut present = vec![];
         if let Some(o) = &old {
             for item in &o.items {
-                self.owners.remove(&claim(item));
+                let c = claim(item);
+                match self.owners.get_mut(&c) {
+                    Some(Holder::Shared(holders)) => {
+                        holders.remove(object);
+                        if holders.is_empty() {
+                            self.owners.remove(&c);
+                            self.shared.remove(&c);
+                        } else {
+                            kept.push(c);
+                        }
+                    }
+                    _ => {
+                        self.owners.remove(&c);
+                    }
+                }
             }
         }
         if let Some(n) = &new {
             for item in &n.items {
-                self.owners.insert(claim(item), object.clone());
+                let c = claim(item);
+                if item.shared {
+                    match self.owners.get_mut(&c) {
+                        Some(Holder::Shared(holders)) => {
+                            if !holders.is_empty() {
+                                present.push(c.clone());
+                            }
+                            holders.insert(object.clone());
+                        }
+                        _ => {
+                            self.owners.insert(
+                                c.clone(),
+                                Holder::Shared(BTreeSet::from([object.clone()])),
+                            );
+                            self.shared.insert(c, item.clone());
+                        }
+                    }
+                } else {
+                    self.owners.insert(c, Holder::One(object.clone()));
+                }
             }
         }
         Change {
             object: object.clone(),
             old,
             new,
+            kept,
+            present,
         }
     }
 
@@ -249,6 +336,8 @@ impl PlanStore {
                 object: object.clone(),
                 old: entry.installed.clone(),
                 new: entry.installed.clone(),
+                kept: vec![],
+                present: vec![],
             }
         } else {
             self.install(object, new)
@@ -285,6 +374,7 @@ mod tests {
         PlanItem {
             rule_id: "vip".into(),
             comment: None,
+            shared: false,
             body: PlanBody::NftElement(NftElement {
                 set: "service-ips".into(),
                 key: vec![
@@ -301,6 +391,7 @@ mod tests {
         PlanItem {
             rule_id: "svc".into(),
             comment: None,
+            shared: false,
             body: PlanBody::NftChain(NftChain {
                 name: name.into(),
                 rules: vec![
@@ -398,5 +489,37 @@ mod tests {
         // A later good render clears the failure.
         s.rendered(good.clone()).unwrap();
         assert!(s.entry(&svc("a")).unwrap().failure.is_none());
+    }
+
+    #[test]
+    fn shared_items_live_while_any_holder_renders_them() {
+        let shared = |rules| {
+            let mut c = chain("pick-rr-2", rules);
+            c.shared = true;
+            c
+        };
+        let mut s = PlanStore::new();
+        let a = s
+            .rendered(frag("a", vec![shared(1), element(1, 80, "pick-rr-2")]))
+            .unwrap();
+        assert_eq!(a.delta().added.len(), 2);
+        // b renders the same chain: only its element is new to the datapath.
+        let b = s
+            .rendered(frag("b", vec![shared(1), element(2, 80, "pick-rr-2")]))
+            .unwrap();
+        assert_eq!(b.delta().added.len(), 1);
+        assert_eq!(s.holders(&claim(&shared(1))), 2);
+        // A different body under the same name is a conflict.
+        assert!(
+            s.rendered(frag("c", vec![shared(2), element(3, 80, "pick-rr-2")]))
+                .is_err()
+        );
+        // a goes: the chain stays for b.
+        let gone = s.remove(&svc("a"));
+        assert_eq!(gone.delta().removed.len(), 1);
+        // b goes: now the chain goes too.
+        let gone = s.remove(&svc("b"));
+        assert_eq!(gone.delta().removed.len(), 2);
+        assert_eq!(s.holders(&claim(&shared(1))), 0);
     }
 }

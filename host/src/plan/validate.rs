@@ -132,7 +132,7 @@ fn prefix(c: &IpCidr) -> R {
     Ok(())
 }
 
-fn type_name(t: NftType) -> &'static str {
+pub fn type_name(t: NftType) -> &'static str {
     match t {
         NftType::Ipv4Addr => "ipv4_addr",
         NftType::Ipv6Addr => "ipv6_addr",
@@ -477,15 +477,18 @@ impl Checker<'_> {
             (None, None) => Ok(()),
             (None, Some(_)) => Err(format!("{} is a set; its elements have no value", e.set)),
             (Some(_), None) => Err(format!("{} is a map; its elements need a value", e.set)),
-            (Some(d), Some(v)) => self
-                .map_value(d, v)
-                .map_err(|m| format!("element of {}: {m}", e.set)),
+            (Some(d), Some(v)) => {
+                let reject_ok =
+                    !self.skeleton.nat || self.skeleton.map(&e.set).is_some_and(|m| m.filter);
+                self.map_value(d, v, reject_ok)
+                    .map_err(|m| format!("element of {}: {m}", e.set))
+            }
         }
     }
 
-    fn map_value(&self, data: &NftMapData, v: &NftMapValue) -> R {
+    fn map_value(&self, data: &NftMapData, v: &NftMapValue, reject_ok: bool) -> R {
         match (data, v) {
-            (NftMapData::Verdict, NftMapValue::Verdict(v)) => self.verdict(v),
+            (NftMapData::Verdict, NftMapValue::Verdict(v)) => self.verdict(v, reject_ok),
             (NftMapData::Data(types), NftMapValue::Data(values)) => {
                 if types.len() != values.len() {
                     return Err(format!(
@@ -508,8 +511,12 @@ impl Checker<'_> {
         }
     }
 
-    fn verdict(&self, v: &NftVerdict) -> R {
+    fn verdict(&self, v: &NftVerdict, reject_ok: bool) -> R {
         match v {
+            NftVerdict::Reject if !reject_ok => Err(
+                "reject cannot be used here: these chains run in NAT hooks (use the host's no-endpoints maps, or drop)"
+                    .into(),
+            ),
             NftVerdict::Jump(c) | NftVerdict::Goto(c) => self.chain_exists(c),
             _ => Ok(()),
         }
@@ -538,13 +545,30 @@ impl Checker<'_> {
                 }
                 Ok(1)
             }
+            NftKey::Slotted(s) => {
+                if s.fields.is_empty() || s.fields.len() > 7 {
+                    return Err("a slotted key has 1 to 7 fields before its slot".into());
+                }
+                self.key(&slot_key(&s.slot))?;
+                Ok(s.fields.len() + 1)
+            }
         }
     }
 
     /// Check a lookup: key arity against the map, inline entries' keys.
     fn lookup(&self, key: &NftKey, map: &NftMapRef, verdicts: bool) -> R {
         let arity = self.key(key)?;
-        let hashed = !matches!(key, NftKey::Fields(_));
+        let hashed = matches!(
+            key,
+            NftKey::NumgenRandom(_) | NftKey::NumgenInc(_) | NftKey::Jhash(_)
+        );
+        // The packet fields of the key, and the modulus of its slot if any.
+        let (fields, slot_modulus): (&[NftField], Option<u32>) = match key {
+            NftKey::Fields(f) => (f, None),
+            NftKey::Slotted(s) => (&s.fields, Some(slot_modulus(&s.slot))),
+            NftKey::NumgenRandom(m) | NftKey::NumgenInc(m) => (&[], Some(*m)),
+            NftKey::Jhash(h) => (&[], Some(h.modulus)),
+        };
         match map {
             NftMapRef::Named(name) => {
                 let Some(sig) = self.set(name) else {
@@ -567,20 +591,19 @@ impl Checker<'_> {
                         sig.key.len()
                     ));
                 }
-                if let NftKey::Fields(fields) = key {
-                    for (f, t) in fields.iter().zip(&sig.key) {
-                        if field_type(*f) != Some(*t) {
-                            return Err(format!(
-                                "field {} does not fit {name}'s key type {}",
-                                field_name(*f),
-                                type_name(*t)
-                            ));
-                        }
+                for (f, t) in fields.iter().zip(&sig.key) {
+                    if field_type(*f) != Some(*t) {
+                        return Err(format!(
+                            "field {} does not fit {name}'s key type {}",
+                            field_name(*f),
+                            type_name(*t)
+                        ));
                     }
-                } else if sig.key[0] != NftType::Mark {
+                }
+                if slot_modulus.is_some() && sig.key[fields.len()] != NftType::Mark {
                     return Err(format!(
-                        "a numgen or hash lookup needs a map keyed by a number (mark), {name} is keyed by {}",
-                        type_name(sig.key[0])
+                        "a numgen or hash slot needs a number (mark) in the key, {name} has {}",
+                        type_name(sig.key[fields.len()])
                     ));
                 }
                 Ok(())
@@ -599,24 +622,26 @@ impl Checker<'_> {
                             e.key.len()
                         ));
                     }
-                    match (key, &e.key[0]) {
-                        (NftKey::Fields(fields), _) => {
-                            for (v, f) in e.key.iter().zip(fields) {
-                                value_fits_field(v, *f)?;
+                    for (v, f) in e.key.iter().zip(fields) {
+                        value_fits_field(v, *f)?;
+                    }
+                    if let Some(m) = slot_modulus {
+                        match e.key.get(fields.len()) {
+                            Some(NftValue::Number(n)) if *n < m => {}
+                            _ => {
+                                return Err(format!(
+                                    "a {}map's slots are numbers below the modulus {m}",
+                                    if hashed {
+                                        "numgen or hash "
+                                    } else {
+                                        "slotted "
+                                    }
+                                ));
                             }
                         }
-                        (NftKey::NumgenRandom(m) | NftKey::NumgenInc(m), NftValue::Number(n))
-                            if n < m => {}
-                        (NftKey::Jhash(h), NftValue::Number(n)) if *n < h.modulus => {}
-                        _ if hashed => {
-                            return Err(
-                                "a numgen or hash map's keys are numbers below the modulus".into(),
-                            );
-                        }
-                        _ => {}
                     }
                     match (&e.value, verdicts) {
-                        (NftMapValue::Verdict(v), true) => self.verdict(v)?,
+                        (NftMapValue::Verdict(v), true) => self.verdict(v, !self.skeleton.nat)?,
                         (NftMapValue::Data(d), false) => {
                             if d.is_empty() || d.len() > 2 {
                                 return Err(
@@ -762,10 +787,26 @@ impl Checker<'_> {
                     }
                 }
                 NftStatement::VerdictMap((k, m)) => self.lookup(k, m, true)?,
-                NftStatement::Verdict(v) => self.verdict(v)?,
+                NftStatement::Verdict(v) => self.verdict(v, !self.skeleton.nat)?,
             }
         }
         Ok(())
+    }
+}
+
+/// A slot as the key it is on its own, for the same checks.
+fn slot_key(s: &NftSlot) -> NftKey {
+    match s {
+        NftSlot::NumgenRandom(m) => NftKey::NumgenRandom(*m),
+        NftSlot::NumgenInc(m) => NftKey::NumgenInc(*m),
+        NftSlot::Jhash(h) => NftKey::Jhash(h.clone()),
+    }
+}
+
+fn slot_modulus(s: &NftSlot) -> u32 {
+    match s {
+        NftSlot::NumgenRandom(m) | NftSlot::NumgenInc(m) => *m,
+        NftSlot::Jhash(h) => h.modulus,
     }
 }
 
@@ -890,6 +931,7 @@ mod tests {
         PlanItem {
             rule_id: id.into(),
             comment: None,
+            shared: false,
             body,
         }
     }

@@ -52,6 +52,7 @@ fn element(i: u32) -> PlanItem {
     PlanItem {
         rule_id: String::new(),
         comment: None,
+        shared: false,
         body: PlanBody::NftCounter(NftCounter {
             name: if i == 0 { "c".into() } else { String::new() },
         }),

@@ -1,21 +1,42 @@
 //! `proxy-nftables`: renders one Service into the host's `switchyard-proxy`
-//! table, the successor of kube-proxy's iptables mode.
+//! table, the successor of kube-proxy's iptables and nftables modes.
 //!
-//! Per Service port and address family:
-//! - an element `VIP . proto . port : goto svc-…` in the host's `service-ips`
-//!   (or `service-ips6`) verdict map, so dispatch is one map lookup however
-//!   many Services exist;
-//! - a chain `svc-…` that marks traffic from outside the pod network for
-//!   masquerade, keeps ClientIP affinity, and picks an endpoint with the
-//!   Service's scheduler: `random` (numgen random), `rr` (numgen inc), `sh`
-//!   (hash of the source address), `dh` (hash of the destination address), each
-//!   honouring endpoint weights;
-//! - a chain `ep-…` per endpoint that marks hairpin traffic for masquerade and
-//!   DNATs to the endpoint.
+//! The shape is data, not chains, because chains are what make kube-proxy's
+//! syncs slow (see `bench/REPORT.md`). For each Service port, address family
+//! and kind of destination (ClusterIP, external or LoadBalancer IP, NodePort):
+//! - one element in the host's dispatch map (`service-ips`, `service-ips6` or
+//!   `service-nodeports`) that goes to a *pick chain*;
+//! - one element per slot in the host's backend map (`backends4-tcp`, ...): slot
+//!   `i` holds the endpoint address and port. An endpoint of weight `w` gets
+//!   `w` slots (scaled down to at most 1024 in all).
+//! - the pick chain marks traffic for masquerade as the traffic kind needs
+//!   and DNATs through the backend map keyed by destination, protocol, port
+//!   and a slot drawn by the scheduler: `random` (numgen random) or `rr`
+//!   (numgen inc). It depends only on the traffic kind, the
+//!   scheduler and the slot count, so it is a *shared* item: every Service
+//!   with three rr endpoints uses the same `pick-v4-o-rr-3`. A Service whose
+//!   endpoints change keeps its chain and changes only backend elements.
+//! - a shared `hairpin4`/`hairpin6` element `endpoint . endpoint` per
+//!   endpoint, which makes the host masquerade a pod that reaches itself.
 //!
-//! A port with no usable endpoint is sent to `reject`, as kube-proxy does.
-//! Names are short hashes (nftables names are bounded); rule ids and comments
-//! carry the readable `namespace/name:port` that `explain` shows.
+//! Services with ClientIP affinity, and those with the `sh` (hash of the
+//! source address) or `dh` (hash of the destination address) schedulers, get
+//! chains of their own (kube-proxy's shape: a chain per endpoint, which
+//! remembers the client in a timeout set under affinity): affinity needs
+//! per-endpoint state, and nftables 1.0.6 cannot concatenate a hash with a
+//! transport port in one lookup key.
+//!
+//! A port with no endpoint to use gets an element in `no-endpoints` (or
+//! `no-endpoints6`, `no-endpoint-nodeports`) instead: `reject` when the
+//! Service has no endpoints, `drop` when a `Local` traffic policy leaves none
+//! on this node, as kube-proxy does.
+//!
+//! The round-robin counter belongs to the pick chain, so Services with the
+//! same rr chain share it: each one still sees an even spread over time, but
+//! not a strict rotation when connections to them interleave.
+//!
+//! Rule ids carry the readable `namespace/name:port/protocol` that `explain`
+//! shows.
 
 use switchyard_sdk::endpoints::{self, Backend, Traffic};
 use switchyard_sdk::plan::{Plan, Rule};
@@ -24,10 +45,10 @@ use switchyard_sdk::types::*;
 
 /// Annotation that chooses the scheduler for one Service.
 pub const SCHEDULER_ANNOTATION: &str = "switchyard.dev/scheduler";
-/// Mark bit the host's postrouting chain masquerades.
-pub const MASQUERADE_MARK: u32 = 0x4000;
 /// Slots a weighted dispatch spreads over at most.
-const MAX_SLOTS: u32 = 4096;
+const MAX_SLOTS: u32 = 1024;
+/// Seed of the sh and dh hashes.
+const HASH_SEED: u32 = 0x5eed;
 
 const SCHEMA: &str = r#"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -63,6 +84,36 @@ impl Scheduler {
             _ => return None,
         })
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scheduler::Random => "random",
+            Scheduler::RoundRobin => "rr",
+            Scheduler::SourceHash => "sh",
+            Scheduler::DestinationHash => "dh",
+        }
+    }
+}
+
+/// Which destination of a Service the traffic was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A ClusterIP, external IP or LoadBalancer IP: keyed by address.
+    Vip,
+    /// A NodePort on any local address: keyed by protocol and port.
+    NodePort,
+}
+
+/// What the pick chain marks for masquerade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Masq {
+    /// Traffic from outside the pod network (to a ClusterIP).
+    OffCluster,
+    /// All traffic (external traffic under `externalTrafficPolicy: Cluster`,
+    /// so replies come back through this node).
+    All,
+    /// None (`externalTrafficPolicy: Local` keeps the client's address).
+    None,
 }
 
 struct ProxyNftables;
@@ -73,7 +124,7 @@ impl Guest for ProxyNftables {
             "proxy-nftables",
             env!("CARGO_PKG_VERSION"),
             Role::ServiceProxy,
-            "Renders Services into nftables verdict maps with random, rr, sh, dh and weighted endpoint selection.",
+            "Renders Services into nftables maps with random, rr, sh, dh and weighted endpoint selection.",
             SCHEMA,
         )
     }
@@ -103,19 +154,35 @@ fn hash(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn family_name(f: IpFamily) -> &'static str {
-    match f {
-        IpFamily::Ipv4 => "ipv4",
-        IpFamily::Ipv6 => "ipv6",
-    }
-}
-
 fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
         Protocol::Sctp => "sctp",
     }
+}
+
+fn fam(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::Ipv4 => "4",
+        IpFamily::Ipv6 => "6",
+    }
+}
+
+/// Everything one Service port renders for one family and one kind.
+struct Target<'a> {
+    kind: Kind,
+    family: IpFamily,
+    /// The destination addresses (empty for NodePort).
+    vips: Vec<IpAddress>,
+    port: u16,
+    protocol: Protocol,
+    masq: Masq,
+    backends: Vec<Backend<'a>>,
+    /// Whether some endpoint exists elsewhere (so "none here" is a drop, not
+    /// a reject).
+    exists_elsewhere: bool,
+    rule_id: String,
 }
 
 fn render(
@@ -125,8 +192,7 @@ fn render(
     config: &Config,
 ) -> Result<PlanFragment, ModuleError> {
     let mut plan = Plan::new();
-    if svc.cluster_ips.is_empty() || svc.service_type == ServiceType::ExternalName {
-        // Headless and ExternalName Services have nothing to proxy.
+    if svc.service_type == ServiceType::ExternalName {
         return Ok(plan.build());
     }
     let sched_name = switchyard_sdk::labels::get(&svc.annotations, SCHEDULER_ANNOTATION)
@@ -138,141 +204,359 @@ fn render(
             "annotation {SCHEDULER_ANNOTATION}: unknown scheduler {sched_name:?} (known: random, rr, sh, dh)"
         ))
     })?;
+    if svc.cluster_ips.is_empty() {
+        // Headless: DNS answers with the endpoints; nothing to proxy.
+        return Ok(plan.build());
+    }
     let id = format!("{}/{}", svc.namespace, svc.name);
+    let families: Vec<IpFamily> = {
+        let mut f: Vec<IpFamily> = svc.cluster_ips.iter().map(|a| a.family()).collect();
+        f.dedup();
+        f
+    };
     for port in &svc.ports {
-        for vip in &svc.cluster_ips {
-            let family = vip.family();
-            let backends = endpoints::select(ctx, svc, port, endpoints, family, Traffic::Internal);
-            let label = format!(
-                "{id}:{}",
-                if port.name.is_empty() {
-                    port.port.to_string()
-                } else {
-                    port.name.clone()
-                }
-            );
-            let key = hash(&[
-                svc.namespace.as_bytes(),
-                svc.name.as_bytes(),
-                port.name.as_bytes(),
-                proto_name(port.protocol).as_bytes(),
-                family_name(family).as_bytes(),
-            ]);
-            let chain = format!("svc-{key:016x}");
-            let vip_map = match family {
-                IpFamily::Ipv4 => "service-ips",
-                IpFamily::Ipv6 => "service-ips6",
-            };
-            // The rule id says which Service port and endpoint an item is for;
-            // the host adds the object and the module, so no comment is needed.
-            let rule_id = format!("svc/{label}/{}", proto_name(port.protocol));
-            let verdict = if backends.is_empty() {
-                NftVerdict::Reject
+        let label = format!(
+            "{id}:{}/{}",
+            if port.name.is_empty() {
+                port.port.to_string()
             } else {
-                render_port(
-                    &mut plan, ctx, svc, &chain, &rule_id, family, scheduler, &backends,
-                );
-                NftVerdict::Goto(chain.clone())
+                port.name.clone()
+            },
+            proto_name(port.protocol)
+        );
+        for &family in &families {
+            let any = |traffic| {
+                let mut all = svc.clone();
+                all.internal_traffic_policy = TrafficPolicy::Cluster;
+                all.external_traffic_policy = TrafficPolicy::Cluster;
+                !endpoints::select(ctx, &all, port, endpoints, family, traffic).is_empty()
             };
-            plan.element(
-                format!("{rule_id}/vip"),
-                vip_map,
-                vec![(*vip).into(), port.protocol.into(), port.port.into()],
-                Some(verdict.into()),
-            );
+            let internal = endpoints::select(ctx, svc, port, endpoints, family, Traffic::Internal);
+            let external = endpoints::select(ctx, svc, port, endpoints, family, Traffic::External);
+            let external_masq = match svc.external_traffic_policy {
+                TrafficPolicy::Cluster => Masq::All,
+                TrafficPolicy::Local => Masq::None,
+            };
+            let mut targets = vec![Target {
+                kind: Kind::Vip,
+                family,
+                vips: svc
+                    .cluster_ips
+                    .iter()
+                    .filter(|a| a.family() == family)
+                    .copied()
+                    .collect(),
+                port: port.port,
+                protocol: port.protocol,
+                masq: Masq::OffCluster,
+                exists_elsewhere: any(Traffic::Internal),
+                backends: internal,
+                rule_id: format!("svc/{label}/cluster-ip{}", fam(family)),
+            }];
+            let externals: Vec<IpAddress> = svc
+                .external_ips
+                .iter()
+                .chain(&svc.load_balancer_ips)
+                .filter(|a| a.family() == family)
+                .copied()
+                .collect();
+            if !externals.is_empty() {
+                targets.push(Target {
+                    kind: Kind::Vip,
+                    family,
+                    vips: externals,
+                    port: port.port,
+                    protocol: port.protocol,
+                    masq: external_masq,
+                    exists_elsewhere: any(Traffic::External),
+                    backends: external.clone(),
+                    rule_id: format!("svc/{label}/external{}", fam(family)),
+                });
+            }
+            if let Some(node_port) = port.node_port
+                && matches!(
+                    svc.service_type,
+                    ServiceType::NodePort | ServiceType::LoadBalancer
+                )
+            {
+                targets.push(Target {
+                    kind: Kind::NodePort,
+                    family,
+                    vips: vec![],
+                    port: node_port,
+                    protocol: port.protocol,
+                    masq: external_masq,
+                    exists_elsewhere: any(Traffic::External),
+                    backends: external,
+                    rule_id: format!("svc/{label}/nodeport{}", fam(family)),
+                });
+            }
+            for t in &targets {
+                render_target(&mut plan, ctx, svc, scheduler, t);
+            }
         }
     }
     Ok(plan.build())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render_port(
+/// The dispatch key of a target: `vip . proto . port` or `nfproto . proto . port`.
+fn dispatch_keys(t: &Target<'_>) -> Vec<Vec<NftValue>> {
+    match t.kind {
+        Kind::Vip => t
+            .vips
+            .iter()
+            .map(|v| vec![(*v).into(), t.protocol.into(), t.port.into()])
+            .collect(),
+        Kind::NodePort => vec![vec![t.family.into(), t.protocol.into(), t.port.into()]],
+    }
+}
+
+fn dispatch_map(t: &Target<'_>, no_endpoints: bool) -> &'static str {
+    match (t.kind, t.family, no_endpoints) {
+        (Kind::Vip, IpFamily::Ipv4, false) => "service-ips",
+        (Kind::Vip, IpFamily::Ipv6, false) => "service-ips6",
+        (Kind::NodePort, _, false) => "service-nodeports",
+        (Kind::Vip, IpFamily::Ipv4, true) => "no-endpoints",
+        (Kind::Vip, IpFamily::Ipv6, true) => "no-endpoints6",
+        (Kind::NodePort, _, true) => "no-endpoint-nodeports",
+    }
+}
+
+fn render_target(
     plan: &mut Plan,
     ctx: &NodeContext,
     svc: &Service,
-    chain: &str,
-    rule_id: &str,
-    family: IpFamily,
     scheduler: Scheduler,
-    backends: &[Backend<'_>],
+    t: &Target<'_>,
 ) {
-    let mut svc_rules = vec![];
-    // Traffic from outside the pod network leaves through the node: masquerade
-    // it so replies come back through this node.
-    let cluster: Vec<NftValue> = ctx
-        .cluster_cidrs
-        .iter()
-        .filter(|c| c.family() == family)
-        .map(|c| (*c).into())
-        .collect();
-    if !cluster.is_empty() {
-        svc_rules.push(
-            Rule::new()
-                .matching(
-                    vec![family.saddr()],
-                    true,
-                    NftOperand::Values(cluster.into_iter().map(|v| vec![v]).collect()),
-                )
-                .jump("mark-for-masquerade"),
+    if t.backends.is_empty() {
+        let verdict = if t.exists_elsewhere {
+            NftVerdict::Drop
+        } else {
+            NftVerdict::Reject
+        };
+        for key in dispatch_keys(t) {
+            plan.element(
+                format!("{}/no-endpoints", t.rule_id),
+                dispatch_map(t, true),
+                key,
+                Some(verdict.clone().into()),
+            );
+        }
+        return;
+    }
+    for b in &t.backends {
+        let key = vec![b.address.into(), b.address.into()];
+        plan.shared(
+            format!("hairpin/{}", b.address),
+            PlanBody::NftElement(NftElement {
+                set: format!("hairpin{}", fam(t.family)),
+                key,
+                value: None,
+            }),
         );
     }
+    let masq_rules = masq_rules(ctx, t.family, t.masq);
+    let shared = svc.session_affinity_timeout.is_none()
+        && matches!(scheduler, Scheduler::Random | Scheduler::RoundRobin);
+    let chain = if shared {
+        pick_chain(plan, scheduler, t, masq_rules)
+    } else {
+        own_chain(plan, svc, t, scheduler, masq_rules)
+    };
+    for key in dispatch_keys(t) {
+        plan.element(
+            format!("{}/dispatch", t.rule_id),
+            dispatch_map(t, false),
+            key,
+            Some(NftVerdict::Goto(chain.clone()).into()),
+        );
+    }
+}
+
+fn masq_rules(ctx: &NodeContext, family: IpFamily, masq: Masq) -> Vec<NftRule> {
+    match masq {
+        Masq::None => vec![],
+        Masq::All => vec![Rule::new().jump("mark-for-masquerade")],
+        Masq::OffCluster => {
+            let cluster: Vec<Vec<NftValue>> = ctx
+                .cluster_cidrs
+                .iter()
+                .filter(|c| c.family() == family)
+                .map(|c| vec![(*c).into()])
+                .collect();
+            if cluster.is_empty() {
+                vec![Rule::new().jump("mark-for-masquerade")]
+            } else {
+                vec![
+                    Rule::new()
+                        .matching(vec![family.saddr()], true, NftOperand::Values(cluster))
+                        .jump("mark-for-masquerade"),
+                ]
+            }
+        }
+    }
+}
+
+/// The host's backend map for a kind, family and protocol.
+fn backend_map(kind: Kind, family: IpFamily, p: Protocol) -> String {
+    format!(
+        "{}backends{}-{}",
+        if kind == Kind::NodePort {
+            "nodeport-"
+        } else {
+            ""
+        },
+        fam(family),
+        proto_name(p)
+    )
+}
+
+/// Slots per backend: weights scaled so that the total stays within
+/// `MAX_SLOTS`, each backend keeping at least one.
+fn slots(backends: &[Backend<'_>]) -> Vec<u32> {
+    let total: u32 = backends
+        .iter()
+        .map(|b| b.weight)
+        .fold(0u32, u32::saturating_add)
+        .max(1);
+    let scale = total.div_ceil(MAX_SLOTS).max(1);
+    backends.iter().map(|b| (b.weight / scale).max(1)).collect()
+}
+
+/// The shared chain that picks a slot, and the target's backend elements.
+fn pick_chain(
+    plan: &mut Plan,
+    scheduler: Scheduler,
+    t: &Target<'_>,
+    mut rules: Vec<NftRule>,
+) -> String {
+    let per = slots(&t.backends);
+    let n: u32 = per.iter().sum();
+    let (kind, fields) = match (t.kind, t.family) {
+        (Kind::Vip, IpFamily::Ipv4) => (
+            "v",
+            vec![NftField::IpDaddr, NftField::MetaL4proto, NftField::ThDport],
+        ),
+        (Kind::Vip, IpFamily::Ipv6) => (
+            "v",
+            vec![NftField::Ip6Daddr, NftField::MetaL4proto, NftField::ThDport],
+        ),
+        (Kind::NodePort, _) => ("n", vec![NftField::MetaL4proto, NftField::ThDport]),
+    };
+    let masq = match t.masq {
+        Masq::OffCluster => "o",
+        Masq::All => "a",
+        Masq::None => "x",
+    };
+    let name = format!(
+        "pick-{kind}{}-{masq}-{}-{n}",
+        fam(t.family),
+        scheduler.name()
+    );
+    let slot = match scheduler {
+        Scheduler::RoundRobin => NftSlot::NumgenInc(n),
+        _ => NftSlot::NumgenRandom(n),
+    };
+    // One rule per transport protocol: each backend map matches one.
+    for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+        rules.push(Rule::new().dnat_lookup(
+            t.family,
+            NftKey::Slotted(NftSlotted {
+                fields: fields.clone(),
+                slot: slot.clone(),
+            }),
+            NftMapRef::Named(backend_map(t.kind, t.family, p)),
+        ));
+    }
+    let map = backend_map(t.kind, t.family, t.protocol);
+    plan.shared(
+        format!("pick/{name}"),
+        PlanBody::NftChain(NftChain {
+            name: name.clone(),
+            rules,
+        }),
+    );
+    // Slot i of each dispatch key holds the endpoint it falls to.
+    let mut slot = 0u32;
+    for (b, count) in t.backends.iter().zip(per) {
+        for _ in 0..count {
+            for key in dispatch_keys(t) {
+                let mut key: Vec<NftValue> = match t.kind {
+                    Kind::Vip => key,
+                    // The NodePort backend maps are keyed without the family.
+                    Kind::NodePort => key[1..].to_vec(),
+                };
+                key.push(NftValue::Number(slot));
+                plan.element(
+                    format!("{}/ep/{}:{}", t.rule_id, b.address, b.port),
+                    &map,
+                    key,
+                    Some(NftMapValue::Data(vec![b.address.into(), b.port.into()])),
+                );
+            }
+            slot += 1;
+        }
+    }
+    name
+}
+
+/// Kube-proxy's shape, for Services the shared chains cannot serve: a
+/// chain for the Service port that (with ClientIP affinity) sends known
+/// clients back to their endpoint and spreads the others with the
+/// scheduler, and a chain per endpoint that remembers the client and DNATs.
+/// sh and dh take this path because nftables (1.0.6) cannot put a hash and
+/// a transport port in one concatenated lookup key.
+fn own_chain(
+    plan: &mut Plan,
+    svc: &Service,
+    t: &Target<'_>,
+    scheduler: Scheduler,
+    mut svc_rules: Vec<NftRule>,
+) -> String {
+    let key = hash(&[
+        svc.namespace.as_bytes(),
+        svc.name.as_bytes(),
+        t.rule_id.as_bytes(),
+    ]);
+    let chain = format!("svc-{key:016x}");
     let mut ep_chains = vec![];
-    for b in backends {
+    for (b, count) in t.backends.iter().zip(slots(&t.backends)) {
         let ep_hash = hash(&[
             chain.as_bytes(),
             &b.address.to_bits().to_be_bytes(),
             &b.port.to_be_bytes(),
         ]);
         let ep_chain = format!("ep-{ep_hash:016x}");
-        let mut rules = vec![
-            // Hairpin: a pod reaching itself through its Service.
-            Rule::new()
-                .eq(family.saddr(), b.address)
-                .jump("mark-for-masquerade"),
-        ];
+        // A port mapping needs the transport protocol matched first.
+        let mut rule = Rule::new().eq(NftField::MetaL4proto, t.protocol);
         if let Some(timeout) = svc.session_affinity_timeout {
-            let affinity = format!("aff-{ep_hash:016x}");
+            let set = format!("cl-{ep_hash:016x}");
             plan.set(
-                format!("{rule_id}/affinity/{}", b.address),
-                &affinity,
-                vec![family.addr_type()],
+                format!("{}/affinity/{}", t.rule_id, b.address),
+                &set,
+                vec![t.family.addr_type()],
                 NftSetFlags::TIMEOUT,
                 Some(timeout),
             );
-            rules.push(
-                Rule::new()
-                    .remember(&affinity, vec![family.saddr()], timeout)
-                    .dnat(b.address, Some(b.port)),
-            );
+            rule = rule.remember(&set, vec![t.family.saddr()], timeout);
             // Clients seen recently go back to the same endpoint.
             svc_rules.push(
                 Rule::new()
-                    .in_set(vec![family.saddr()], &affinity)
+                    .in_set(vec![t.family.saddr()], &set)
                     .goto(&ep_chain),
             );
-        } else {
-            rules.push(Rule::new().dnat(b.address, Some(b.port)));
         }
         plan.chain(
-            format!("{rule_id}/ep/{}:{}", b.address, b.port),
+            format!("{}/ep/{}:{}", t.rule_id, b.address, b.port),
             &ep_chain,
-            rules,
+            vec![rule.dnat(b.address, Some(b.port))],
         );
-        ep_chains.push((ep_chain, b.weight));
+        ep_chains.push((ep_chain, count));
     }
-    svc_rules.push(dispatch(family, scheduler, &ep_chains));
-    plan.chain(rule_id.to_string(), chain, svc_rules);
-}
-
-/// The rule that picks an endpoint chain. Weights become slots: an endpoint
-/// with weight 3 gets three entries of the lookup map.
-fn dispatch(family: IpFamily, scheduler: Scheduler, chains: &[(String, u32)]) -> NftRule {
-    let total: u32 = chains.iter().map(|(_, w)| *w).sum::<u32>().max(1);
-    // Scale weights down if they would need too many slots.
-    let scale = total.div_ceil(MAX_SLOTS).max(1);
     let mut entries = vec![];
-    for (chain, w) in chains {
-        for _ in 0..(w / scale).max(1) {
+    for (chain, count) in &ep_chains {
+        for _ in 0..*count {
             let slot = entries.len() as u32;
             entries.push(NftMapEntry {
                 key: vec![NftValue::Number(slot)],
@@ -285,17 +569,19 @@ fn dispatch(family: IpFamily, scheduler: Scheduler, chains: &[(String, u32)]) ->
         Scheduler::Random => NftKey::NumgenRandom(n),
         Scheduler::RoundRobin => NftKey::NumgenInc(n),
         Scheduler::SourceHash => NftKey::Jhash(NftHash {
-            fields: vec![family.saddr()],
+            fields: vec![t.family.saddr()],
             modulus: n,
-            seed: 0x5eed,
+            seed: HASH_SEED,
         }),
         Scheduler::DestinationHash => NftKey::Jhash(NftHash {
-            fields: vec![family.daddr()],
+            fields: vec![t.family.daddr()],
             modulus: n,
-            seed: 0x5eed,
+            seed: HASH_SEED,
         }),
     };
-    Rule::new().vmap(key, NftMapRef::Inline(entries))
+    svc_rules.push(Rule::new().vmap(key, NftMapRef::Inline(entries)));
+    plan.chain(t.rule_id.clone(), &chain, svc_rules);
+    chain
 }
 
 #[cfg(test)]
@@ -325,6 +611,10 @@ mod tests {
             .collect()
     }
 
+    fn render(s: Service, e: Vec<Endpoint>) -> PlanFragment {
+        ProxyNftables::render_service(node_context("node-1"), s, e, String::new()).unwrap()
+    }
+
     fn chains(f: &PlanFragment) -> Vec<&NftChain> {
         f.items
             .iter()
@@ -335,56 +625,95 @@ mod tests {
             .collect()
     }
 
-    fn dispatch_key(f: &PlanFragment) -> NftKey {
-        let svc = chains(f)
+    fn elements<'a>(f: &'a PlanFragment, set: &str) -> Vec<&'a NftElement> {
+        f.items
+            .iter()
+            .filter_map(|i| match &i.body {
+                PlanBody::NftElement(e) if e.set == set => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn slot(f: &PlanFragment) -> NftSlot {
+        let pick = chains(f)
             .into_iter()
-            .find(|c| c.name.starts_with("svc-"))
+            .find(|c| c.name.starts_with("pick-"))
             .unwrap();
-        match &svc.rules.last().unwrap().statements[0] {
-            NftStatement::VerdictMap((k, _)) => k.clone(),
+        match &pick.rules[pick.rules.len() - 3].statements[0] {
+            NftStatement::Dnat(NftNat {
+                target: NftNatTarget::Lookup((NftKey::Slotted(s), _)),
+                ..
+            }) => s.slot.clone(),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn renders_a_vip_element_a_service_chain_and_one_chain_per_endpoint() {
-        let f = ProxyNftables::render_service(node_context("node-1"), web(), eps(3), String::new())
-            .unwrap();
+    fn a_service_is_a_dispatch_element_a_shared_pick_chain_and_backend_elements() {
+        let f = render(web(), eps(3));
         let c = chains(&f);
-        assert_eq!(c.len(), 4);
-        let el: Vec<_> = f
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].name, "pick-v4-o-random-3");
+        let vip = elements(&f, "service-ips");
+        assert_eq!(vip.len(), 1);
+        assert_eq!(vip[0].key[2], NftValue::Port(80));
+        let be = elements(&f, "backends4-tcp");
+        assert_eq!(be.len(), 3);
+        assert_eq!(be[2].key[3], NftValue::Number(2));
+        assert_eq!(
+            be[2].value,
+            Some(NftMapValue::Data(vec![
+                "10.244.1.4".parse::<IpAddress>().unwrap().into(),
+                NftValue::Port(8080)
+            ]))
+        );
+        assert_eq!(elements(&f, "hairpin4").len(), 3);
+        assert_eq!(slot(&f), NftSlot::NumgenRandom(3));
+        // The pick chain and the hairpin elements are shared, the rest is the
+        // Service's own.
+        for i in &f.items {
+            let shared = i.rule_id.starts_with("pick/") || i.rule_id.starts_with("hairpin/");
+            assert_eq!(i.shared, shared, "{}", i.rule_id);
+        }
+    }
+
+    #[test]
+    fn changing_an_endpoint_changes_only_backend_elements() {
+        let a = render(web(), eps(3));
+        let mut e = eps(3);
+        e[1].address = "10.244.1.99".parse().unwrap();
+        let b = render(web(), e);
+        let diff: Vec<_> = b
             .items
             .iter()
-            .filter_map(|i| match &i.body {
-                PlanBody::NftElement(e) => Some(e),
-                _ => None,
+            .filter(|i| !a.items.contains(i))
+            .map(|i| match &i.body {
+                PlanBody::NftElement(e) => e.set.clone(),
+                other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(el.len(), 1);
-        assert_eq!(el[0].set, "service-ips");
-        assert_eq!(el[0].key[2], NftValue::Port(80));
-        assert_eq!(dispatch_key(&f), NftKey::NumgenRandom(3));
+        // Slots follow address order, so the endpoints after the changed one
+        // move up a slot; no chain and no dispatch element changes.
+        assert!(diff.contains(&"hairpin4".to_string()));
         assert!(
-            f.items
-                .iter()
-                .all(|i| i.rule_id.starts_with("svc/default/web:http/tcp"))
+            diff.iter().all(|s| s == "hairpin4" || s == "backends4-tcp"),
+            "{diff:?}"
         );
     }
 
     #[test]
     fn scheduler_comes_from_the_annotation() {
         let mut s = web();
-        for (name, want) in [("rr", "inc"), ("sh", "saddr"), ("dh", "daddr")] {
+        s.annotations = vec![(SCHEDULER_ANNOTATION.into(), "rr".into())];
+        assert_eq!(slot(&render(s.clone(), eps(2))), NftSlot::NumgenInc(2));
+        for (name, want) in [("sh", "saddr"), ("dh", "daddr")] {
             s.annotations = vec![(SCHEDULER_ANNOTATION.into(), name.into())];
-            let f = ProxyNftables::render_service(
-                node_context("node-1"),
-                s.clone(),
-                eps(2),
-                String::new(),
-            )
-            .unwrap();
-            let k = format!("{:?}", dispatch_key(&f)).to_lowercase();
-            assert!(k.contains(want), "{name}: {k}");
+            let f = render(s.clone(), eps(2));
+            let c = chains(&f);
+            let svc = c.iter().find(|c| c.name.starts_with("svc-")).unwrap();
+            let k = format!("{:?}", svc.rules.last().unwrap()).to_lowercase();
+            assert!(k.contains("jhash") && k.contains(want), "{name}: {k}");
         }
         s.annotations = vec![(SCHEDULER_ANNOTATION.into(), "fastest".into())];
         let e = ProxyNftables::render_service(node_context("node-1"), s, eps(2), String::new())
@@ -396,50 +725,91 @@ mod tests {
     fn weights_become_slots() {
         let mut e = eps(2);
         e[0].weight = 3;
-        let f =
-            ProxyNftables::render_service(node_context("node-1"), web(), e, String::new()).unwrap();
-        assert_eq!(dispatch_key(&f), NftKey::NumgenRandom(4));
+        let f = render(web(), e);
+        assert_eq!(slot(&f), NftSlot::NumgenRandom(4));
+        assert_eq!(elements(&f, "backends4-tcp").len(), 4);
     }
 
     #[test]
     fn no_endpoints_rejects_and_headless_renders_nothing() {
-        let f = ProxyNftables::render_service(node_context("node-1"), web(), vec![], String::new())
-            .unwrap();
+        let f = render(web(), vec![]);
         assert_eq!(f.items.len(), 1);
-        assert!(
-            matches!(&f.items[0].body, PlanBody::NftElement(e) if e.value == Some(NftMapValue::Verdict(NftVerdict::Reject)))
+        assert_eq!(
+            elements(&f, "no-endpoints")[0].value,
+            Some(NftMapValue::Verdict(NftVerdict::Reject))
         );
         let mut headless = web();
         headless.cluster_ips.clear();
-        assert!(
-            ProxyNftables::render_service(node_context("node-1"), headless, eps(1), String::new())
-                .unwrap()
-                .items
-                .is_empty()
+        assert!(render(headless, eps(1)).items.is_empty());
+    }
+
+    #[test]
+    fn local_policy_uses_only_local_endpoints_and_drops_when_there_are_none() {
+        let mut s = web();
+        s.service_type = ServiceType::NodePort;
+        s.ports[0].node_port = Some(30080);
+        s.external_traffic_policy = TrafficPolicy::Local;
+        let mut e = eps(2);
+        e[1].node = Some("node-2".into());
+        let f = render(s.clone(), e.clone());
+        // Cluster traffic uses both, NodePort traffic only the local one, and
+        // without masquerade.
+        assert_eq!(elements(&f, "backends4-tcp").len(), 2);
+        assert_eq!(elements(&f, "nodeport-backends4-tcp").len(), 1);
+        assert!(chains(&f).iter().any(|c| c.name == "pick-n4-x-random-1"));
+        e[0].node = Some("node-3".into());
+        let f = render(s, e);
+        assert_eq!(
+            elements(&f, "no-endpoint-nodeports")[0].value,
+            Some(NftMapValue::Verdict(NftVerdict::Drop))
         );
     }
 
     #[test]
-    fn session_affinity_adds_a_timeout_set_per_endpoint() {
+    fn external_ips_and_load_balancer_ips_are_dispatched_like_cluster_ips() {
+        let mut s = web();
+        s.service_type = ServiceType::LoadBalancer;
+        s.external_ips = vec!["192.0.2.10".parse().unwrap()];
+        s.load_balancer_ips = vec!["192.0.2.20".parse().unwrap()];
+        s.ports[0].node_port = Some(30080);
+        let f = render(s, eps(2));
+        assert_eq!(elements(&f, "service-ips").len(), 3);
+        assert_eq!(elements(&f, "service-nodeports").len(), 1);
+        // Two backends for each of three addresses, and two for the NodePort.
+        assert_eq!(elements(&f, "backends4-tcp").len(), 6);
+        assert_eq!(elements(&f, "nodeport-backends4-tcp").len(), 2);
+        let names: Vec<_> = chains(&f).iter().map(|c| c.name.clone()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "pick-v4-o-random-2",
+                "pick-v4-a-random-2",
+                "pick-n4-a-random-2"
+            ]
+        );
+    }
+
+    #[test]
+    fn session_affinity_uses_chains_of_its_own() {
         let mut s = web();
         s.session_affinity_timeout = Some(10800);
-        let f = ProxyNftables::render_service(node_context("node-1"), s, eps(2), String::new())
-            .unwrap();
+        let f = render(s, eps(2));
         let sets = f
             .items
             .iter()
             .filter(|i| matches!(i.body, PlanBody::NftSet(_)))
             .count();
         assert_eq!(sets, 2);
+        assert_eq!(chains(&f).len(), 3);
+        assert!(
+            chains(&f)
+                .iter()
+                .all(|c| c.name.len() <= 20 && !c.name.starts_with("pick-"))
+        );
     }
 
     #[test]
-    fn names_are_stable_and_short() {
-        let a = ProxyNftables::render_service(node_context("node-1"), web(), eps(3), String::new())
-            .unwrap();
-        let b = ProxyNftables::render_service(node_context("node-1"), web(), eps(3), String::new())
-            .unwrap();
-        assert_eq!(a, b);
-        assert!(chains(&a).iter().all(|c| c.name.len() <= 20));
+    fn renders_are_stable() {
+        assert_eq!(render(web(), eps(3)), render(web(), eps(3)));
     }
 }

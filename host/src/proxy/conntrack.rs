@@ -1,0 +1,177 @@
+//! Stale UDP conntrack entries, found from plan changes and deleted.
+//!
+//! UDP has no end of connection: a conntrack entry lives as long as packets
+//! keep coming, so a client that keeps sending to a Service whose endpoint
+//! went away keeps being NATed to the dead address. When a UDP backend leaves
+//! a Service (or a Service's UDP port gets its first endpoint after
+//! rejecting), the entries for it are deleted and the next packet is
+//! load-balanced afresh.
+
+use crate::plan::Change;
+use crate::runtime::bindings::imports::switchyard::plugin::types::*;
+use crate::runtime::wit_to_ip;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// Entries to delete: UDP to `orig_dst` (any local address for a NodePort)
+/// and `port`, answered by `reply_src` (any, for entries that were never
+/// NATed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub orig_dst: Option<IpAddr>,
+    pub port: u16,
+    pub reply_src: Option<IpAddr>,
+    pub ipv6: bool,
+}
+
+/// Deletes conntrack entries.
+pub trait Conntrack: Send + Sync {
+    /// Delete the entries matching `flow`; how many there were.
+    fn delete(&self, flow: &Flow) -> Result<usize, String>;
+}
+
+/// The `conntrack` tool (conntrack-tools), in the agent's namespace or in
+/// the named one.
+#[derive(Debug, Default)]
+pub struct ConntrackTool {
+    pub netns: Option<String>,
+}
+
+impl Conntrack for ConntrackTool {
+    fn delete(&self, flow: &Flow) -> Result<usize, String> {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns, "conntrack"]);
+                c
+            }
+            None => std::process::Command::new("conntrack"),
+        };
+        cmd.args([
+            "-D",
+            "-f",
+            if flow.ipv6 { "ipv6" } else { "ipv4" },
+            "-p",
+            "udp",
+        ]);
+        if let Some(d) = flow.orig_dst {
+            cmd.args(["--orig-dst", &d.to_string()]);
+        }
+        cmd.args(["--orig-port-dst", &flow.port.to_string()]);
+        if let Some(s) = flow.reply_src {
+            cmd.args(["--reply-src", &s.to_string()]);
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| format!("running conntrack: {e} (is the conntrack package installed?)"))?;
+        // "conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted."
+        // (exit status 1 when there were none).
+        let text = String::from_utf8_lossy(&out.stderr);
+        text.split(':')
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("conntrack: {}", text.trim()))
+    }
+}
+
+/// The UDP backend of a backend-map element: (destination key, endpoint).
+fn udp_backend(e: &NftElement) -> Option<(Option<IpAddr>, u16, IpAddr)> {
+    let ep = match &e.value {
+        Some(NftMapValue::Data(d)) => match d.first() {
+            Some(NftValue::Address(a)) => wit_to_ip(a),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let set = e.set.as_str();
+    match (set, e.key.as_slice()) {
+        (
+            s,
+            [
+                NftValue::Address(vip),
+                NftValue::Protocol(Protocol::Udp),
+                NftValue::Port(p),
+                ..,
+            ],
+        ) if s.starts_with("backends") => Some((Some(wit_to_ip(vip)), *p, ep)),
+        (s, [NftValue::Protocol(Protocol::Udp), NftValue::Port(p), ..])
+            if s.starts_with("nodeport-backends") =>
+        {
+            Some((None, *p, ep))
+        }
+        _ => None,
+    }
+}
+
+/// The UDP destination a dispatch element serves.
+fn udp_dispatch(e: &NftElement) -> Option<(Option<IpAddr>, u16, bool)> {
+    match (e.set.as_str(), e.key.as_slice()) {
+        (
+            "service-ips" | "service-ips6",
+            [
+                NftValue::Address(vip),
+                NftValue::Protocol(Protocol::Udp),
+                NftValue::Port(p),
+            ],
+        ) => {
+            let a = wit_to_ip(vip);
+            Some((Some(a), *p, a.is_ipv6()))
+        }
+        (
+            "service-nodeports",
+            [
+                NftValue::Family(f),
+                NftValue::Protocol(Protocol::Udp),
+                NftValue::Port(p),
+            ],
+        ) => Some((None, *p, *f == IpFamily::Ipv6)),
+        _ => None,
+    }
+}
+
+fn elements(f: Option<&crate::plan::Fragment>) -> impl Iterator<Item = &NftElement> {
+    f.into_iter().flat_map(|f| {
+        f.items.iter().filter_map(|i| match &i.body {
+            PlanBody::NftElement(e) => Some(e),
+            _ => None,
+        })
+    })
+}
+
+/// The stale entries a change leaves behind.
+pub fn stale_udp(c: &Change) -> Vec<Flow> {
+    let old = c.old.as_deref();
+    let new = c.new.as_deref();
+    let new_backends: HashSet<_> = elements(new).filter_map(udp_backend).collect();
+    let old_backends: HashSet<_> = elements(old).filter_map(udp_backend).collect();
+    let mut flows: Vec<Flow> = vec![];
+    for b in &old_backends {
+        if !new_backends.contains(b) {
+            let (dst, port, ep) = *b;
+            flows.push(Flow {
+                orig_dst: dst,
+                port,
+                reply_src: Some(ep),
+                ipv6: ep.is_ipv6(),
+            });
+        }
+    }
+    // A port that starts being served: entries made while it rejected were
+    // never NATed, and would keep their packets from being load-balanced.
+    let old_dispatch: HashSet<_> = elements(old).filter_map(udp_dispatch).collect();
+    for d in elements(new).filter_map(udp_dispatch) {
+        if !old_dispatch.contains(&d) {
+            let (dst, port, ipv6) = d;
+            flows.push(Flow {
+                orig_dst: dst,
+                port,
+                reply_src: None,
+                ipv6,
+            });
+        }
+    }
+    let mut seen = HashSet::new();
+    flows.retain(|f| seen.insert(f.clone()));
+    flows
+}

@@ -1,0 +1,350 @@
+//! The service proxy: Services and their endpoints in, nftables out.
+//!
+//! Source -> model -> module -> plan -> apply, per Service: a changed Service
+//! (or a change of its endpoints) is rendered again by the proxy module, its
+//! fragment replaces the old one in the [`PlanStore`], and only the delta
+//! goes to the kernel, in one transaction per sync. Syncs are rate-limited
+//! by the caller (see [`MIN_SYNC_INTERVAL`]); the first one, and any repair,
+//! replaces the whole table atomically.
+//!
+//! When a UDP endpoint goes away, its conntrack entries go too: UDP has no
+//! end of connection, so without that a client keeps sending to the dead
+//! endpoint (the black hole kube-proxy still suffers from in some versions).
+
+pub mod conntrack;
+pub mod convert;
+
+use crate::datapath::nft::{self, NftRunner};
+use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
+use crate::plan::{Change, Fragment, PlanStore, skeleton};
+use crate::registry::Registry;
+use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The shortest time between two syncs; changes within it are batched.
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What one sync did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    /// Services rendered.
+    pub rendered: usize,
+    /// Whether the whole table was replaced.
+    pub full: bool,
+    /// nftables commands' size in bytes.
+    pub script_bytes: usize,
+    /// Time spent in the module.
+    pub render: Duration,
+    /// Time spent applying.
+    pub apply: Duration,
+    /// Conntrack entries deleted.
+    pub conntrack_deleted: usize,
+    /// Why the table could not be loaded, if it could not.
+    pub error: Option<String>,
+}
+
+/// A Service's input, as last rendered.
+struct Input {
+    fingerprint: u64,
+}
+
+/// The proxy of one node.
+pub struct ServiceProxy {
+    registry: Arc<Registry>,
+    runner: Arc<dyn NftRunner>,
+    conntrack: Arc<dyn conntrack::Conntrack>,
+    store: PlanStore,
+    inputs: HashMap<ObjectRef, Input>,
+    /// Services waiting to be rendered (`None`: deleted).
+    dirty: BTreeMap<ObjectRef, Option<(wit::Service, Vec<wit::Endpoint>)>>,
+    ctx: Option<wit::NodeContext>,
+    /// Set until a full sync succeeded.
+    needs_full: bool,
+    /// Why a Service is not (fully) programmed, by Service.
+    errors: BTreeMap<ObjectRef, String>,
+}
+
+fn fingerprint(ctx: &wit::NodeContext, svc: &wit::Service, eps: &[wit::Endpoint]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{ctx:?}{svc:?}{eps:?}").hash(&mut h);
+    h.finish()
+}
+
+/// The object a Service is.
+pub fn service_ref(svc: &wit::Service) -> ObjectRef {
+    ObjectRef::new(ObjectKind::Service, &svc.namespace, &svc.name)
+}
+
+impl ServiceProxy {
+    pub fn new(
+        registry: Arc<Registry>,
+        runner: Arc<dyn NftRunner>,
+        conntrack: Arc<dyn conntrack::Conntrack>,
+    ) -> Self {
+        ServiceProxy {
+            registry,
+            runner,
+            conntrack,
+            store: PlanStore::new(),
+            inputs: HashMap::new(),
+            dirty: BTreeMap::new(),
+            ctx: None,
+            needs_full: true,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// The node's context changed (node addresses, cluster CIDRs, default
+    /// scheduler): every Service renders again.
+    pub fn set_context(&mut self, ctx: wit::NodeContext) {
+        if self.ctx.as_ref() != Some(&ctx) {
+            self.ctx = Some(ctx);
+            self.inputs.clear();
+        }
+    }
+
+    /// The whole set of Services this node proxies, with their endpoints.
+    /// Marks what changed since the last call; `sync` renders it.
+    pub fn set_services(&mut self, all: Vec<(wit::Service, Vec<wit::Endpoint>)>) {
+        let Some(ctx) = self.ctx.clone() else { return };
+        let mut seen = std::collections::HashSet::new();
+        for (svc, eps) in all {
+            let r = service_ref(&svc);
+            seen.insert(r.clone());
+            let f = fingerprint(&ctx, &svc, &eps);
+            if self.inputs.get(&r).is_none_or(|i| i.fingerprint != f) {
+                self.inputs.insert(r.clone(), Input { fingerprint: f });
+                self.dirty.insert(r, Some((svc, eps)));
+            }
+        }
+        let gone: Vec<ObjectRef> = self
+            .inputs
+            .keys()
+            .filter(|r| !seen.contains(*r))
+            .cloned()
+            .collect();
+        for r in gone {
+            self.inputs.remove(&r);
+            self.dirty.insert(r, None);
+        }
+        // Fragments of Services that are gone from the inputs but still
+        // installed (after a context change cleared the inputs).
+        let installed: Vec<ObjectRef> = self
+            .store
+            .installed()
+            .map(|f| f.object.clone())
+            .filter(|r| !seen.contains(r))
+            .collect();
+        for r in installed {
+            self.dirty.insert(r, None);
+        }
+    }
+
+    /// One Service changed (or is gone, with `None`).
+    pub fn update(&mut self, object: ObjectRef, input: Option<(wit::Service, Vec<wit::Endpoint>)>) {
+        match &input {
+            Some((svc, eps)) => {
+                if let Some(ctx) = &self.ctx {
+                    let f = fingerprint(ctx, svc, eps);
+                    self.inputs.insert(object.clone(), Input { fingerprint: f });
+                }
+            }
+            None => {
+                self.inputs.remove(&object);
+            }
+        }
+        self.dirty.insert(object, input);
+    }
+
+    /// Whether a sync has anything to do.
+    pub fn pending(&self) -> bool {
+        !self.dirty.is_empty() || self.needs_full
+    }
+
+    /// Services that could not be programmed, with the reason.
+    pub fn errors(&self) -> &BTreeMap<ObjectRef, String> {
+        &self.errors
+    }
+
+    /// Installed fragments (for `explain` and the console).
+    pub fn store(&self) -> &PlanStore {
+        &self.store
+    }
+
+    /// The role's closed fragment for a Service: its ports reject.
+    fn closed(object: &ObjectRef, svc: &wit::Service, module: &str) -> Fragment {
+        let mut items = vec![];
+        for ip in &svc.cluster_ips {
+            for p in &svc.ports {
+                let set = match ip {
+                    wit::IpAddress::Ipv4(_) => "no-endpoints",
+                    wit::IpAddress::Ipv6(_) => "no-endpoints6",
+                };
+                items.push(wit::PlanItem {
+                    rule_id: format!("closed/{}", p.port),
+                    comment: Some("the proxy module failed; FailClosed".into()),
+                    shared: false,
+                    body: wit::PlanBody::NftElement(wit::NftElement {
+                        set: set.into(),
+                        key: vec![
+                            wit::NftValue::Address(*ip),
+                            wit::NftValue::Protocol(p.protocol),
+                            wit::NftValue::Port(p.port),
+                        ],
+                        value: Some(wit::NftMapValue::Verdict(wit::NftVerdict::Reject)),
+                    }),
+                });
+            }
+        }
+        Fragment {
+            object: object.clone(),
+            module: module.into(),
+            digest: String::new(),
+            items,
+        }
+    }
+
+    /// Render what changed and apply the delta (or the whole table, the
+    /// first time and after a failure).
+    pub async fn sync(&mut self) -> SyncReport {
+        let mut report = SyncReport::default();
+        let Some(ctx) = self.ctx.clone() else {
+            return report;
+        };
+        let Some(active) = self.registry.active_for(Role::ServiceProxy) else {
+            return report;
+        };
+        let binding = active.spec.name.clone();
+        let policy = active.spec.failure_policy;
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut changes: Vec<Change> = vec![];
+        let mut batch = vec![];
+        for (object, input) in dirty {
+            match input {
+                None => {
+                    self.errors.remove(&object);
+                    changes.push(self.store.remove(&object));
+                }
+                Some(x) => batch.push((object, x)),
+            }
+        }
+        report.rendered = batch.len();
+        let t = Instant::now();
+        let inputs: Vec<(wit::Service, Vec<wit::Endpoint>)> =
+            batch.iter().map(|(_, x)| x.clone()).collect();
+        let results = if inputs.is_empty() {
+            Ok(vec![])
+        } else {
+            self.registry
+                .render_services(&binding, ctx.clone(), inputs)
+                .await
+        };
+        report.render = t.elapsed();
+        match results {
+            Ok(results) => {
+                for ((object, (svc, _)), r) in batch.iter().zip(results) {
+                    let change = match r {
+                        Ok(fragment) => match self.store.rendered(fragment) {
+                            Ok(c) => {
+                                self.errors.remove(object);
+                                c
+                            }
+                            Err(conflict) => {
+                                let e = conflict.to_string();
+                                self.errors.insert(object.clone(), e.clone());
+                                // The earlier Service keeps the contested
+                                // address; this one installs nothing.
+                                self.store.failed(object, e, FailurePolicy::FailOpen, None)
+                            }
+                        },
+                        Err(e) => {
+                            let e = e.to_string();
+                            self.errors.insert(object.clone(), e.clone());
+                            let closed = Self::closed(object, svc, &binding);
+                            self.store.failed(object, e, policy, Some(closed))
+                        }
+                    };
+                    changes.push(change);
+                }
+            }
+            Err(e) => {
+                // The module could not be called at all: everything in the
+                // batch stays as it is, and is tried again next time.
+                for (object, x) in batch {
+                    self.errors.insert(object.clone(), e.to_string());
+                    self.inputs.remove(&object);
+                    self.dirty.insert(object, Some(x));
+                }
+            }
+        }
+        let t = Instant::now();
+        let table = skeleton::for_role(Role::ServiceProxy);
+        if !self.needs_full {
+            let script = nft::delta_script(table.table, &changes);
+            if !script.is_empty() {
+                let text = script.text();
+                report.script_bytes = text.len();
+                if let Err(e) = self.runner.run(&text) {
+                    tracing::warn!(error = %e, "the proxy's delta was refused; isolating it");
+                    self.isolate(&changes, &e);
+                    self.needs_full = true;
+                }
+            }
+        }
+        if self.needs_full {
+            report.full = true;
+            let text = nft::full_script(table, self.store.installed().flat_map(|f| f.items.iter()));
+            report.script_bytes = text.len();
+            match self.runner.run(&text) {
+                Ok(()) => self.needs_full = false,
+                Err(e) => {
+                    tracing::error!(error = %e, "the proxy table could not be loaded");
+                    report.error = Some(e);
+                }
+            }
+        }
+        report.apply = t.elapsed();
+        report.conntrack_deleted = self.clear_conntrack(&changes);
+        report
+    }
+
+    /// A delta failed: apply the changes one by one, withdraw the Services
+    /// whose change the kernel refuses, and say why. A full sync follows.
+    fn isolate(&mut self, changes: &[Change], first_error: &str) {
+        let table = skeleton::for_role(Role::ServiceProxy).table;
+        for c in changes {
+            let text = nft::delta_script(table, std::slice::from_ref(c)).text();
+            if text.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.runner.run(&text) {
+                let e = if e.is_empty() {
+                    first_error.to_string()
+                } else {
+                    e
+                };
+                self.errors.insert(
+                    c.object.clone(),
+                    format!("nftables refused the Service's rules: {e}"),
+                );
+                self.store.remove(&c.object);
+            }
+        }
+    }
+
+    fn clear_conntrack(&self, changes: &[Change]) -> usize {
+        let mut n = 0;
+        for c in changes {
+            for flow in conntrack::stale_udp(c) {
+                match self.conntrack.delete(&flow) {
+                    Ok(k) => n += k,
+                    Err(e) => tracing::warn!(error = %e, ?flow, "deleting conntrack entries"),
+                }
+            }
+        }
+        n
+    }
+}
