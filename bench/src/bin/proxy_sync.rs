@@ -1,0 +1,272 @@
+//! Programming time of the nftables service proxy: a full sync of 1k, 10k
+//! and 30k Services with 10 endpoints each, then, with them installed, the
+//! time to apply one change (render with the real `proxy-nftables` module,
+//! delta into the kernel through libnftables):
+//! - an endpoint replaced (a pod re-created elsewhere): backend elements only;
+//! - an endpoint added (10 -> 11): the dispatch element moves to another
+//!   shared pick chain, which makes the kernel validate the table;
+//! - a Service added and deleted.
+//!
+//! Everything runs in a network namespace of its own, entered before the
+//! runtime starts so every thread is in it. Needs root.
+//!
+//! Run: `cargo run --release -p switchyard-bench --bin proxy_sync [-- SIZES]`
+
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard::datapath::nft::Nft;
+use switchyard::model::{ObjectKind, ObjectRef, Role};
+use switchyard::proxy::ServiceProxy;
+use switchyard::proxy::conntrack::ConntrackTool;
+use switchyard::registry::source::{Fetcher, ModuleSource};
+use switchyard::registry::{ModuleSpec, Registry};
+use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
+use switchyard::runtime::{HostServices, Runtime};
+use switchyard_bench::{Summary, header, machine, write_results};
+
+const ENDPOINTS: u32 = 10;
+const CHANGES: usize = 40;
+
+fn v4(n: u32) -> IpAddress {
+    IpAddress::Ipv4(((n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8, n as u8))
+}
+
+fn ctx() -> NodeContext {
+    NodeContext {
+        node: "node-1".into(),
+        zone: None,
+        node_ips: vec![v4(0xc0a8_0002)],
+        cluster_cidrs: vec![IpCidr {
+            address: v4(0x0a00_0000),
+            prefix_len: 8,
+        }],
+        service_cidrs: vec![IpCidr {
+            address: v4(0x0a60_0000),
+            prefix_len: 12,
+        }],
+        families: vec![IpFamily::Ipv4],
+        masquerade: false,
+        default_scheduler: "random".into(),
+    }
+}
+
+fn service(i: u32) -> Service {
+    Service {
+        namespace: "bench".into(),
+        name: format!("svc-{i}"),
+        uid: format!("uid-{i}"),
+        labels: vec![],
+        annotations: vec![],
+        service_type: ServiceType::ClusterIp,
+        cluster_ips: vec![v4(0x0a60_0000 + i)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            node_port: None,
+        }],
+        session_affinity_timeout: None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        traffic_distribution: None,
+        ip_families: vec![IpFamily::Ipv4],
+        ip_family_policy: IpFamilyPolicy::SingleStack,
+        health_check_node_port: None,
+    }
+}
+
+fn endpoint(addr: u32) -> Endpoint {
+    Endpoint {
+        address: v4(addr),
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }],
+        ready: true,
+        serving: true,
+        terminating: false,
+        node: Some("node-1".into()),
+        zone: None,
+        pod: None,
+        weight: 1,
+    }
+}
+
+fn endpoints(i: u32, n: u32, generation: u32) -> Vec<Endpoint> {
+    (0..n)
+        .map(|k| endpoint(0x0b00_0000 + (i * 16 + k) + generation * 0x0080_0000))
+        .collect()
+}
+
+fn object(i: u32) -> ObjectRef {
+    ObjectRef::new(ObjectKind::Service, "bench", format!("svc-{i}"))
+}
+
+#[derive(Serialize)]
+struct SizeResult {
+    services: u32,
+    endpoints_per_service: u32,
+    full_sync_ms: f64,
+    full_render_ms: f64,
+    full_apply_ms: f64,
+    full_script_mib: f64,
+    endpoint_replaced: Summary,
+    endpoint_added: Summary,
+    service_added: Summary,
+    service_deleted: Summary,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: switchyard_bench::Machine,
+    libnftables: bool,
+    sizes: Vec<SizeResult>,
+}
+
+async fn timed(proxy: &mut ServiceProxy) -> Duration {
+    let t = Instant::now();
+    let r = proxy.sync().await;
+    assert!(
+        r.error.is_none() && proxy.errors().is_empty(),
+        "{r:?} {:?}",
+        proxy.errors()
+    );
+    assert!(!r.full, "a change must be a delta");
+    t.elapsed()
+}
+
+async fn run(sizes: &[u32]) -> anyhow::Result<Results> {
+    let runtime = Runtime::new()?;
+    let registry = Registry::new(runtime, Fetcher::default(), HostServices::default(), 2);
+    let mut spec = ModuleSpec::new(
+        "proxy",
+        Role::ServiceProxy,
+        ModuleSource::Builtin("proxy-nftables".into()),
+    );
+    // Calls are per Service; a generous deadline keeps a slow machine from
+    // failing one.
+    spec.limits.deadline = Duration::from_secs(30);
+    registry.apply_async(spec).await?;
+    let nft = Arc::new(Nft::new(None));
+    let in_process = nft.in_process();
+    let mut out = vec![];
+    for &n in sizes {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", "switchyard-proxy"])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let mut proxy = ServiceProxy::new(
+            registry.clone(),
+            nft.clone(),
+            Arc::new(ConntrackTool::default()),
+        );
+        proxy.set_context(ctx());
+        for i in 0..n {
+            proxy.update(object(i), Some((service(i), endpoints(i, ENDPOINTS, 0))));
+        }
+        let t = Instant::now();
+        let full = proxy.sync().await;
+        let full_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert!(full.full && full.error.is_none(), "{full:?}");
+        let mut replaced = vec![];
+        let mut added = vec![];
+        let mut svc_add = vec![];
+        let mut svc_del = vec![];
+        for k in 0..CHANGES as u32 {
+            let i = (k * 7919) % n;
+            // An endpoint replaced by one with a new address.
+            let mut eps = endpoints(i, ENDPOINTS, 0);
+            eps[3] = endpoint(0x0c00_0000 + k);
+            proxy.update(object(i), Some((service(i), eps)));
+            replaced.push(timed(&mut proxy).await);
+            // One more endpoint.
+            proxy.update(
+                object(i),
+                Some((service(i), endpoints(i, ENDPOINTS + 1, 0))),
+            );
+            added.push(timed(&mut proxy).await);
+            proxy.update(object(i), Some((service(i), endpoints(i, ENDPOINTS, 0))));
+            timed(&mut proxy).await;
+            // A new Service, then gone again.
+            let j = n + k;
+            proxy.update(object(j), Some((service(j), endpoints(j, ENDPOINTS, 0))));
+            svc_add.push(timed(&mut proxy).await);
+            proxy.update(object(j), None);
+            svc_del.push(timed(&mut proxy).await);
+        }
+        let r = SizeResult {
+            services: n,
+            endpoints_per_service: ENDPOINTS,
+            full_sync_ms: full_ms,
+            full_render_ms: full.render.as_secs_f64() * 1e3,
+            full_apply_ms: full.apply.as_secs_f64() * 1e3,
+            full_script_mib: full.script_bytes as f64 / (1 << 20) as f64,
+            endpoint_replaced: Summary::of(
+                &format!("{n} Services: one endpoint replaced"),
+                replaced,
+            ),
+            endpoint_added: Summary::of(&format!("{n} Services: one endpoint added"), added),
+            service_added: Summary::of(&format!("{n} Services: one Service added"), svc_add),
+            service_deleted: Summary::of(&format!("{n} Services: one Service deleted"), svc_del),
+        };
+        println!(
+            "\nfull sync of {n} Services x {ENDPOINTS} endpoints: {:.0} ms (render {:.0} ms, apply {:.0} ms, {:.1} MiB of nft text)",
+            r.full_sync_ms, r.full_render_ms, r.full_apply_ms, r.full_script_mib
+        );
+        header();
+        r.endpoint_replaced.print();
+        r.endpoint_added.print();
+        r.service_added.print();
+        r.service_deleted.print();
+        out.push(r);
+    }
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "inet", "switchyard-proxy"])
+        .status();
+    Ok(Results {
+        machine: machine(),
+        libnftables: in_process,
+        sizes: out,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "proxy-sync needs root (it creates a network namespace)"
+    );
+    let sizes: Vec<u32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let sizes = if sizes.is_empty() {
+        vec![1000, 10_000, 30_000]
+    } else {
+        sizes
+    };
+    let name = format!("sy-bench-proxy-{}", std::process::id());
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()?;
+    anyhow::ensure!(ok.success(), "ip netns add {name} failed");
+    let ns = std::fs::File::open(format!("/var/run/netns/{name}"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    let r = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(&sizes));
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .status();
+    let r = r?;
+    if sizes == [1000, 10_000, 30_000] {
+        write_results("proxy-sync", &r)?;
+    }
+    Ok(())
+}
