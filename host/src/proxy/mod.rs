@@ -46,18 +46,14 @@ pub struct SyncReport {
     pub error: Option<String>,
 }
 
-/// A Service's input, as last rendered.
-struct Input {
-    fingerprint: u64,
-}
-
 /// The proxy of one node.
 pub struct ServiceProxy {
     registry: Arc<Registry>,
     runner: Arc<dyn NftRunner>,
     conntrack: Arc<dyn conntrack::Conntrack>,
     store: PlanStore,
-    inputs: HashMap<ObjectRef, Input>,
+    /// A fingerprint of each Service's input, as last rendered.
+    inputs: HashMap<ObjectRef, u64>,
     /// Services waiting to be rendered (`None`: deleted).
     dirty: BTreeMap<ObjectRef, Option<(wit::Service, Vec<wit::Endpoint>)>>,
     ctx: Option<wit::NodeContext>,
@@ -115,8 +111,8 @@ impl ServiceProxy {
             let r = service_ref(&svc);
             seen.insert(r.clone());
             let f = fingerprint(&ctx, &svc, &eps);
-            if self.inputs.get(&r).is_none_or(|i| i.fingerprint != f) {
-                self.inputs.insert(r.clone(), Input { fingerprint: f });
+            if self.inputs.get(&r) != Some(&f) {
+                self.inputs.insert(r.clone(), f);
                 self.dirty.insert(r, Some((svc, eps)));
             }
         }
@@ -148,8 +144,8 @@ impl ServiceProxy {
         match &input {
             Some((svc, eps)) => {
                 if let Some(ctx) = &self.ctx {
-                    let f = fingerprint(ctx, svc, eps);
-                    self.inputs.insert(object.clone(), Input { fingerprint: f });
+                    self.inputs
+                        .insert(object.clone(), fingerprint(ctx, svc, eps));
                 }
             }
             None => {
