@@ -37,6 +37,8 @@ pub struct AgentOptions {
 
 /// The binding name of the built-in CNI module when no NetworkModule names one.
 pub const DEFAULT_CNI_BINDING: &str = "cni-bridge";
+/// The binding of the service proxy when no NetworkModule serves it.
+pub const DEFAULT_PROXY_BINDING: &str = "proxy-nftables";
 
 /// A running agent's parts.
 pub struct Agent {
@@ -90,7 +92,8 @@ pub fn sticky_pods(manifests: &Manifests) -> HashMap<(String, String), String> {
 /// The modules node `node` should run, the CNI module first: the
 /// highest-priority NetworkModule of role cni that selects the node (else the
 /// built-in cni-bridge, with the MTU the cluster network needs), then every
-/// other NetworkModule that selects the node.
+/// other NetworkModule that selects the node, and the built-in
+/// proxy-nftables when none of them proxies Services.
 pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSpec>, String> {
     let labels = crate::source::local::node_labels(manifests.node(node));
     let mut mine: Vec<_> = manifests
@@ -126,6 +129,20 @@ pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSp
             continue;
         }
         specs.push(m.spec.to_module_spec(&m.name, m.generation)?);
+    }
+    // Services are proxied by the built-in nftables module unless a
+    // NetworkModule serves the role here, or the cluster asks for another
+    // mode (whose module is then a NetworkModule).
+    let mode = manifests
+        .cluster_network()
+        .map(|n| n.proxy.mode.as_str())
+        .unwrap_or("nftables");
+    if mode == "nftables" && !specs.iter().any(|s| s.role == Role::ServiceProxy) {
+        specs.push(ModuleSpec::new(
+            DEFAULT_PROXY_BINDING,
+            Role::ServiceProxy,
+            ModuleSource::Builtin("proxy-nftables".into()),
+        ));
     }
     Ok(specs)
 }

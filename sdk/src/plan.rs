@@ -61,9 +61,15 @@ impl Plan {
     /// Add an item other objects may render identically (see `plan-item` in
     /// the WIT): a dispatch chain that depends only on a scheduler and an
     /// endpoint count, say. The host keeps one copy while any object has it.
+    /// A shared item's id names its content, so adding the same id again
+    /// (two ports of one Service with the same endpoint count) adds nothing.
     pub fn shared(&mut self, rule_id: impl Into<String>, body: PlanBody) -> &mut Self {
+        let rule_id = rule_id.into();
+        if self.items.iter().any(|i| i.shared && i.rule_id == rule_id) {
+            return self;
+        }
         self.items.push(PlanItem {
-            rule_id: rule_id.into(),
+            rule_id,
             comment: self.comment.clone(),
             shared: true,
             body,

@@ -6,13 +6,17 @@
 //! It runs inside the node's network namespace, as a DaemonSet pod with
 //! host networking would (`switchyard agent --lab DIR --node NAME`).
 
+use super::endpoints;
 use super::kubelet::Kubelet;
 use super::layout::{ADMIN_PORT, Lab, UPLINK};
-use super::view::{ClusterView, LabNodeStatus, unix_now};
+use super::view::{ClusterView, HEARTBEAT_TIMEOUT_SECS, LabNodeStatus, unix_now};
 use crate::agent::{Agent, AgentOptions, sticky_pods};
 use crate::api::{ApiState, NodeSource};
+use crate::datapath::nft::Nft;
 use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
 use crate::model::Role;
+use crate::proxy::conntrack::ConntrackTool;
+use crate::proxy::{MIN_SYNC_INTERVAL, ServiceProxy, convert};
 use crate::source::cluster_dir::ClusterDir;
 use crate::source::local::Manifests;
 use anyhow::Context;
@@ -20,6 +24,7 @@ use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +56,12 @@ pub struct NodeReport {
     pub masquerade: bool,
     /// Pods this node runs: `namespace/name ips`.
     pub pods: Vec<String>,
+    /// Services the node's proxy programs.
+    pub services: usize,
+    /// Why a Service is not (fully) programmed, by `namespace/name`.
+    pub service_errors: BTreeMap<String, String>,
+    /// Whether this agent runs the lab's EndpointSlice controller.
+    pub endpoint_controller: bool,
 }
 
 struct LabSource {
@@ -123,9 +134,80 @@ struct NodeLoop {
     agent: Arc<Agent>,
     report: Arc<Mutex<NodeReport>>,
     stop: Arc<AtomicBool>,
+    proxy: ServiceProxy,
+    /// Services the proxy could not read, by `namespace/name`.
+    unreadable: BTreeMap<String, String>,
+    /// Where the proxy's async calls run.
+    rt: tokio::runtime::Handle,
 }
 
 impl NodeLoop {
+    /// Whether this agent runs the EndpointSlice controller: the first node
+    /// in the lab's order whose agent reports does. Two agents may both
+    /// believe so for a moment at start-up; they compute the same slices.
+    fn leads(&self) -> bool {
+        let now = unix_now();
+        let statuses = self.cluster.statuses::<LabNodeStatus>("Node");
+        for n in &self.lab.config.nodes {
+            if n.name == self.node {
+                return true;
+            }
+            let alive = statuses.iter().any(|(_, name, s)| {
+                *name == n.name && now.saturating_sub(s.heartbeat) <= HEARTBEAT_TIMEOUT_SECS
+            });
+            if alive {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// The proxy's view of the node and the Services.
+    fn proxy_inputs(&mut self, m: &crate::source::local::Manifests) {
+        let net = m.cluster_network().cloned().unwrap_or_default();
+        let zone = m
+            .node(&self.node)
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(endpoints::ZONE_LABEL).cloned());
+        let ips: Vec<std::net::IpAddr> = self
+            .lab
+            .config
+            .node(&self.node)
+            .map(|n| n.addresses.clone())
+            .unwrap_or_default();
+        self.proxy
+            .set_context(convert::node_context(&self.node, zone, &ips, &net));
+        let (inputs, unreadable) = convert::inputs(m);
+        self.unreadable = unreadable;
+        self.proxy.set_services(inputs);
+    }
+
+    fn proxy_sync(&mut self) {
+        let r = self.rt.block_on(self.proxy.sync());
+        if r.rendered > 0 || r.full || r.error.is_some() {
+            tracing::info!(
+                rendered = r.rendered,
+                full = r.full,
+                bytes = r.script_bytes,
+                render_us = r.render.as_micros() as u64,
+                apply_us = r.apply.as_micros() as u64,
+                conntrack_deleted = r.conntrack_deleted,
+                error = r.error.as_deref().unwrap_or(""),
+                "proxy synced"
+            );
+        }
+        let mut errors = self.unreadable.clone();
+        for (o, e) in self.proxy.errors() {
+            errors.insert(format!("{}/{}", o.namespace, o.name), e.clone());
+        }
+        let mut rep = self.report.lock();
+        rep.services = self.proxy.store().installed().count();
+        rep.service_errors = errors;
+        if let Some(e) = r.error {
+            rep.problems.push(format!("the proxy's table: {e}"));
+        }
+    }
+
     fn run(mut self) {
         let mut last_fingerprint = None;
         let mut last_marker = None;
@@ -133,10 +215,17 @@ impl NodeLoop {
         let mut last_sync = Instant::now() - RESYNC;
         let mut last_beat = Instant::now() - HEARTBEAT;
         let mut problems: Vec<String> = vec![];
+        let mut last_pods_marker = None;
+        let mut leader = false;
+        let mut last_proxy_sync = Instant::now() - MIN_SYNC_INTERVAL;
         while !self.stop.load(Ordering::Relaxed) {
             let marker = self.cluster.change_marker();
             let mut changed = marker != last_marker;
             last_marker = marker;
+            // The controller follows pods' readiness, which is status.
+            let pods_marker = self.cluster.status_marker("Pod");
+            changed |= leader && pods_marker != last_pods_marker;
+            last_pods_marker = pods_marker;
             if !changed && last_sync.elapsed() >= RESYNC {
                 let fp = self.cluster.objects_fingerprint();
                 changed = last_fingerprint != Some(fp);
@@ -172,14 +261,33 @@ impl NodeLoop {
                         if applied.is_some() {
                             problems.extend(self.kubelet.reconcile(&m.pods));
                         }
+                        leader = self.leads();
+                        if leader {
+                            match endpoints::reconcile(&self.cluster, &m) {
+                                Ok(r) if r != Default::default() => {
+                                    tracing::debug!(?r, "endpoint slices reconciled")
+                                }
+                                Ok(_) => {}
+                                Err(e) => problems.push(format!("endpoint slices: {e}")),
+                            }
+                        }
+                        self.proxy_inputs(&m);
                     }
                 }
+                self.report.lock().endpoint_controller = leader;
                 let mut r = self.report.lock();
                 r.pods = self
                     .kubelet
                     .records()
                     .map(|p| format!("{}/{} {}", p.namespace, p.name, p.ips.join(",")))
                     .collect();
+            }
+            if applied.is_some()
+                && self.proxy.pending()
+                && last_proxy_sync.elapsed() >= MIN_SYNC_INTERVAL
+            {
+                last_proxy_sync = Instant::now();
+                self.proxy_sync();
             }
             if changed || last_beat.elapsed() >= HEARTBEAT {
                 last_beat = Instant::now();
@@ -192,7 +300,8 @@ impl NodeLoop {
                     r.problems
                         .push("no CNI module is loaded (see /api/v1/modules)".into());
                 }
-                let status = self.status(ready, &r.problems);
+                let mut status = self.status(ready, &r.problems);
+                status.service_errors = r.service_errors.clone();
                 drop(r);
                 if let Err(e) = self.cluster.put_status("Node", "", &self.node, &status) {
                     tracing::warn!("writing the node's status: {e}");
@@ -237,6 +346,7 @@ impl NodeLoop {
             agent_pid: std::process::id(),
             heartbeat: unix_now(),
             problems: problems.to_vec(),
+            service_errors: BTreeMap::new(),
         }
     }
 }
@@ -308,7 +418,16 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let plugin = lab.dir.join("bin").join("switchyard-cni");
     let kubelet = Kubelet::new(lab.clone(), node, plugin, &cni_socket)?;
     let stop = Arc::new(AtomicBool::new(false));
+    // The agent runs in the node's namespace: the proxy's table goes there.
+    let proxy = ServiceProxy::new(
+        agent.registry.clone(),
+        Arc::new(Nft::new(None)),
+        Arc::new(ConntrackTool::default()),
+    );
     let node_loop = NodeLoop {
+        proxy,
+        unreadable: BTreeMap::new(),
+        rt: tokio::runtime::Handle::current(),
         lab: lab.clone(),
         node: node.to_string(),
         cluster,

@@ -16,6 +16,7 @@ use crate::source::local::Manifests;
 use anyhow::Context;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodCondition, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Deserialize;
@@ -39,6 +40,7 @@ pub enum Kind {
     ClusterNetwork,
     NetworkModule,
     Service,
+    EndpointSlice,
     NetworkPolicy,
     Pod,
 }
@@ -51,6 +53,7 @@ impl Kind {
             Kind::ClusterNetwork => "ClusterNetwork",
             Kind::NetworkModule => "NetworkModule",
             Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Pod => "Pod",
         }
@@ -63,6 +66,7 @@ impl Kind {
             Kind::ClusterNetwork => "clusternetwork.switchyard.dev",
             Kind::NetworkModule => "networkmodule.switchyard.dev",
             Kind::Service => "service",
+            Kind::EndpointSlice => "endpointslice.discovery.k8s.io",
             Kind::NetworkPolicy => "networkpolicy.networking.k8s.io",
             Kind::Pod => "pod",
         }
@@ -75,13 +79,17 @@ impl Kind {
             Kind::ClusterNetwork => "clusternetworks.switchyard.dev",
             Kind::NetworkModule => "networkmodules.switchyard.dev",
             Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
             Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
             Kind::Pod => "pods",
         }
     }
 
     fn namespaced(self) -> bool {
-        matches!(self, Kind::Service | Kind::NetworkPolicy | Kind::Pod)
+        matches!(
+            self,
+            Kind::Service | Kind::EndpointSlice | Kind::NetworkPolicy | Kind::Pod
+        )
     }
 
     fn of(api_version: &str, kind: &str) -> Option<Kind> {
@@ -89,6 +97,7 @@ impl Kind {
             ("v1", "Namespace") => Some(Kind::Namespace),
             ("v1", "Pod") => Some(Kind::Pod),
             ("v1", "Service") => Some(Kind::Service),
+            ("discovery.k8s.io/v1", "EndpointSlice") => Some(Kind::EndpointSlice),
             ("networking.k8s.io/v1", "NetworkPolicy") => Some(Kind::NetworkPolicy),
             (API_VERSION, "NetworkModule") => Some(Kind::NetworkModule),
             (API_VERSION, "ClusterNetwork") => Some(Kind::ClusterNetwork),
@@ -211,7 +220,7 @@ fn identify(doc: Doc) -> Result<Object, String> {
         .to_string();
     let Some(k) = Kind::of(api_version, kind) else {
         return Err(format!(
-            "error: resource mapping not found for name: {name:?} from {:?}: no matches for kind {kind:?} in version {api_version:?} (the lab serves v1 Namespace, Pod and Service, networking.k8s.io/v1 NetworkPolicy, and {API_VERSION} NetworkModule and ClusterNetwork)",
+            "error: resource mapping not found for name: {name:?} from {:?}: no matches for kind {kind:?} in version {api_version:?} (the lab serves v1 Namespace, Pod and Service, discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, and {API_VERSION} NetworkModule and ClusterNetwork)",
             doc.origin
         ));
     };
@@ -280,6 +289,8 @@ struct Admission<'a> {
     load: BTreeMap<String, usize>,
     service_ips: HashSet<IpAddr>,
     node_ports: HashSet<i32>,
+    /// LoadBalancer ingress IPs in use.
+    lb_ips: HashSet<IpAddr>,
 }
 
 /// One admitted object, ready to write.
@@ -320,7 +331,18 @@ impl<'a> Admission<'a> {
         }
         let mut service_ips = HashSet::new();
         let mut node_ports = HashSet::new();
+        let mut lb_ips = HashSet::new();
         for s in &stored.services {
+            for i in s
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|l| l.ingress.iter().flatten())
+            {
+                if let Some(ip) = i.ip.as_deref().and_then(|i| i.parse().ok()) {
+                    lb_ips.insert(ip);
+                }
+            }
             if let Some(spec) = &s.spec {
                 for ip in spec.cluster_ips.iter().flatten() {
                     if let Ok(a) = ip.parse() {
@@ -342,6 +364,7 @@ impl<'a> Admission<'a> {
             load,
             service_ips,
             node_ports,
+            lb_ips,
         })
     }
 
@@ -386,6 +409,7 @@ impl<'a> Admission<'a> {
             }
             Kind::Pod => self.admit_pod(o),
             Kind::Service => self.admit_service(o),
+            Kind::EndpointSlice => self.admit_slice(o),
             Kind::NetworkPolicy => {
                 let p: NetworkPolicy = decode(o)?;
                 let mut e = vec![];
@@ -695,9 +719,17 @@ impl<'a> Admission<'a> {
                         ))
                     })
                     .collect();
-                for p in spec.ports.iter_mut().flatten() {
+                let own: HashSet<i32> = prev.values().copied().collect();
+                for (i, p) in spec.ports.iter_mut().flatten().enumerate() {
                     let key = (p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into()));
-                    if p.node_port.is_none() {
+                    if let Some(n) = p.node_port {
+                        if self.node_ports.contains(&n) && !own.contains(&n) {
+                            return Err(invalid(format!(
+                                "spec.ports[{i}].nodePort: Invalid value: {n}: provided port is already allocated"
+                            )));
+                        }
+                        self.node_ports.insert(n);
+                    } else {
                         p.node_port = match prev.get(&key) {
                             Some(n) => Some(*n),
                             None => {
@@ -714,12 +746,65 @@ impl<'a> Admission<'a> {
                 }
             }
         }
+        let lb = ty == "LoadBalancer";
+        let families = spec.ip_families.clone().unwrap_or_default();
         for p in spec.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
             if p.target_port.is_none() {
                 p.target_port =
                     Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p.port));
             }
+        }
+        // The lab's load-balancer controller: ingress IPs from the applied
+        // status, else the ones assigned before, else the next free ones.
+        if lb {
+            let ingress = |s: &Option<k8s_openapi::api::core::v1::ServiceStatus>| {
+                s.as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|l| l.ingress.clone())
+                    .filter(|i| !i.is_empty())
+            };
+            let ips = match ingress(&svc.status)
+                .or_else(|| ingress(&old.as_ref().and_then(|o| o.status.clone())))
+            {
+                Some(i) => i,
+                None => {
+                    let mut v = vec![];
+                    for f in &families {
+                        let pool = self
+                            .lab
+                            .config
+                            .load_balancer_pools()
+                            .into_iter()
+                            .find(|p| p.addr().is_ipv4() == (f == "IPv4"))
+                            .expect("a pool per family");
+                        // Not the subnet's own address (IPv6 hosts() has it).
+                        let ip = pool
+                            .hosts()
+                            .find(|ip| *ip != pool.network() && !self.lb_ips.contains(ip))
+                            .ok_or_else(|| {
+                                invalid(format!(
+                                    "status.loadBalancer: the lab's pool {pool} is exhausted"
+                                ))
+                            })?;
+                        self.lb_ips.insert(ip);
+                        v.push(k8s_openapi::api::core::v1::LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ip_mode: Some("VIP".into()),
+                            ..Default::default()
+                        });
+                    }
+                    v
+                }
+            };
+            svc.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+                load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                    ingress: Some(ips),
+                }),
+                ..Default::default()
+            });
+        } else {
+            svc.status = None;
         }
         let m = &mut svc.metadata;
         m.uid = old
@@ -732,6 +817,84 @@ impl<'a> Admission<'a> {
             .or_else(|| Some(now()));
         let verb = verb(old.as_ref(), &svc);
         self.write(o, &svc, verb, None)
+    }
+
+    /// An EndpointSlice written by hand, for a Service without a selector
+    /// (the lab's controller writes those of Services with one).
+    fn admit_slice(&mut self, o: &Object) -> Result<Write, String> {
+        let mut s: EndpointSlice = decode(o)?;
+        s.metadata.namespace = Some(o.namespace.clone());
+        let mut e = vec![];
+        if o.name.is_empty() {
+            e.push("metadata.name: Required value".to_string());
+        }
+        let v4 = match s.address_type.as_str() {
+            "IPv4" => true,
+            "IPv6" => false,
+            other => {
+                e.push(format!(
+                    "addressType: Unsupported value: {other:?}: supported values: \"IPv4\", \"IPv6\""
+                ));
+                true
+            }
+        };
+        if s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(super::endpoints::SERVICE_NAME))
+            .is_none()
+        {
+            e.push(format!(
+                "metadata.labels: Required value: {} must name the Service the slice is for",
+                super::endpoints::SERVICE_NAME
+            ));
+        }
+        for (i, ep) in s.endpoints.iter().enumerate() {
+            if ep.addresses.is_empty() {
+                e.push(format!("endpoints[{i}].addresses: Required value"));
+            }
+            for (j, a) in ep.addresses.iter().enumerate() {
+                if a.parse::<IpAddr>().map(|ip| ip.is_ipv4()) != Ok(v4) {
+                    e.push(format!(
+                        "endpoints[{i}].addresses[{j}]: Invalid value: {a:?}: must be a valid {} address",
+                        s.address_type
+                    ));
+                }
+            }
+        }
+        for (i, p) in s.ports.iter().flatten().enumerate() {
+            if let Some(n) = p.port
+                && !(1..=65535).contains(&n)
+            {
+                e.push(format!(
+                    "ports[{i}].port: Invalid value: {n}: must be between 1 and 65535, inclusive"
+                ));
+            }
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                e.push(format!(
+                    "ports[{i}].protocol: Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ));
+            }
+        }
+        if !e.is_empty() {
+            return Err(format!(
+                "EndpointSlice {:?} is invalid: {}",
+                o.name,
+                e.join(", ")
+            ));
+        }
+        let old: Option<EndpointSlice> = self.existing(o);
+        s.metadata.uid = old
+            .as_ref()
+            .and_then(|x| x.metadata.uid.clone())
+            .or_else(|| Some(new_uid()));
+        s.metadata.creation_timestamp = old
+            .as_ref()
+            .and_then(|x| x.metadata.creation_timestamp.clone())
+            .or_else(|| Some(now()));
+        let verb = verb(old.as_ref(), &s);
+        self.write(o, &s, verb, None)
     }
 
     fn write<T: serde::Serialize>(
@@ -908,6 +1071,14 @@ pub fn delete(lab: &Lab, docs: Vec<Doc>) -> anyhow::Result<(Vec<String>, Vec<Str
                 (
                     Kind::NetworkPolicy,
                     m.network_policies
+                        .iter()
+                        .filter(|s| s.metadata.namespace.as_deref() == Some(&o.name))
+                        .filter_map(|s| s.metadata.name.clone())
+                        .collect(),
+                ),
+                (
+                    Kind::EndpointSlice,
+                    m.endpoint_slices
                         .iter()
                         .filter(|s| s.metadata.namespace.as_deref() == Some(&o.name))
                         .filter_map(|s| s.metadata.name.clone())

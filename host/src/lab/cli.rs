@@ -137,7 +137,9 @@ struct ProbeArgs {
     /// NS/POD, `external` or `node/NAME`.
     #[arg(long)]
     from: String,
-    /// NS/POD, an IP, SERVICE[.NS], `external` or `node/NAME`.
+    /// NS/POD, an IP, SERVICE[.NS], `external` or `node/NAME`. A Service
+    /// means its cluster IP, or from `external` its LoadBalancer or
+    /// external IP (the outside cannot reach cluster IPs).
     #[arg(long)]
     to: String,
     #[arg(long)]
@@ -873,7 +875,12 @@ fn pick(addrs: &[IpAddr], v4: bool, what: &str) -> anyhow::Result<IpAddr> {
 }
 
 /// The address a probe goes to.
-fn target_ip(lab: &Lab, to: &str, family: Option<Family>) -> anyhow::Result<IpAddr> {
+fn target_ip(
+    lab: &Lab,
+    to: &str,
+    family: Option<Family>,
+    from_outside: bool,
+) -> anyhow::Result<IpAddr> {
     if let Ok(ip) = to.parse::<IpAddr>() {
         return Ok(ip);
     }
@@ -912,6 +919,27 @@ fn target_ip(lab: &Lab, to: &str, family: Option<Family>) -> anyhow::Result<IpAd
         )
     })?;
     let s: k8s_openapi::api::core::v1::Service = serde_yaml::from_str(&text)?;
+    if from_outside {
+        let mut ips: Vec<IpAddr> = s
+            .status
+            .iter()
+            .filter_map(|st| st.load_balancer.as_ref())
+            .flat_map(|l| l.ingress.iter().flatten())
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        ips.extend(
+            s.spec
+                .iter()
+                .flat_map(|s| s.external_ips.iter().flatten())
+                .filter_map(|i| i.parse::<IpAddr>().ok()),
+        );
+        if ips.is_empty() {
+            bail!(
+                "service {ns}/{svc} has no LoadBalancer or external IP: from outside, reach it by a node port (--to node/NAME --port NODEPORT)"
+            );
+        }
+        return pick(&ips, v4, &format!("service {ns}/{svc}'s external IPs"));
+    }
     let ips: Vec<IpAddr> = s
         .spec
         .and_then(|s| s.cluster_ips)
@@ -927,7 +955,7 @@ fn target_ip(lab: &Lab, to: &str, family: Option<Family>) -> anyhow::Result<IpAd
 
 fn probe_cmd(lab: &Lab, a: ProbeArgs) -> anyhow::Result<ExitCode> {
     let ns = source_netns(lab, &a.from)?;
-    let ip = target_ip(lab, &a.to, a.family)?;
+    let ip = target_ip(lab, &a.to, a.family, a.from == "external")?;
     let to = SocketAddr::new(ip, a.port);
     match probe::probe(&Lab::netns_path(&ns), to, a.protocol, a.timeout, a.verbose) {
         Ok(o) => {
@@ -1199,6 +1227,7 @@ fn print_status(lab: &Lab, v: &ClusterView) {
             "NAME",
             "TYPE",
             "CLUSTER-IPS",
+            "EXTERNAL-IPS",
             "PORTS",
             "ENDPOINTS",
         ],
@@ -1210,6 +1239,11 @@ fn print_status(lab: &Lab, v: &ClusterView) {
                     s.name.clone(),
                     s.type_.clone(),
                     s.cluster_ips.join(","),
+                    if s.external_ips.is_empty() {
+                        "<none>".into()
+                    } else {
+                        s.external_ips.join(",")
+                    },
                     s.ports.join(","),
                     if s.endpoints.is_empty() {
                         "<none>".into()
@@ -1220,6 +1254,11 @@ fn print_status(lab: &Lab, v: &ClusterView) {
             })
             .collect(),
     );
+    for s in &v.services {
+        for p in &s.problems {
+            let _ = writeln!(out, "service {}/{}: {p}", s.namespace, s.name);
+        }
+    }
     if !v.network_policies.is_empty() {
         let _ = writeln!(out, "\n{}", bold("NETWORK POLICIES"));
         table(

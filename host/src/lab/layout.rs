@@ -160,6 +160,20 @@ impl LabConfig {
         ]
     }
 
+    /// Where LoadBalancer Services' ingress IPs come from, per family. The
+    /// external host routes them to the first node, as a router would after
+    /// a BGP announcement (nothing outside the lab routes them).
+    pub fn load_balancer_pools(&self) -> Vec<IpNet> {
+        vec![
+            format!("198.19.{}.64/26", self.index)
+                .parse()
+                .expect("literal"),
+            format!("fd19:0:{}::/112", self.index)
+                .parse()
+                .expect("literal"),
+        ]
+    }
+
     /// The machine's end and the lab's end of the host link.
     pub fn host_link_addresses(&self) -> (IpNet, IpNet) {
         (

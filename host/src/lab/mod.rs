@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod apply;
 pub mod cli;
+pub mod endpoints;
 pub mod kubelet;
 pub mod layout;
 pub mod podserver;

@@ -247,6 +247,21 @@ pub fn build_underlay(lab: &Lab) -> anyhow::Result<()> {
     let ext = lab.external_netns();
     add_netns(&ext)?;
     plug(lab, &ext, "u-external", &c.external)?;
+    // LoadBalancer IPs: the broader network routes the lab's pools to the
+    // first node (as after a BGP announcement; MetalLB's job in a cluster).
+    if let Some(first) = c.nodes.first() {
+        for pool in c.load_balancer_pools() {
+            let via = first
+                .addresses
+                .iter()
+                .find(|a| a.is_ipv4() == pool.addr().is_ipv4())
+                .context("node without an underlay address of the pool's family")?;
+            ip_in(
+                &ext,
+                &["route", "add", &pool.to_string(), "via", &via.to_string()],
+            )?;
+        }
+    }
     if c.model == crate::model::crd::NetworkModel::Flat {
         // Flat: the broader network routes each node's pod CIDRs to it (in a
         // real network, static routes or BGP on the top-of-rack router).
@@ -279,6 +294,22 @@ pub fn build_node(lab: &Lab, node: &super::layout::LabNode) -> anyhow::Result<()
             ("net.ipv6.conf.all.forwarding", "1"),
         ],
     )?;
+    // Service CIDRs: a node sends to a cluster IP by its default route, and
+    // the proxy's DNAT in the output hook turns it into a pod's address
+    // before it leaves; the lab's nodes have no default route, so they get
+    // one for these ranges (a cluster IP no Service has dies at the router).
+    for cidr in &lab.config.service_cidrs {
+        let via = lab
+            .config
+            .router
+            .iter()
+            .find(|a| a.is_ipv4() == cidr.addr().is_ipv4())
+            .context("the router has no address of the Service CIDR's family")?;
+        ip_in(
+            &ns,
+            &["route", "add", &cidr.to_string(), "via", &via.to_string()],
+        )?;
+    }
     if lab.config.host_link {
         let (host, _) = lab.config.host_link_addresses();
         let router = lab

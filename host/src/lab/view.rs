@@ -2,6 +2,7 @@
 //! Services with their endpoints, and NetworkPolicies, read from the cluster
 //! directory (objects joined with the statuses the agents wrote).
 
+use super::endpoints::{LabServiceStatus, SERVICE_NAME};
 use super::kubelet::LabPodStatus;
 use super::layout::Lab;
 use k8s_openapi::api::core::v1::{NodeStatus, Pod};
@@ -20,6 +21,10 @@ pub struct LabNodeStatus {
     pub heartbeat: u64,
     /// Problems the agent could not fix (node networking, pods).
     pub problems: Vec<String>,
+    /// Why the node's proxy does not (fully) program a Service, by
+    /// `namespace/name`.
+    #[serde(default)]
+    pub service_errors: BTreeMap<String, String>,
 }
 
 /// An agent that has not reported for this long is considered down.
@@ -84,8 +89,13 @@ pub struct ServiceView {
     pub cluster_ips: Vec<String>,
     /// `port/PROTOCOL`, with `:nodePort` when there is one.
     pub ports: Vec<String>,
-    /// `ip:port` of every ready pod the selector matches.
+    /// LoadBalancer ingress IPs and externalIPs.
+    pub external_ips: Vec<String>,
+    /// `ip:port` of every ready endpoint in the Service's EndpointSlices.
     pub endpoints: Vec<String>,
+    /// What keeps the Service from working as asked: the EndpointSlice
+    /// controller's findings and the node proxies' errors.
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,7 +183,6 @@ impl ClusterView {
             .collect();
         let now = unix_now();
         let mut pods = vec![];
-        let mut ready_pods: Vec<(&Pod, Vec<String>)> = vec![];
         for p in &manifests.pods {
             let ns = p
                 .metadata
@@ -213,9 +222,6 @@ impl ClusterView {
                 };
                 reason.get_or_insert_with(|| "NodeAgentDown".into());
                 message.get_or_insert_with(|| format!("the agent of {n} is not reporting"));
-            }
-            if ready {
-                ready_pods.push((p, ips.clone()));
             }
             let ports = p
                 .spec
@@ -286,6 +292,13 @@ impl ClusterView {
                 }
             })
             .collect();
+        let service_status: BTreeMap<(String, String), LabServiceStatus> = cluster
+            .as_ref()
+            .map(|cl| cl.statuses::<LabServiceStatus>("Service"))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(ns, n, s)| ((ns, n), s))
+            .collect();
         let services = manifests
             .services
             .iter()
@@ -295,39 +308,59 @@ impl ClusterView {
                     .namespace
                     .clone()
                     .unwrap_or_else(|| "default".into());
+                let name = s.metadata.name.clone().unwrap_or_default();
                 let spec = s.spec.clone().unwrap_or_default();
-                let selector = spec.selector.clone().unwrap_or_default();
                 let mut endpoints = vec![];
-                if !selector.is_empty() {
-                    for (p, ips) in &ready_pods {
-                        if p.metadata.namespace.as_deref() != Some(ns.as_str()) {
+                for slice in manifests.endpoint_slices.iter().filter(|e| {
+                    e.metadata.namespace.as_deref() == Some(ns.as_str())
+                        && e.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(SERVICE_NAME))
+                            .is_some_and(|n| *n == name)
+                }) {
+                    for ep in &slice.endpoints {
+                        let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                        if !ready {
                             continue;
                         }
-                        let labels = p.metadata.labels.clone().unwrap_or_default();
-                        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-                            continue;
-                        }
-                        for sp in spec.ports.iter().flatten() {
-                            let proto = sp.protocol.as_deref().unwrap_or("TCP");
-                            let target =
-                                sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
-                            if let Some(port) = resolve_target(p, &target, proto) {
-                                for ip in ips {
-                                    endpoints.push(if ip.contains(':') {
-                                        format!("[{ip}]:{port}")
-                                    } else {
-                                        format!("{ip}:{port}")
-                                    });
-                                }
+                        for ip in &ep.addresses {
+                            for p in slice.ports.iter().flatten() {
+                                let Some(port) = p.port else { continue };
+                                endpoints.push(if ip.contains(':') {
+                                    format!("[{ip}]:{port}")
+                                } else {
+                                    format!("{ip}:{port}")
+                                });
                             }
                         }
                     }
                 }
                 endpoints.sort();
                 endpoints.dedup();
+                let mut problems = service_status
+                    .get(&(ns.clone(), name.clone()))
+                    .map(|s| s.problems.clone())
+                    .unwrap_or_default();
+                let key = format!("{ns}/{name}");
+                for (node, st) in &node_status {
+                    if let Some(e) = st.service_errors.get(&key) {
+                        problems.push(format!("{node}: {e}"));
+                    }
+                }
+                let mut external_ips = spec.external_ips.clone().unwrap_or_default();
+                external_ips.extend(
+                    s.status
+                        .iter()
+                        .filter_map(|st| st.load_balancer.as_ref())
+                        .flat_map(|l| l.ingress.iter().flatten())
+                        .filter_map(|i| i.ip.clone()),
+                );
                 ServiceView {
                     namespace: ns,
-                    name: s.metadata.name.clone().unwrap_or_default(),
+                    name,
+                    external_ips,
+                    problems,
                     type_: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
                     cluster_ips: spec.cluster_ips.clone().unwrap_or_default(),
                     ports: spec

@@ -207,6 +207,44 @@ pub fn endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec
     out
 }
 
+/// The Services this proxy programs, each with the endpoints of its slices,
+/// and the Services it cannot read (by `namespace/name`, with why).
+#[allow(clippy::type_complexity)]
+pub fn inputs(
+    m: &crate::source::local::Manifests,
+) -> (
+    Vec<(wit::Service, Vec<wit::Endpoint>)>,
+    BTreeMap<String, String>,
+) {
+    let mut out = vec![];
+    let mut errors = BTreeMap::new();
+    for svc in m.services.iter().filter(|s| is_ours(s)) {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            continue;
+        }
+        match service(svc) {
+            Ok(mut w) => {
+                w.namespace = ns.to_string();
+                let slices = m.endpoint_slices.iter().filter(|s| {
+                    s.metadata.namespace.as_deref().unwrap_or("default") == ns
+                        && s.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                            .is_some_and(|n| n == name)
+                });
+                out.push((w, endpoints(slices)));
+            }
+            Err(e) => {
+                errors.insert(format!("{ns}/{name}"), format!("Service {ns}/{name}: {e}"));
+            }
+        }
+    }
+    (out, errors)
+}
+
 /// What every render on this node needs to know.
 pub fn node_context(
     node: &str,

@@ -138,7 +138,29 @@ impl ClusterDir {
         status: &T,
     ) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
-        write_atomic(&self.status_path(kind, namespace, name), &bytes)
+        write_atomic(&self.status_path(kind, namespace, name), &bytes)?;
+        self.mark_status_changed(kind);
+        Ok(())
+    }
+
+    fn status_marker_path(&self, kind: &str) -> PathBuf {
+        self.root.join("status").join(kind).join(".changed")
+    }
+
+    /// Best effort: the marker only speeds readers up (they also resync
+    /// periodically), and two threads of one process may race on it.
+    fn mark_status_changed(&self, kind: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let _ = write_atomic(&self.status_marker_path(kind), now.to_string().as_bytes());
+    }
+
+    /// Cheap: changes whenever a status of `kind` is written or removed (the
+    /// EndpointSlice controller watches pods' readiness with it).
+    pub fn status_marker(&self, kind: &str) -> Option<String> {
+        std::fs::read_to_string(self.status_marker_path(kind)).ok()
     }
 
     pub fn status<T: DeserializeOwned>(
@@ -154,7 +176,11 @@ impl ClusterDir {
     pub fn delete_status(&self, kind: &str, namespace: &str, name: &str) -> io::Result<()> {
         match std::fs::remove_file(self.status_path(kind, namespace, name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Err(_) => Ok(()),
+            Ok(()) => {
+                self.mark_status_changed(kind);
+                Ok(())
+            }
         }
     }
 

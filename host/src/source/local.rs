@@ -4,6 +4,7 @@
 
 use crate::model::crd::{API_VERSION, ClusterNetworkSpec, NetworkModuleSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ pub struct Manifests {
     pub pods: Vec<Pod>,
     pub namespaces: Vec<Namespace>,
     pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
     pub network_policies: Vec<NetworkPolicy>,
     pub modules: Vec<NetworkModule>,
     pub cluster_networks: Vec<ClusterNetwork>,
@@ -118,6 +120,10 @@ impl Manifests {
                 ("v1", "Service") => self
                     .services
                     .push(serde_yaml::from_value(value).map_err(|e| err(format!("Service: {e}")))?),
+                ("discovery.k8s.io/v1", "EndpointSlice") => self.endpoint_slices.push(
+                    serde_yaml::from_value(value)
+                        .map_err(|e| err(format!("EndpointSlice: {e}")))?,
+                ),
                 ("networking.k8s.io/v1", "NetworkPolicy") => self.network_policies.push(
                     serde_yaml::from_value(value)
                         .map_err(|e| err(format!("NetworkPolicy: {e}")))?,

@@ -650,6 +650,33 @@ mod tests {
     }
 
     #[test]
+    fn ports_with_the_same_endpoint_count_share_one_pick_chain() {
+        let s = service(
+            "default",
+            "dns",
+            "10.96.0.10",
+            &[
+                ("tcp", Protocol::Tcp, 53, 53),
+                ("udp", Protocol::Udp, 53, 53),
+            ],
+        );
+        let e: Vec<Endpoint> = (0..2)
+            .map(|i| {
+                endpoint(
+                    &format!("10.244.1.{}", i + 2),
+                    &[("tcp", Protocol::Tcp, 53), ("udp", Protocol::Udp, 53)],
+                )
+            })
+            .collect();
+        let f = render(s, e);
+        let names: Vec<&str> = chains(&f).iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["pick-v4-o-random-2"]);
+        assert_eq!(elements(&f, "service-ips").len(), 2, "one per port");
+        assert_eq!(elements(&f, "backends4-tcp").len(), 2);
+        assert_eq!(elements(&f, "backends4-udp").len(), 2);
+    }
+
+    #[test]
     fn a_service_is_a_dispatch_element_a_shared_pick_chain_and_backend_elements() {
         let f = render(web(), eps(3));
         let c = chains(&f);

@@ -1,0 +1,231 @@
+//! A lab brought up by a test, driven through the `switchyard lab` CLI as a
+//! user would, and taken down when dropped.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+pub fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the lab tests make network namespaces: run them as root (CI does)"
+    );
+}
+
+/// A lab brought up for one test, taken down when dropped (also on panic).
+pub struct TestLab {
+    pub name: String,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl TestLab {
+    pub fn up(name: &str, nodes: usize, model: &str, family: &str) -> TestLab {
+        need_root();
+        // One lab at a time: the machine has two cores, and probes that
+        // compete for them with other labs' start-up would time out.
+        let guard = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = tempfile::tempdir().unwrap();
+        let lab = TestLab {
+            name: name.to_string(),
+            dir: tmp.path().join("lab"),
+            _tmp: tmp,
+            _one_at_a_time: guard,
+        };
+        // Leftovers of an earlier, killed run of this very test.
+        let _ = lab.run(&["down", "--name", name]);
+        let o = lab.run(&[
+            "up",
+            "--name",
+            name,
+            "--nodes",
+            &nodes.to_string(),
+            "--model",
+            model,
+            "--ip-family",
+            family,
+            "--timeout",
+            "60",
+        ]);
+        assert!(o.status.success(), "lab up failed: {}", text(&o));
+        lab
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("lab")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running switchyard")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "switchyard lab {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) -> Output {
+        let f = self.dir.join(format!("apply-{}.yaml", rand_suffix()));
+        std::fs::write(&f, yaml).unwrap();
+        let o = self.run(&["apply", "-f", f.to_str().unwrap(), "--wait", "60"]);
+        let _ = std::fs::remove_file(&f);
+        o
+    }
+
+    /// (allowed, what the probe printed)
+    pub fn probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+        family: &str,
+    ) -> (bool, String) {
+        let o = self.run(&[
+            "probe",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            &port.to_string(),
+            "--protocol",
+            protocol,
+            "--family",
+            family,
+            "--timeout",
+            "2s",
+            "-v",
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        match o.status.code() {
+            Some(0) => {
+                assert!(out.starts_with("allowed"), "{}", text(&o));
+                (true, out)
+            }
+            Some(1) => {
+                assert!(out.starts_with("denied"), "{}", text(&o));
+                (false, out)
+            }
+            _ => panic!("probe {from} -> {to} could not be made: {}", text(&o)),
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    pub fn pod_ips(&self, pod: &str) -> Vec<String> {
+        let s = self.status();
+        let (ns, name) = pod.split_once('/').unwrap();
+        s["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["namespace"] == ns && p["name"] == name)
+            .map(|p| {
+                p["ips"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn node_address(&self, node: &str, v4: bool) -> String {
+        let s = self.status();
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap()["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .find(|a| a.contains('.') == v4)
+            .unwrap()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let o = self.run(&["down"]);
+        if !o.status.success() {
+            eprintln!("lab down failed: {}", text(&o));
+        }
+    }
+}
+
+pub fn rand_suffix() -> String {
+    format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Nothing of lab `name` in `dir` is left: namespaces, host link, processes,
+/// files.
+pub fn assert_gone(name: &str, dir: &Path) {
+    let prefix = format!("sy{name}-");
+    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let link = Command::new("ip")
+        .args(["link", "show", &format!("syh-{name}")])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "the host link is still there");
+    let bin = dir.join("bin");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(exe) = std::fs::read_link(e.path().join("exe")) {
+            assert!(
+                !exe.starts_with(&bin),
+                "process {:?} still runs {}",
+                e.file_name(),
+                exe.display()
+            );
+        }
+    }
+    assert!(!dir.exists(), "{} is still there", dir.display());
+}
+
+pub fn client_of(answer: &str) -> String {
+    // "allowed: pod=external node=external client=10.244.1.2:33034 path=/"
+    let c = answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("client="))
+        .unwrap_or_else(|| panic!("no client in {answer:?}"));
+    let host = c.rsplit_once(':').map(|(h, _)| h).unwrap_or(c);
+    host.trim_matches(['[', ']']).to_string()
+}

@@ -1,0 +1,431 @@
+//! Services in the lab, end to end: the lab's EndpointSlice controller, each
+//! node's proxy (the `proxy-nftables` module through the agent) and real
+//! connections from pods, nodes and the external host, in both families.
+//! Needs root (CI runs as root).
+
+mod common;
+
+use common::lab::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Pods a (node-1) and b (node-2) serve the Services; client runs on
+/// node-2; solo (node-1) is alone behind its Service (hairpin).
+const PODS: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: s, image: lab, ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 80, protocol: UDP}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: web}}
+spec:
+  nodeName: node-2
+  containers:
+  - {name: s, image: lab, ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 80, protocol: UDP}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+spec:
+  nodeName: node-2
+  containers:
+  - {name: s, image: lab, ports: [{containerPort: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: solo, namespace: x, labels: {app: solo}}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: s, image: lab, ports: [{containerPort: 80}]}
+";
+
+fn service(name: &str, extra_meta: &str, spec: &str) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: x{extra_meta}}}
+spec:
+  ipFamilyPolicy: PreferDualStack
+{spec}
+"
+    )
+}
+
+fn services() -> String {
+    let web = "  selector: {app: web}\n";
+    let http = "  ports: [{name: http, port: 8000, targetPort: http}]\n";
+    [
+        service(
+            "rr",
+            ", annotations: {switchyard.dev/scheduler: rr}",
+            &format!(
+                "{web}  ports: [{{name: http, port: 8000, targetPort: http}}, {{name: dns, port: 53, protocol: UDP, targetPort: dns}}]\n"
+            ),
+        ),
+        service(
+            "sh",
+            ", annotations: {switchyard.dev/scheduler: sh}",
+            &format!("{web}{http}"),
+        ),
+        service(
+            "affinity",
+            "",
+            &format!(
+                "{web}{http}  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}\n"
+            ),
+        ),
+        service("lb", "", &format!("{web}{http}  type: LoadBalancer\n")),
+        service(
+            "local",
+            "",
+            &format!(
+                "{web}  type: NodePort\n  externalTrafficPolicy: Local\n  ports: [{{name: http, port: 8000, targetPort: 80, nodePort: 30080}}]\n"
+            ),
+        ),
+        service(
+            "internal",
+            "",
+            &format!("{web}{http}  internalTrafficPolicy: Local\n"),
+        ),
+        service(
+            "near",
+            "",
+            &format!("{web}{http}  trafficDistribution: PreferSameNode\n"),
+        ),
+        service(
+            "solo",
+            "",
+            "  selector: {app: solo}\n  ports: [{port: 8000, targetPort: 80}]\n",
+        ),
+        service(
+            "elsewhere",
+            ", labels: {service.kubernetes.io/service-proxy-name: another-proxy}",
+            &format!("{web}{http}"),
+        ),
+        service(
+            "nobody",
+            "",
+            "  selector: {app: nobody}\n  ports: [{port: 8000, targetPort: 80}]\n",
+        ),
+        service(
+            "fastest",
+            ", annotations: {switchyard.dev/scheduler: fastest}",
+            &format!("{web}{http}"),
+        ),
+    ]
+    .concat()
+}
+
+/// `x/b` from "pod=x/b node=node-2 client=..." or "x/b: probe".
+fn answered_by(answer: &str) -> String {
+    if let Some(p) = answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pod="))
+    {
+        return p.to_string();
+    }
+    answer
+        .trim_start_matches("allowed: ")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Probe until allowed (the proxies program a change within moments), at
+/// most `limit`.
+fn eventually(lab: &TestLab, from: &str, to: &str, port: u16, proto: &str, fam: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let (ok, answer) = lab.probe(from, to, port, proto, fam);
+        if ok {
+            return answer;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{from} -> {to}:{port}/{proto} ({fam}) never allowed: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Which pods answered `n` connections.
+fn spread(
+    lab: &TestLab,
+    from: &str,
+    to: &str,
+    port: u16,
+    proto: &str,
+    fam: &str,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let (ok, answer) = lab.probe(from, to, port, proto, fam);
+        assert!(ok, "{from} -> {to}:{port} ({fam}): {answer}");
+        *seen.entry(answered_by(&answer)).or_default() += 1;
+    }
+    seen
+}
+
+fn service_view(lab: &TestLab, name: &str) -> Value {
+    lab.status()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["namespace"] == "x" && s["name"] == name)
+        .unwrap_or_else(|| panic!("no Service x/{name} in lab status"))
+        .clone()
+}
+
+fn pod_ip(lab: &TestLab, pod: &str, v4: bool) -> String {
+    lab.pod_ips(pod)
+        .into_iter()
+        .find(|i| i.contains('.') == v4)
+        .unwrap()
+}
+
+#[test]
+fn services_in_both_families_with_every_feature() {
+    let lab = TestLab::up("tsvc", 2, "flat", "dual");
+    let o = lab.apply(PODS);
+    assert!(o.status.success(), "apply pods: {}", text(&o));
+    let o = lab.apply(&services());
+    assert!(o.status.success(), "apply services: {}", text(&o));
+
+    for fam in ["ipv4", "ipv6"] {
+        let v4 = fam == "ipv4";
+        let ctx = |what: &str| format!("{fam}: {what}");
+        // ClusterIP from a pod, a named targetPort, TCP and UDP; rr spreads
+        // evenly (numgen inc: strictly alternating for one client).
+        eventually(&lab, "x/client", "rr.x", 8000, "TCP", fam);
+        let rr = spread(&lab, "x/client", "rr.x", 8000, "TCP", fam, 20);
+        assert_eq!(rr.len(), 2, "{}", ctx(&format!("rr reaches both: {rr:?}")));
+        assert!(
+            rr.values().all(|n| (9..=11).contains(n)),
+            "{}",
+            ctx(&format!("rr spreads evenly: {rr:?}"))
+        );
+        let udp = spread(&lab, "x/client", "rr.x", 53, "UDP", fam, 10);
+        assert_eq!(
+            udp.keys().cloned().collect::<Vec<_>>(),
+            ["x/a", "x/b"],
+            "{}",
+            ctx("UDP to a named UDP port reaches both")
+        );
+
+        // sh: a client keeps its backend; so does ClientIP affinity.
+        for svc in ["sh.x", "affinity.x"] {
+            let s = spread(&lab, "x/client", svc, 8000, "TCP", fam, 10);
+            assert_eq!(
+                s.len(),
+                1,
+                "{}",
+                ctx(&format!("{svc} keeps one backend: {s:?}"))
+            );
+            let s = spread(&lab, "node/node-1", svc, 8000, "TCP", fam, 6);
+            assert_eq!(s.len(), 1, "{}", ctx(&format!("{svc} from node-1: {s:?}")));
+        }
+
+        // internalTrafficPolicy Local and PreferSameNode: the client on
+        // node-2 only gets b, node-2's endpoint.
+        for svc in ["internal.x", "near.x"] {
+            let s = spread(&lab, "x/client", svc, 8000, "TCP", fam, 6);
+            assert_eq!(
+                s.keys().cloned().collect::<Vec<_>>(),
+                ["x/b"],
+                "{}",
+                ctx(&format!("{svc} stays on the node"))
+            );
+        }
+
+        // Hairpin: solo reaches itself through its Service, masqueraded so
+        // it does not answer itself directly.
+        let answer = eventually(&lab, "x/solo", "solo.x", 8000, "TCP", fam);
+        assert_eq!(answered_by(&answer), "x/solo", "{}", ctx("hairpin"));
+        assert_ne!(
+            client_of(&answer),
+            pod_ip(&lab, "x/solo", v4),
+            "{}",
+            ctx("hairpin traffic is masqueraded")
+        );
+
+        // From the outside: the LoadBalancer IP (routed to node-1), and
+        // the eTP Local node port, which keeps the client's address and
+        // only serves where an endpoint runs.
+        let ext = lab.status()["external"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .find(|a| a.contains('.') == v4)
+            .unwrap();
+        let lb = spread(&lab, "external", "lb.x", 8000, "TCP", fam, 8);
+        assert!(!lb.is_empty(), "{}", ctx("LoadBalancer"));
+        for (node, pod) in [("node-1", "x/a"), ("node-2", "x/b")] {
+            let (ok, answer) = lab.probe("external", &format!("node/{node}"), 30080, "TCP", fam);
+            assert!(
+                ok,
+                "{}",
+                ctx(&format!("eTP Local node port on {node}: {answer}"))
+            );
+            assert_eq!(answered_by(&answer), pod, "{}", ctx("local endpoint only"));
+            assert_eq!(client_of(&answer), ext, "{}", ctx("source preserved"));
+        }
+
+        // No endpoints: refused at once; a Service for another proxy: not
+        // ours, nothing answers.
+        if v4 {
+            let (ok, answer) = lab.probe("x/client", "nobody.x", 8000, "TCP", fam);
+            assert!(
+                !ok && answer.contains("refused"),
+                "{}",
+                ctx(&format!("no endpoints: {answer}"))
+            );
+        }
+        let (ok, answer) = lab.probe("x/client", "elsewhere.x", 8000, "TCP", fam);
+        assert!(
+            !ok,
+            "{}",
+            ctx(&format!("another proxy's Service: {answer}"))
+        );
+    }
+
+    // Bad input, reported by name, the other Services unharmed (above).
+    let nobody = service_view(&lab, "nobody");
+    assert!(
+        nobody["problems"]
+            .to_string()
+            .contains("the selector app=nobody matches no pod in namespace x"),
+        "{nobody}"
+    );
+    let fastest = service_view(&lab, "fastest");
+    assert!(
+        fastest["problems"]
+            .to_string()
+            .contains("unknown scheduler \\\"fastest\\\""),
+        "{fastest}"
+    );
+    let (ok, answer) = lab.probe("x/client", "fastest.x", 8000, "TCP", "ipv4");
+    assert!(
+        !ok,
+        "a Service the module refused is closed, not half-programmed: {answer}"
+    );
+    let rr = service_view(&lab, "rr");
+    // 2 pods x 2 families; TCP and UDP both target port 80.
+    assert_eq!(rr["endpoints"].as_array().unwrap().len(), 4, "{rr}");
+    for (yaml, want) in [
+        (
+            service(
+                "clash",
+                "",
+                "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, nodePort: 30080}]\n",
+            ),
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated",
+        ),
+        (
+            service(
+                "low",
+                "",
+                "  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, nodePort: 80}]\n",
+            ),
+            "provided port is not in the valid range",
+        ),
+    ] {
+        let o = lab.apply(&yaml);
+        assert!(!o.status.success(), "{yaml}");
+        let err = text(&o);
+        assert!(
+            err.contains(want) && err.contains("nothing was applied"),
+            "{err}"
+        );
+    }
+}
+
+/// Endpoints written by hand (a Service without a selector), with the
+/// conditions of KEP-1669: serving-but-terminating endpoints carry traffic
+/// only when no endpoint is ready.
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    let lab = TestLab::up("tterm", 2, "flat", "ipv4");
+    let o = lab.apply(PODS);
+    assert!(o.status.success(), "apply pods: {}", text(&o));
+    let a = pod_ip(&lab, "x/a", true);
+    let b = pod_ip(&lab, "x/b", true);
+    let slice = |ready_a: bool| {
+        format!(
+            "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: manual-1, namespace: x, labels: {{kubernetes.io/service-name: manual}}}}
+addressType: IPv4
+ports: [{{name: http, port: 80, protocol: TCP}}]
+endpoints:
+- addresses: [{a}]
+  conditions: {{ready: {ready_a}, serving: {ready_a}, terminating: false}}
+- addresses: [{b}]
+  conditions: {{ready: false, serving: true, terminating: true}}
+"
+        )
+    };
+    let svc = "---
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: x}
+spec:
+  ports: [{name: http, port: 8000, targetPort: 80}]
+";
+    let o = lab.apply(&format!("{svc}{}", slice(true)));
+    assert!(o.status.success(), "{}", text(&o));
+    eventually(&lab, "x/client", "manual.x", 8000, "TCP", "ipv4");
+    let s = spread(&lab, "x/client", "manual.x", 8000, "TCP", "ipv4", 8);
+    assert_eq!(
+        s.keys().cloned().collect::<Vec<_>>(),
+        ["x/a"],
+        "a ready endpoint is preferred"
+    );
+    // a stops being ready: the terminating b serves.
+    let o = lab.apply(&slice(false));
+    assert!(o.status.success(), "{}", text(&o));
+    let start = Instant::now();
+    loop {
+        let s = spread(&lab, "x/client", "manual.x", 8000, "TCP", "ipv4", 4);
+        if s.keys().cloned().collect::<Vec<_>>() == ["x/b"] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the terminating endpoint never took over: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A bad slice is refused by name.
+    let o = lab.apply(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bad, namespace: x}
+addressType: IPv4
+endpoints: [{addresses: [\"fd00::1\"]}]
+",
+    );
+    let err = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("EndpointSlice \"bad\" is invalid")
+            && err.contains("endpoints[0].addresses[0]: Invalid value: \"fd00::1\": must be a valid IPv4 address")
+            && err.contains("kubernetes.io/service-name"),
+        "{err}"
+    );
+}
