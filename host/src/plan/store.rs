@@ -225,14 +225,13 @@ impl PlanStore {
                 }
                 Some(Holder::One(_)) => {}
                 Some(Holder::Shared(holders)) => {
-                    let others: Vec<&ObjectRef> =
-                        holders.iter().filter(|o| **o != fragment.object).collect();
+                    // Checked first: agreeing is the common case, and it
+                    // needs no walk over the (possibly many) holders.
                     let agrees =
                         item.shared && self.shared.get(&c).is_some_and(|s| s.body == item.body);
-                    if let Some(first) = others.first()
-                        && !agrees
+                    if !agrees && let Some(other) = holders.iter().find(|o| **o != fragment.object)
                     {
-                        return Err(conflict(first));
+                        return Err(conflict(other));
                     }
                 }
             }
