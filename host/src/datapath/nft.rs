@@ -476,6 +476,9 @@ pub fn delta_script(table: &str, changes: &[Change]) -> Script {
     // (a shared chain changing hands) is removed and added: the phases keep
     // that correct.
     for c in changes {
+        for i in &c.evicted {
+            script.remove(i);
+        }
         let d = c.delta();
         for i in d.removed {
             script.remove(i);

@@ -9,7 +9,13 @@
 //!
 //! Items marked `shared` may be held by many objects as long as they render
 //! them identically: the datapath gets the item with its first holder and
-//! loses it with its last.
+//! loses it with its last, except shared chains, which stay (retained) once
+//! made. A shared chain is a class of objects (the pick chain of "random
+//! over 11 endpoints"); there are few of them, an unreferenced chain costs
+//! packets nothing, and making one is the expensive part of a change (each
+//! of its rules binds its maps, and the kernel walks every element of a map
+//! it binds: ~55 ms for the 300k backends of 30k Services). An object
+//! moving back to a class it left is then an element change only.
 
 use super::Fragment;
 use crate::model::{FailurePolicy, ObjectRef};
@@ -107,8 +113,11 @@ pub struct Change {
     pub new: Option<Arc<Fragment>>,
     /// Shared items of `old` other objects still hold: not to be removed.
     pub kept: Vec<Claim>,
-    /// Shared items of `new` other objects already hold: not to be added.
+    /// Shared items of `new` other objects already hold (or that are
+    /// retained): not to be added.
     pub present: Vec<Claim>,
+    /// Retained items `new` replaces with a different body: removed first.
+    pub evicted: Vec<PlanItem>,
 }
 
 impl Change {
@@ -177,6 +186,8 @@ pub struct PlanStore {
     owners: HashMap<Claim, Holder>,
     /// The body of each shared item, to check that its holders agree.
     shared: HashMap<Claim, PlanItem>,
+    /// Shared chains no object holds any more, still in the datapath.
+    retained: BTreeMap<Claim, PlanItem>,
 }
 
 impl PlanStore {
@@ -191,6 +202,12 @@ impl PlanStore {
     /// Every installed fragment, by object.
     pub fn installed(&self) -> impl Iterator<Item = &Arc<Fragment>> {
         self.entries.values().filter_map(|e| e.installed.as_ref())
+    }
+
+    /// Shared chains no object holds, kept in the datapath (a full sync
+    /// installs them with the fragments).
+    pub fn retained(&self) -> impl Iterator<Item = &PlanItem> {
+        self.retained.values()
     }
 
     /// Which object holds a claim (the first, for a shared item).
@@ -244,6 +261,7 @@ impl PlanStore {
         let old = std::mem::replace(&mut entry.installed, new.clone());
         let mut kept = vec![];
         let mut present = vec![];
+        let mut evicted = vec![];
         if let Some(o) = &old {
             for item in &o.items {
                 let c = claim(item);
@@ -252,7 +270,12 @@ impl PlanStore {
                         holders.remove(object);
                         if holders.is_empty() {
                             self.owners.remove(&c);
-                            self.shared.remove(&c);
+                            if let Some(body) = self.shared.remove(&c)
+                                && matches!(body.body, PlanBody::NftChain(_))
+                            {
+                                self.retained.insert(c.clone(), body);
+                                kept.push(c);
+                            }
                         } else {
                             kept.push(c);
                         }
@@ -275,6 +298,15 @@ impl PlanStore {
                             holders.insert(object.clone());
                         }
                         _ => {
+                            // A retained chain comes back: as it is, or
+                            // replaced if the module now renders it otherwise.
+                            if let Some(r) = self.retained.remove(&c) {
+                                if r.body == item.body {
+                                    present.push(c.clone());
+                                } else {
+                                    evicted.push(r);
+                                }
+                            }
                             self.owners.insert(
                                 c.clone(),
                                 Holder::Shared(BTreeSet::from([object.clone()])),
@@ -283,6 +315,10 @@ impl PlanStore {
                         }
                     }
                 } else {
+                    // A retained chain of the same name gives way.
+                    if let Some(r) = self.retained.remove(&c) {
+                        evicted.push(r);
+                    }
                     self.owners.insert(c, Holder::One(object.clone()));
                 }
             }
@@ -293,6 +329,7 @@ impl PlanStore {
             new,
             kept,
             present,
+            evicted,
         }
     }
 
@@ -337,6 +374,7 @@ impl PlanStore {
                 new: entry.installed.clone(),
                 kept: vec![],
                 present: vec![],
+                evicted: vec![],
             }
         } else {
             self.install(object, new)
@@ -516,9 +554,33 @@ mod tests {
         // a goes: the chain stays for b.
         let gone = s.remove(&svc("a"));
         assert_eq!(gone.delta().removed.len(), 1);
-        // b goes: now the chain goes too.
+        // b goes: nobody holds the chain, but it is retained (making it
+        // again would cost more than keeping it).
         let gone = s.remove(&svc("b"));
-        assert_eq!(gone.delta().removed.len(), 2);
+        assert_eq!(gone.delta().removed.len(), 1, "only b's element");
         assert_eq!(s.holders(&claim(&shared(1))), 0);
+        assert_eq!(s.retained().count(), 1);
+        // c comes back to it: only its element is new.
+        let c = s
+            .rendered(frag("c", vec![shared(1), element(3, 80, "pick-rr-2")]))
+            .unwrap();
+        assert_eq!(c.delta().added.len(), 1);
+        assert!(c.evicted.is_empty());
+        assert_eq!(s.retained().count(), 0);
+        // A module that now renders the chain otherwise replaces the
+        // retained one: evicted, then added.
+        s.remove(&svc("c"));
+        let d = s
+            .rendered(frag("d", vec![shared(2), element(4, 80, "pick-rr-2")]))
+            .unwrap();
+        assert_eq!(d.evicted.len(), 1);
+        assert_eq!(d.delta().added.len(), 2);
+        let text = crate::datapath::nft::delta_script("t", std::slice::from_ref(&d)).text();
+        assert!(
+            text.contains("flush chain inet t pick-rr-2")
+                && !text.contains("delete chain")
+                && text.contains("add chain inet t pick-rr-2"),
+            "{text}"
+        );
     }
 }

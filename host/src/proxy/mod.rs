@@ -292,7 +292,12 @@ impl ServiceProxy {
         }
         if self.needs_full {
             report.full = true;
-            let text = nft::full_script(table, self.store.installed().flat_map(|f| f.items.iter()));
+            let items = self
+                .store
+                .installed()
+                .flat_map(|f| f.items.iter())
+                .chain(self.store.retained());
+            let text = nft::full_script(table, items);
             report.script_bytes = text.len();
             match self.runner.run(&text) {
                 Ok(()) => self.needs_full = false,
