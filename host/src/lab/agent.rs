@@ -139,6 +139,8 @@ struct NodeLoop {
     unreadable: BTreeMap<String, String>,
     /// Where the proxy's async calls run.
     rt: tokio::runtime::Handle,
+    /// Why the proxy's table could not be loaded, until a full sync works.
+    proxy_error: Option<String>,
 }
 
 impl NodeLoop {
@@ -200,12 +202,12 @@ impl NodeLoop {
         for (o, e) in self.proxy.errors() {
             errors.insert(format!("{}/{}", o.namespace, o.name), e.clone());
         }
+        if r.full || r.error.is_some() {
+            self.proxy_error = r.error;
+        }
         let mut rep = self.report.lock();
         rep.services = self.proxy.store().installed().count();
         rep.service_errors = errors;
-        if let Some(e) = r.error {
-            rep.problems.push(format!("the proxy's table: {e}"));
-        }
     }
 
     fn run(mut self) {
@@ -299,6 +301,10 @@ impl NodeLoop {
                 if !cni_ready {
                     r.problems
                         .push("no CNI module is loaded (see /api/v1/modules)".into());
+                }
+                if let Some(e) = &self.proxy_error {
+                    r.problems
+                        .push(format!("the proxy's table could not be loaded: {e}"));
                 }
                 let mut status = self.status(ready, &r.problems);
                 status.service_errors = r.service_errors.clone();
@@ -428,6 +434,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         proxy,
         unreadable: BTreeMap::new(),
         rt: tokio::runtime::Handle::current(),
+        proxy_error: None,
         lab: lab.clone(),
         node: node.to_string(),
         cluster,
