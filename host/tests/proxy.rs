@@ -405,3 +405,50 @@ async fn a_udp_endpoint_that_goes_away_takes_its_conntrack_entries_along() {
         "the new endpoint gets the datagram"
     );
 }
+
+/// An operator changes the proxy module's config (rr by default): every
+/// Service is rendered again and the table replaced in one transaction,
+/// without waiting for each Service to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_change_renders_every_service_again_in_one_table_swap() {
+    let mut lab = lab("pxswap").await;
+    let v4 = ["10.244.1.2", "10.244.1.3", "10.244.1.4"];
+    let eps: Vec<Endpoint> = v4.iter().map(|a| ep(a, 8080, Protocol::Tcp)).collect();
+    let mut all = vec![];
+    for (name, vip) in [("web", "10.96.0.10"), ("api", "10.96.0.11")] {
+        let mut s = svc(name, &[vip], 80, Protocol::Tcp, "");
+        s.annotations.clear();
+        all.push((s, eps.clone()));
+    }
+    lab.sync(all.clone()).await;
+    assert!(
+        lab.table().contains("numgen random mod 3"),
+        "{}",
+        lab.table()
+    );
+    let l4 = lab.listen(&v4, 8080);
+
+    let mut spec = builtin("proxy", "proxy-nftables", Role::ServiceProxy);
+    spec.config = serde_json::json!({"defaultScheduler": "rr"});
+    lab._env.registry.apply_async(spec).await.unwrap();
+    lab.proxy.set_services(all.clone());
+    let r = lab.proxy.sync().await;
+    assert!(r.full && r.rendered == 2 && r.error.is_none(), "{r:?}");
+    assert!(lab.proxy.errors().is_empty(), "{:?}", lab.proxy.errors());
+    let table = lab.table();
+    assert!(
+        table.contains("numgen inc mod 3") && !table.contains("numgen random mod 3"),
+        "{table}"
+    );
+    for vip in ["10.96.0.10:80", "10.96.0.11:80"] {
+        let c = lab.spread(vip, 9, &l4);
+        assert_eq!(
+            c.values().copied().collect::<Vec<_>>(),
+            vec![3, 3, 3],
+            "{vip}: {c:?}"
+        );
+    }
+    // Nothing changed since: nothing to render.
+    lab.proxy.set_services(all);
+    assert!(!lab.proxy.pending());
+}

@@ -7,6 +7,11 @@
 //! by the caller (see [`MIN_SYNC_INTERVAL`]); the first one, and any repair,
 //! replaces the whole table atomically.
 //!
+//! When the proxy module or its config changes (an operator swaps it), every
+//! Service is rendered again into a fresh store and the table is replaced
+//! in one transaction: the new version's fragments never mix with the old
+//! one's, and nothing is withdrawn in between.
+//!
 //! When a UDP endpoint goes away, its conntrack entries go too: UDP has no
 //! end of connection, so without that a client keeps sending to the dead
 //! endpoint (the black hole kube-proxy still suffers from in some versions).
@@ -61,6 +66,11 @@ pub struct ServiceProxy {
     needs_full: bool,
     /// Why a Service is not (fully) programmed, by Service.
     errors: BTreeMap<ObjectRef, String>,
+    /// The module version and config the store was rendered with.
+    rendered_by: Option<String>,
+    /// Set when the module changed: the next sync renders every Service
+    /// into a fresh store and replaces the table.
+    rebuild: bool,
 }
 
 fn fingerprint(ctx: &wit::NodeContext, svc: &wit::Service, eps: &[wit::Endpoint]) -> u64 {
@@ -90,7 +100,15 @@ impl ServiceProxy {
             ctx: None,
             needs_full: true,
             errors: BTreeMap::new(),
+            rendered_by: None,
+            rebuild: false,
         }
+    }
+
+    /// The active module's identity: its digest and config.
+    fn module_identity(&self) -> Option<String> {
+        let a = self.registry.active_for(Role::ServiceProxy)?;
+        Some(format!("{} {}", a.bound.module.digest, a.config))
     }
 
     /// The node's context changed (node addresses, cluster CIDRs, default
@@ -106,6 +124,13 @@ impl ServiceProxy {
     /// Marks what changed since the last call; `sync` renders it.
     pub fn set_services(&mut self, all: Vec<(wit::Service, Vec<wit::Endpoint>)>) {
         let Some(ctx) = self.ctx.clone() else { return };
+        let module = self.module_identity();
+        if module.is_some() && self.rendered_by.is_some() && module != self.rendered_by {
+            tracing::info!("the proxy module changed: rendering every Service again");
+            self.inputs.clear();
+            self.dirty.clear();
+            self.rebuild = true;
+        }
         let mut seen = std::collections::HashSet::new();
         for (svc, eps) in all {
             let r = service_ref(&svc);
@@ -215,6 +240,19 @@ impl ServiceProxy {
         };
         let binding = active.spec.name.clone();
         let policy = active.spec.failure_policy;
+        let identity = format!("{} {}", active.bound.module.digest, active.config);
+        // What to go back to (the old store, and whether a full sync was
+        // due) if the new module cannot be called at all.
+        let mut previous = None;
+        if self.rebuild {
+            // Every Service is in this batch (set_services cleared the
+            // fingerprints): render them all into a fresh store.
+            self.rebuild = false;
+            let old = std::mem::replace(&mut self.store, PlanStore::new());
+            previous = Some((old, self.needs_full));
+            self.needs_full = true;
+        }
+        self.rendered_by = Some(identity);
         let dirty = std::mem::take(&mut self.dirty);
         let mut changes: Vec<Change> = vec![];
         let mut batch = vec![];
@@ -273,6 +311,14 @@ impl ServiceProxy {
                     self.errors.insert(object.clone(), e.to_string());
                     self.inputs.remove(&object);
                     self.dirty.insert(object, Some(x));
+                }
+                // A rebuild keeps the old module's table until the new one
+                // renders.
+                if let Some((old, needs_full)) = previous.take() {
+                    self.store = old;
+                    self.needs_full = needs_full;
+                    self.rebuild = true;
+                    changes.clear();
                 }
             }
         }
