@@ -224,9 +224,11 @@ impl NodeLoop {
             let marker = self.cluster.change_marker();
             let mut changed = marker != last_marker;
             last_marker = marker;
-            // The controller follows pods' readiness, which is status.
+            // The controller follows pods' readiness, which is status; only
+            // the controller runs for it (the kubelet may write a pod's
+            // status on every pass, which must not start another pass).
             let pods_marker = self.cluster.status_marker("Pod");
-            changed |= leader && pods_marker != last_pods_marker;
+            let pods_changed = leader && pods_marker != last_pods_marker;
             last_pods_marker = pods_marker;
             if !changed && last_sync.elapsed() >= RESYNC {
                 let fp = self.cluster.objects_fingerprint();
@@ -283,6 +285,11 @@ impl NodeLoop {
                     .records()
                     .map(|p| format!("{}/{} {}", p.namespace, p.name, p.ips.join(",")))
                     .collect();
+            } else if pods_changed
+                && let Ok(m) = self.cluster.manifests()
+                && let Err(e) = endpoints::reconcile(&self.cluster, &m)
+            {
+                tracing::warn!("endpoint slices: {e}");
             }
             if applied.is_some()
                 && self.proxy.pending()
