@@ -273,8 +273,31 @@ async fn round_robin_spreads_evenly_and_source_hash_sticks_in_both_families() {
         Protocol::Tcp,
         "random",
     );
-    lab.sync(vec![(s, eps)]).await;
+    lab.sync(vec![(s, eps.clone())]).await;
     assert_eq!(lab.spread("10.96.0.10:80", 60, &l4).len(), 3);
+
+    // rr is per Service: two rr Services whose connections alternate each
+    // still rotate over all their endpoints (a shared counter would give
+    // each of them every third endpoint only).
+    let a = svc("a", &["10.96.0.20"], 80, Protocol::Tcp, "rr");
+    let b = svc("b", &["10.96.0.21"], 80, Protocol::Tcp, "rr");
+    let v4_eps: Vec<Endpoint> = eps[..3].to_vec();
+    lab.sync(vec![(a, v4_eps.clone()), (b, v4_eps)]).await;
+    let mut per: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
+    for _ in 0..9 {
+        for vip in ["10.96.0.20:80", "10.96.0.21:80"] {
+            for (k, n) in lab.spread(vip, 1, &l4) {
+                *per.entry(vip).or_default().entry(k).or_default() += n;
+            }
+        }
+    }
+    for (vip, c) in &per {
+        assert_eq!(
+            c.values().copied().collect::<Vec<_>>(),
+            vec![3, 3, 3],
+            "{vip}: {c:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +396,6 @@ async fn a_restart_replaces_the_table_and_keeps_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udp_endpoint_that_goes_away_takes_its_conntrack_entries_along() {
     let mut lab = lab("pxudp").await;
-    let s = svc("dns", &["10.96.0.53"], 53, Protocol::Udp, "rr");
     let bind = |a: &str| {
         let sa: SocketAddr = SocketAddr::new(a.parse().unwrap(), 5353);
         let u = in_netns(&lab.ns.path, || UdpSocket::bind(sa)).unwrap();
@@ -383,27 +405,34 @@ async fn a_udp_endpoint_that_goes_away_takes_its_conntrack_entries_along() {
     };
     let a = bind("10.244.1.2");
     let b = bind("10.244.1.3");
-    lab.sync(vec![(
-        s.clone(),
-        vec![ep("10.244.1.2", 5353, Protocol::Udp)],
-    )])
-    .await;
     let client = in_netns(&lab.ns.path, || UdpSocket::bind("10.244.9.9:40000")).unwrap();
     let mut buf = [0u8; 16];
-    client.send_to(b"one", "10.96.0.53:53").unwrap();
-    assert_eq!(a.recv(&mut buf).unwrap(), 3);
-    // The endpoint is replaced; the client keeps its source port, so without
-    // the cleanup its datagrams would follow the old conntrack entry.
-    lab.proxy
-        .set_services(vec![(s, vec![ep("10.244.1.3", 5353, Protocol::Udp)])]);
-    let r = lab.proxy.sync().await;
-    assert!(r.conntrack_deleted >= 1, "{r:?}");
-    client.send_to(b"two", "10.96.0.53:53").unwrap();
-    assert_eq!(
-        b.recv(&mut buf).unwrap(),
-        3,
-        "the new endpoint gets the datagram"
-    );
+    // Both shapes: backend map elements (random) and endpoint chains (rr).
+    let mut installed = vec![];
+    for (sched, vip) in [("random", "10.96.0.53"), ("rr", "10.96.0.54")] {
+        let s = svc(sched, &[vip], 53, Protocol::Udp, sched);
+        let mut all = installed.clone();
+        all.push((s.clone(), vec![ep("10.244.1.2", 5353, Protocol::Udp)]));
+        lab.sync(all).await;
+        let to = format!("{vip}:53");
+        client.send_to(b"one", &to).unwrap();
+        assert_eq!(a.recv(&mut buf).unwrap(), 3, "{sched}");
+        // The endpoint is replaced; the client keeps its source port, so
+        // without the cleanup its datagrams would follow the old entry.
+        let moved = (s, vec![ep("10.244.1.3", 5353, Protocol::Udp)]);
+        let mut all = installed.clone();
+        all.push(moved.clone());
+        lab.proxy.set_services(all);
+        let r = lab.proxy.sync().await;
+        assert!(r.conntrack_deleted >= 1, "{sched}: {r:?}");
+        client.send_to(b"two", &to).unwrap();
+        assert_eq!(
+            b.recv(&mut buf).unwrap(),
+            3,
+            "{sched}: the new endpoint gets the datagram"
+        );
+        installed.push(moved);
+    }
 }
 
 /// An operator changes the proxy module's config (rr by default): every

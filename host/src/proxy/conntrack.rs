@@ -130,6 +130,44 @@ fn udp_dispatch(e: &NftElement) -> Option<(Option<IpAddr>, u16, bool)> {
     }
 }
 
+/// The UDP endpoint of an endpoint chain (the shape of Services with chains
+/// of their own: `meta l4proto udp ... dnat to ADDRESS:PORT`).
+fn udp_endpoint_chain(c: &NftChain) -> Option<IpAddr> {
+    c.rules.iter().find_map(|r| {
+        let udp_value = |v: &NftValue| matches!(v, NftValue::Protocol(Protocol::Udp));
+        let udp = r.matches.iter().any(|m| {
+            !m.negate
+                && m.key == [NftField::MetaL4proto]
+                && match &m.operand {
+                    NftOperand::Value(v) => udp_value(v),
+                    NftOperand::Values(vs) => {
+                        vs.len() == 1 && vs[0].len() == 1 && udp_value(&vs[0][0])
+                    }
+                    NftOperand::Set(_) => false,
+                }
+        });
+        if !udp {
+            return None;
+        }
+        r.statements.iter().find_map(|s| match s {
+            NftStatement::Dnat(NftNat {
+                target: NftNatTarget::Address((a, _)),
+                ..
+            }) => Some(wit_to_ip(a)),
+            _ => None,
+        })
+    })
+}
+
+fn chains(f: Option<&crate::plan::Fragment>) -> impl Iterator<Item = &NftChain> {
+    f.into_iter().flat_map(|f| {
+        f.items.iter().filter_map(|i| match &i.body {
+            PlanBody::NftChain(c) => Some(c),
+            _ => None,
+        })
+    })
+}
+
 fn elements(f: Option<&crate::plan::Fragment>) -> impl Iterator<Item = &NftElement> {
     f.into_iter().flat_map(|f| {
         f.items.iter().filter_map(|i| match &i.body {
@@ -154,6 +192,24 @@ pub fn stale_udp(c: &Change) -> Vec<Flow> {
                 port,
                 reply_src: Some(ep),
                 ipv6: ep.is_ipv6(),
+            });
+        }
+    }
+    // Endpoints in chains of their own (rr, sh, dh, affinity): the entries
+    // to each UDP destination the Service had, answered by an endpoint that
+    // is gone (an endpoint that never served a port has no entries there).
+    let new_eps: HashSet<IpAddr> = chains(new).filter_map(udp_endpoint_chain).collect();
+    let gone: HashSet<IpAddr> = chains(old)
+        .filter_map(udp_endpoint_chain)
+        .filter(|e| !new_eps.contains(e))
+        .collect();
+    for (dst, port, ipv6) in elements(old).filter_map(udp_dispatch) {
+        for ep in gone.iter().filter(|e| e.is_ipv6() == ipv6) {
+            flows.push(Flow {
+                orig_dst: dst,
+                port,
+                reply_src: Some(*ep),
+                ipv6,
             });
         }
     }

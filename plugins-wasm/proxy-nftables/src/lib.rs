@@ -11,29 +11,27 @@
 //!   `w` slots (scaled down to at most 1024 in all).
 //! - the pick chain marks traffic for masquerade as the traffic kind needs
 //!   and DNATs through the backend map keyed by destination, protocol, port
-//!   and a slot drawn by the scheduler: `random` (numgen random) or `rr`
-//!   (numgen inc). It depends only on the traffic kind, the
-//!   scheduler and the slot count, so it is a *shared* item: every Service
-//!   with three rr endpoints uses the same `pick-v4-o-rr-3`. A Service whose
+//!   and a slot drawn by `numgen random`. It depends only on the traffic
+//!   kind and the slot count, so it is a *shared* item: every Service with
+//!   three endpoints uses the same `pick-v4-o-random-3`. A Service whose
 //!   endpoints change keeps its chain and changes only backend elements.
 //! - a shared `hairpin4`/`hairpin6` element `endpoint . endpoint` per
 //!   endpoint, which makes the host masquerade a pod that reaches itself.
 //!
-//! Services with ClientIP affinity, and those with the `sh` (hash of the
-//! source address) or `dh` (hash of the destination address) schedulers, get
-//! chains of their own (kube-proxy's shape: a chain per endpoint, which
-//! remembers the client in a timeout set under affinity): affinity needs
-//! per-endpoint state, and nftables 1.0.6 cannot concatenate a hash with a
-//! transport port in one lookup key.
+//! Services with ClientIP affinity, and those with the `rr` (numgen inc),
+//! `sh` (hash of the source address) or `dh` (hash of the destination
+//! address) schedulers, get chains of their own (kube-proxy's shape: a chain
+//! per endpoint, which remembers the client in a timeout set under
+//! affinity): affinity needs per-endpoint state, rr a counter per Service (a
+//! shared chain's counter would serve Services in turn: two rr Services
+//! whose connections alternate would each always get the same endpoint),
+//! and nftables 1.0.6 cannot concatenate a hash with a transport port in one
+//! lookup key.
 //!
 //! A port with no endpoint to use gets an element in `no-endpoints` (or
 //! `no-endpoints6`, `no-endpoint-nodeports`) instead: `reject` when the
 //! Service has no endpoints, `drop` when a `Local` traffic policy leaves none
 //! on this node, as kube-proxy does.
-//!
-//! The round-robin counter belongs to the pick chain, so Services with the
-//! same rr chain share it: each one still sees an even spread over time, but
-//! not a strict rotation when connections to them interleave.
 //!
 //! Rule ids carry the readable `namespace/name:port/protocol` that `explain`
 //! shows.
@@ -83,15 +81,6 @@ impl Scheduler {
             "dh" => Scheduler::DestinationHash,
             _ => return None,
         })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Scheduler::Random => "random",
-            Scheduler::RoundRobin => "rr",
-            Scheduler::SourceHash => "sh",
-            Scheduler::DestinationHash => "dh",
-        }
     }
 }
 
@@ -357,10 +346,9 @@ fn render_target(
         );
     }
     let masq_rules = masq_rules(ctx, t.family, t.masq);
-    let shared = svc.session_affinity_timeout.is_none()
-        && matches!(scheduler, Scheduler::Random | Scheduler::RoundRobin);
+    let shared = svc.session_affinity_timeout.is_none() && scheduler == Scheduler::Random;
     let chain = if shared {
-        pick_chain(plan, scheduler, t, masq_rules)
+        pick_chain(plan, t, masq_rules)
     } else {
         own_chain(plan, svc, t, scheduler, masq_rules)
     };
@@ -424,13 +412,9 @@ fn slots(backends: &[Backend<'_>]) -> Vec<u32> {
     backends.iter().map(|b| (b.weight / scale).max(1)).collect()
 }
 
-/// The shared chain that picks a slot, and the target's backend elements.
-fn pick_chain(
-    plan: &mut Plan,
-    scheduler: Scheduler,
-    t: &Target<'_>,
-    mut rules: Vec<NftRule>,
-) -> String {
+/// The shared chain that picks a slot at random, and the target's backend
+/// elements.
+fn pick_chain(plan: &mut Plan, t: &Target<'_>, mut rules: Vec<NftRule>) -> String {
     let per = slots(&t.backends);
     let n: u32 = per.iter().sum();
     let (kind, fields) = match (t.kind, t.family) {
@@ -449,15 +433,8 @@ fn pick_chain(
         Masq::All => "a",
         Masq::None => "x",
     };
-    let name = format!(
-        "pick-{kind}{}-{masq}-{}-{n}",
-        fam(t.family),
-        scheduler.name()
-    );
-    let slot = match scheduler {
-        Scheduler::RoundRobin => NftSlot::NumgenInc(n),
-        _ => NftSlot::NumgenRandom(n),
-    };
+    let name = format!("pick-{kind}{}-{masq}-random-{n}", fam(t.family));
+    let slot = NftSlot::NumgenRandom(n);
     // One rule per transport protocol: each backend map matches one.
     for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
         rules.push(Rule::new().dnat_lookup(
@@ -732,15 +709,17 @@ mod tests {
     #[test]
     fn scheduler_comes_from_the_annotation() {
         let mut s = web();
-        s.annotations = vec![(SCHEDULER_ANNOTATION.into(), "rr".into())];
-        assert_eq!(slot(&render(s.clone(), eps(2))), NftSlot::NumgenInc(2));
-        for (name, want) in [("sh", "saddr"), ("dh", "daddr")] {
+        for (name, want) in [("rr", "numgeninc(2)"), ("sh", "saddr"), ("dh", "daddr")] {
             s.annotations = vec![(SCHEDULER_ANNOTATION.into(), name.into())];
             let f = render(s.clone(), eps(2));
             let c = chains(&f);
             let svc = c.iter().find(|c| c.name.starts_with("svc-")).unwrap();
             let k = format!("{:?}", svc.rules.last().unwrap()).to_lowercase();
-            assert!(k.contains("jhash") && k.contains(want), "{name}: {k}");
+            assert!(k.contains(want), "{name}: {k}");
+            assert!(
+                !c.iter().any(|c| c.name.starts_with("pick-")),
+                "{name} has a chain of its own: {c:?}"
+            );
         }
         s.annotations = vec![(SCHEDULER_ANNOTATION.into(), "fastest".into())];
         let e = ProxyNftables::render_service(node_context("node-1"), s, eps(2), String::new())
