@@ -42,6 +42,18 @@ spec:
   - {name: s, image: registry.k8s.io/e2e-test-images/agnhost:2.53, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}
 ";
 
+/// A NodePort Service in front of b (node-2), in every family the lab has.
+const SERVICE: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: to-b, namespace: x}
+spec:
+  type: NodePort
+  ipFamilyPolicy: PreferDualStack
+  selector: {pod: b}
+  ports: [{port: 8080, targetPort: 80, nodePort: 30080}]
+";
+
 /// What a model lets through, beyond pod to pod (always allowed).
 struct Expect {
     pods_reach_outside: bool,
@@ -71,6 +83,22 @@ fn expect(model: &str) -> Expect {
     }
 }
 
+/// Probe until allowed (the proxy programs a new Service within moments).
+fn eventually_allowed(lab: &TestLab, from: &str, to: &str, port: u16, fam: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (ok, answer) = lab.probe(from, to, port, "TCP", fam);
+        if ok {
+            return answer;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{from} -> {to}:{port} ({fam}) never allowed: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Bring a lab up in `model` for each family and check everything the model
 /// promises, with real packets.
 fn check_model(model: &str, short: &str) {
@@ -85,7 +113,7 @@ fn check_model(model: &str, short: &str) {
             }
         );
         let lab = TestLab::up(&name, 2, model, family);
-        let o = lab.apply(PODS);
+        let o = lab.apply(&format!("{PODS}---{SERVICE}"));
         assert!(o.status.success(), "apply: {}", text(&o));
         let fams: &[&str] = match family {
             "ipv4" => &["ipv4"],
@@ -164,6 +192,22 @@ fn check_model(model: &str, short: &str) {
                 ok, e.outside_reaches_pods,
                 "{ctx}: external -> pod: {answer}"
             );
+
+            // Services work the same in every model: a pod reaches b through
+            // its cluster IP across nodes, unmasqueraded (pod to pod), and
+            // the outside reaches it through a node port on node-1,
+            // masqueraded as node-1 so the answer comes back the same way.
+            let answer = eventually_allowed(&lab, "x/a", "to-b.x", 8080, fam);
+            assert!(
+                answer.contains("pod=x/b"),
+                "{ctx}: pod -> Service: {answer}"
+            );
+            assert_eq!(client_of(&answer), a_ip, "{ctx}: pod -> Service source");
+            if model != "isolated" {
+                let (ok, answer) = lab.probe("external", "node/node-1", 30080, "TCP", fam);
+                assert!(ok, "{ctx}: external -> node port: {answer}");
+                assert!(answer.contains("pod=x/b"), "{ctx}: {answer}");
+            }
 
             // Nodes reach everything, and pods reach nodes, in every model.
             let (ok, answer) = lab.probe("node/node-1", "external", 80, "TCP", fam);

@@ -124,8 +124,58 @@ fn services() -> String {
             ", annotations: {switchyard.dev/scheduler: fastest}",
             &format!("{web}{http}"),
         ),
+        service(
+            "weighted",
+            ", annotations: {switchyard.dev/scheduler: rr, switchyard.dev/weights: \"a=3,b=1\"}",
+            &format!("{web}{http}"),
+        ),
+        service(
+            "zone",
+            "",
+            &format!("{web}{http}  trafficDistribution: PreferSameZone\n"),
+        ),
+        service("plain", "", &format!("{web}{http}")),
+        // ipFamilyPolicy and ipFamilies: one family asked for, and both
+        // required.
+        "---
+apiVersion: v1
+kind: Service
+metadata: {name: six, namespace: x}
+spec:
+  ipFamilyPolicy: SingleStack
+  ipFamilies: [IPv6]
+  selector: {app: web}
+  ports: [{name: http, port: 8000, targetPort: http}]
+"
+        .to_string(),
+        "---
+apiVersion: v1
+kind: Service
+metadata: {name: both, namespace: x}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: web}
+  ports: [{name: http, port: 8000, targetPort: http}]
+"
+        .to_string(),
     ]
     .concat()
+}
+
+/// Which pods answered `n` connections, in order.
+fn sequence(lab: &TestLab, from: &str, to: &str, fam: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (ok, answer) = lab.probe(from, to, 8000, "TCP", fam);
+            assert!(ok, "{from} -> {to} ({fam}): {answer}");
+            answered_by(&answer)
+        })
+        .collect()
+}
+
+/// Whether consecutive answers always differ.
+fn alternates(seq: &[String]) -> bool {
+    seq.windows(2).all(|w| w[0] != w[1])
 }
 
 /// `x/b` from "pod=x/b node=node-2 client=..." or "x/b: probe".
@@ -211,12 +261,19 @@ fn services_in_both_families_with_every_feature() {
         // ClusterIP from a pod, a named targetPort, TCP and UDP; rr spreads
         // evenly (numgen inc: strictly alternating for one client).
         eventually(&lab, "x/client", "rr.x", 8000, "TCP", fam);
-        let rr = spread(&lab, "x/client", "rr.x", 8000, "TCP", fam, 20);
-        assert_eq!(rr.len(), 2, "{}", ctx(&format!("rr reaches both: {rr:?}")));
+        let rr = sequence(&lab, "x/client", "rr.x", fam, 20);
         assert!(
-            rr.values().all(|n| (9..=11).contains(n)),
+            alternates(&rr),
             "{}",
-            ctx(&format!("rr spreads evenly: {rr:?}"))
+            ctx(&format!("rr alternates: {rr:?}"))
+        );
+        // Weights (3:1) with rr: exactly three of every four go to a.
+        let w = spread(&lab, "x/client", "weighted.x", 8000, "TCP", fam, 20);
+        assert_eq!(
+            (w.get("x/a"), w.get("x/b")),
+            (Some(&15), Some(&5)),
+            "{}",
+            ctx(&format!("weights 3:1: {w:?}"))
         );
         let udp = spread(&lab, "x/client", "rr.x", 53, "UDP", fam, 10);
         assert_eq!(
@@ -241,7 +298,7 @@ fn services_in_both_families_with_every_feature() {
 
         // internalTrafficPolicy Local and PreferSameNode: the client on
         // node-2 only gets b, node-2's endpoint.
-        for svc in ["internal.x", "near.x"] {
+        for svc in ["internal.x", "near.x", "zone.x"] {
             let s = spread(&lab, "x/client", svc, 8000, "TCP", fam, 6);
             assert_eq!(
                 s.keys().cloned().collect::<Vec<_>>(),
@@ -301,6 +358,83 @@ fn services_in_both_families_with_every_feature() {
             "{}",
             ctx(&format!("another proxy's Service: {answer}"))
         );
+    }
+
+    // Families: SingleStack IPv6 has one IPv6 cluster IP, RequireDualStack
+    // one of each, and both answer in their families.
+    let six = service_view(&lab, "six");
+    let ips: Vec<&str> = six["clusterIps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(ips.len() == 1 && ips[0].contains(':'), "{six}");
+    eventually(&lab, "x/client", "six.x", 8000, "TCP", "ipv6");
+    let both = service_view(&lab, "both");
+    assert_eq!(both["clusterIps"].as_array().unwrap().len(), 2, "{both}");
+    for fam in ["ipv4", "ipv6"] {
+        eventually(&lab, "x/client", "both.x", 8000, "TCP", fam);
+    }
+
+    // externalIPs: addresses the outside routes to a node (here, next to
+    // the LoadBalancer pool), in both families.
+    let lb = service_view(&lab, "lb");
+    let ext_ips: Vec<String> = lb["externalIps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let ip: std::net::IpAddr = v.as_str().unwrap().parse().unwrap();
+            match ip {
+                std::net::IpAddr::V4(a) => {
+                    let o = a.octets();
+                    format!("{}.{}.{}.100", o[0], o[1], o[2])
+                }
+                std::net::IpAddr::V6(a) => {
+                    let mut s = a.segments();
+                    s[7] = 0x100;
+                    std::net::Ipv6Addr::from(s).to_string()
+                }
+            }
+        })
+        .collect();
+    assert_eq!(ext_ips.len(), 2, "{lb}");
+    let o = lab.apply(&service(
+        "ext",
+        "",
+        &format!(
+            "  selector: {{app: web}}\n  externalIPs: [{}]\n  ports: [{{name: http, port: 8000, targetPort: http}}]\n",
+            ext_ips.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ")
+        ),
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    for fam in ["ipv4", "ipv6"] {
+        let answer = eventually(&lab, "external", "ext.x", 8000, "TCP", fam);
+        assert!(answer.contains("pod=x/"), "{fam}: {answer}");
+    }
+
+    // The default scheduler comes from ClusterNetwork: rr there, and a
+    // Service without the annotation rotates strictly.
+    let path = lab
+        .dir
+        .join("cluster/objects/ClusterNetwork/_/default.yaml");
+    let mut net: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    net["spec"]["proxy"] = serde_yaml::from_str("{mode: nftables, defaultScheduler: rr}").unwrap();
+    let o = lab.apply(&serde_yaml::to_string(&net).unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    let start = Instant::now();
+    loop {
+        let seq = sequence(&lab, "x/client", "plain.x", "ipv4", 12);
+        if alternates(&seq) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "ClusterNetwork's rr never took effect: {seq:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     // Bad input, reported by name, the other Services unharmed (above).

@@ -344,6 +344,12 @@ impl<'a> Admission<'a> {
                 }
             }
             if let Some(spec) = &s.spec {
+                // externalIPs are not handed out as LoadBalancer IPs.
+                for ip in spec.external_ips.iter().flatten() {
+                    if let Ok(a) = ip.parse() {
+                        lb_ips.insert(a);
+                    }
+                }
                 for ip in spec.cluster_ips.iter().flatten() {
                     if let Ok(a) = ip.parse() {
                         service_ips.insert(a);

@@ -14,6 +14,37 @@ use std::net::IpAddr;
 pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Service annotation with endpoint weights by pod name:
+/// `switchyard.dev/weights: "web-1=3,web-2=1"`. Pods it does not name weigh
+/// 1. EndpointSlices have no weight field, so the Service carries them.
+pub const WEIGHTS_ANNOTATION: &str = "switchyard.dev/weights";
+
+/// The weights a Service's annotation gives, by pod name.
+pub fn weights(svc: &Service) -> Result<BTreeMap<String, u32>, String> {
+    let Some(text) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(WEIGHTS_ANNOTATION))
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            format!(
+                "annotation {WEIGHTS_ANNOTATION}: {part:?} is not POD=WEIGHT with a weight from 1 to 100"
+            )
+        };
+        let (pod, w) = part.split_once('=').ok_or_else(bad)?;
+        let w: u32 = w.trim().parse().map_err(|_| bad())?;
+        if !(1..=100).contains(&w) || pod.trim().is_empty() {
+            return Err(bad());
+        }
+        out.insert(pod.trim().to_string(), w);
+    }
+    Ok(out)
+}
 
 fn protocol(p: Option<&str>) -> Result<wit::Protocol, String> {
     match p.unwrap_or("TCP") {
@@ -224,8 +255,8 @@ pub fn inputs(
         if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             continue;
         }
-        match service(svc) {
-            Ok(mut w) => {
+        match service(svc).and_then(|s| Ok((s, weights(svc)?))) {
+            Ok((mut w, by_pod)) => {
                 w.namespace = ns.to_string();
                 let slices = m.endpoint_slices.iter().filter(|s| {
                     s.metadata.namespace.as_deref().unwrap_or("default") == ns
@@ -235,7 +266,18 @@ pub fn inputs(
                             .and_then(|l| l.get(SERVICE_NAME_LABEL))
                             .is_some_and(|n| n == name)
                 });
-                out.push((w, endpoints(slices)));
+                let mut eps = endpoints(slices);
+                for e in &mut eps {
+                    let pod = e
+                        .pod
+                        .as_deref()
+                        .and_then(|p| p.split_once('/'))
+                        .map(|p| p.1);
+                    if let Some(x) = pod.and_then(|p| by_pod.get(p)) {
+                        e.weight = *x;
+                    }
+                }
+                out.push((w, eps));
             }
             Err(e) => {
                 errors.insert(format!("{ns}/{name}"), format!("Service {ns}/{name}: {e}"));
@@ -278,5 +320,59 @@ pub fn node_context(
         families,
         masquerade: net.masquerades(),
         default_scheduler: net.proxy.default_scheduler.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::local::Manifests;
+
+    const DOCS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x, annotations: {switchyard.dev/weights: "a=3, b=1"}}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: theirs, namespace: x, labels: {service.kubernetes.io/service-proxy-name: other}}
+spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad, namespace: x, annotations: {switchyard.dev/weights: "a=0"}}
+spec: {clusterIP: 10.96.0.12, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: x, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.2]
+  targetRef: {kind: Pod, namespace: x, name: a}
+- addresses: [10.244.1.3]
+  targetRef: {kind: Pod, namespace: x, name: b}
+- addresses: [10.244.1.4]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, namespace: x, name: c}
+"#;
+
+    #[test]
+    fn inputs_carry_weights_skip_other_proxies_and_name_bad_services() {
+        let mut m = Manifests::default();
+        m.add_text(std::path::Path::new("x.yaml"), DOCS).unwrap();
+        let (inputs, errors) = inputs(&m);
+        let names: Vec<&str> = inputs.iter().map(|(s, _)| s.name.as_str()).collect();
+        assert_eq!(names, ["web"], "another proxy's Service is left alone");
+        let eps = &inputs[0].1;
+        let w: Vec<(u32, bool)> = eps.iter().map(|e| (e.weight, e.ready)).collect();
+        assert_eq!(w, [(3, true), (1, true), (1, false)]);
+        assert!(
+            errors["x/bad"]
+                .contains("annotation switchyard.dev/weights: \"a=0\" is not POD=WEIGHT"),
+            "{errors:?}"
+        );
     }
 }

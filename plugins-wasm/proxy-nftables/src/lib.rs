@@ -184,13 +184,23 @@ fn render(
     if svc.service_type == ServiceType::ExternalName {
         return Ok(plan.build());
     }
-    let sched_name = switchyard_sdk::labels::get(&svc.annotations, SCHEDULER_ANNOTATION)
-        .map(str::to_string)
-        .or_else(|| config.default_scheduler.clone())
-        .unwrap_or_else(|| ctx.default_scheduler.clone());
+    let (sched_name, from) =
+        match switchyard_sdk::labels::get(&svc.annotations, SCHEDULER_ANNOTATION) {
+            Some(s) => (s.to_string(), format!("annotation {SCHEDULER_ANNOTATION}")),
+            None => match &config.default_scheduler {
+                Some(s) => (
+                    s.clone(),
+                    "the module's config defaultScheduler".to_string(),
+                ),
+                None => (
+                    ctx.default_scheduler.clone(),
+                    "ClusterNetwork spec.proxy.defaultScheduler".to_string(),
+                ),
+            },
+        };
     let scheduler = Scheduler::parse(&sched_name).ok_or_else(|| {
         ModuleError::InvalidInput(format!(
-            "annotation {SCHEDULER_ANNOTATION}: unknown scheduler {sched_name:?} (known: random, rr, sh, dh)"
+            "{from}: unknown scheduler {sched_name:?} (known: random, rr, sh, dh)"
         ))
     })?;
     if svc.cluster_ips.is_empty() {
