@@ -1,6 +1,8 @@
 //! Measurement helpers shared by the benchmark binaries: samples, percentiles,
 //! and a results file per benchmark.
 
+pub mod proxy_input;
+
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

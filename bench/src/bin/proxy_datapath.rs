@@ -57,13 +57,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard::datapath::nft::Nft;
-use switchyard::model::{ObjectKind, ObjectRef, Role};
 use switchyard::proxy::ServiceProxy;
 use switchyard::proxy::conntrack::ConntrackTool;
-use switchyard::registry::source::{Fetcher, ModuleSource};
-use switchyard::registry::{ModuleSpec, Registry};
 use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
-use switchyard::runtime::{HostServices, Runtime};
+use switchyard_bench::proxy_input::{self, POD_PORT, SERVICE_PORT, object, service};
 use switchyard_bench::{Summary, header, machine, write_results};
 
 const DEFAULT_SIZES: [u32; 2] = [1000, 10_000];
@@ -73,8 +70,6 @@ const ENDPOINTS: u32 = 10;
 const NS_PREFIX: &str = "sy-bench-dp-";
 /// First Service address: Service `i` is `VIP_BASE + i`, in 10.96.0.0/12.
 const VIP_BASE: u32 = 0x0a60_0001;
-const POD_PORT: u16 = 8080;
-const SERVICE_PORT: u16 = 80;
 const BRIDGE_MAC: &str = "02:5b:00:00:00:01";
 /// Client namespaces, in order; client `k` is 10.200.0.(101 + k).
 const CLIENTS: [&str; 5] = ["direct", "ours", "linear", "nat1", "ct"];
@@ -100,83 +95,13 @@ fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(VIP_BASE + i)
 }
 
-// ---- the real proxy's input (as in proxy_sync) ----
-
-fn v4(a: Ipv4Addr) -> IpAddress {
-    let [a, b, c, d] = a.octets();
-    IpAddress::Ipv4((a, b, c, d))
-}
-
-fn ctx() -> NodeContext {
-    NodeContext {
-        node: "node-1".into(),
-        zone: None,
-        node_ips: vec![v4(Ipv4Addr::new(192, 168, 0, 2))],
-        cluster_cidrs: vec![IpCidr {
-            address: v4(Ipv4Addr::new(10, 0, 0, 0)),
-            prefix_len: 8,
-        }],
-        service_cidrs: vec![IpCidr {
-            address: v4(Ipv4Addr::new(10, 96, 0, 0)),
-            prefix_len: 12,
-        }],
-        families: vec![IpFamily::Ipv4],
-        masquerade: false,
-        default_scheduler: "random".into(),
-    }
-}
-
-fn service(i: u32) -> Service {
-    Service {
-        namespace: "bench".into(),
-        name: format!("svc-{i}"),
-        uid: format!("uid-{i}"),
-        labels: vec![],
-        annotations: vec![],
-        service_type: ServiceType::ClusterIp,
-        cluster_ips: vec![v4(vip(i))],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: SERVICE_PORT,
-            target_port: TargetPort::Number(POD_PORT),
-            node_port: None,
-        }],
-        session_affinity_timeout: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        traffic_distribution: None,
-        ip_families: vec![IpFamily::Ipv4],
-        ip_family_policy: IpFamilyPolicy::SingleStack,
-        health_check_node_port: None,
-    }
-}
+// ---- the real proxy's input ----
 
 /// Every Service has the same 10 endpoints: the 10 pod addresses.
 fn endpoints() -> Vec<Endpoint> {
     (0..ENDPOINTS)
-        .map(|k| Endpoint {
-            address: v4(pod(k)),
-            ports: vec![EndpointPort {
-                name: "http".into(),
-                port: POD_PORT,
-                protocol: Protocol::Tcp,
-            }],
-            ready: true,
-            serving: true,
-            terminating: false,
-            node: Some("node-1".into()),
-            zone: None,
-            pod: None,
-            weight: 1,
-        })
+        .map(|k| proxy_input::endpoint(pod(k)))
         .collect()
-}
-
-fn object(i: u32) -> ObjectRef {
-    ObjectRef::new(ObjectKind::Service, "bench", format!("svc-{i}"))
 }
 
 // ---- the comparison rule sets ----
@@ -767,18 +692,7 @@ fn bench(lab: &Lab, sizes: &[u32], rounds: usize) -> anyhow::Result<Results> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let registry = rt.block_on(async {
-        let runtime = Runtime::new()?;
-        let registry = Registry::new(runtime, Fetcher::default(), HostServices::default(), 2);
-        let mut spec = ModuleSpec::new(
-            "proxy",
-            Role::ServiceProxy,
-            ModuleSource::Builtin("proxy-nftables".into()),
-        );
-        spec.limits.deadline = Duration::from_secs(30);
-        registry.apply_async(spec).await?;
-        anyhow::Ok(registry)
-    })?;
+    let registry = rt.block_on(proxy_input::registry())?;
     // The process is in the `ours` namespace: libnftables programs it.
     let nft = Arc::new(Nft::new(None));
     let in_process = nft.in_process();
@@ -795,10 +709,10 @@ fn bench(lab: &Lab, sizes: &[u32], rounds: usize) -> anyhow::Result<Results> {
             nft.clone(),
             Arc::new(ConntrackTool::default()),
         );
-        proxy.set_context(ctx());
+        proxy.set_context(proxy_input::node_context());
         let eps = endpoints();
         for i in 0..n {
-            proxy.update(object(i), Some((service(i), eps.clone())));
+            proxy.update(object(i), Some((service(i, vip(i)), eps.clone())));
         }
         let t = Instant::now();
         let full = rt.block_on(proxy.sync());

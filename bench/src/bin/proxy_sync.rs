@@ -13,98 +13,32 @@
 //! Run: `cargo run --release -p switchyard-bench --bin proxy_sync [-- SIZES]`
 
 use serde::Serialize;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::datapath::nft::Nft;
-use switchyard::model::{ObjectKind, ObjectRef, Role};
 use switchyard::proxy::ServiceProxy;
 use switchyard::proxy::conntrack::ConntrackTool;
-use switchyard::registry::source::{Fetcher, ModuleSource};
-use switchyard::registry::{ModuleSpec, Registry};
 use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
-use switchyard::runtime::{HostServices, Runtime};
+use switchyard_bench::proxy_input::{self, object};
 use switchyard_bench::{Summary, header, machine, write_results};
 
 const ENDPOINTS: u32 = 10;
 const CHANGES: usize = 40;
 
-fn v4(n: u32) -> IpAddress {
-    IpAddress::Ipv4(((n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8, n as u8))
-}
-
-fn ctx() -> NodeContext {
-    NodeContext {
-        node: "node-1".into(),
-        zone: None,
-        node_ips: vec![v4(0xc0a8_0002)],
-        cluster_cidrs: vec![IpCidr {
-            address: v4(0x0a00_0000),
-            prefix_len: 8,
-        }],
-        service_cidrs: vec![IpCidr {
-            address: v4(0x0a60_0000),
-            prefix_len: 12,
-        }],
-        families: vec![IpFamily::Ipv4],
-        masquerade: false,
-        default_scheduler: "random".into(),
-    }
-}
-
+/// Service `svc-I` at 10.96.0.0 + I.
 fn service(i: u32) -> Service {
-    Service {
-        namespace: "bench".into(),
-        name: format!("svc-{i}"),
-        uid: format!("uid-{i}"),
-        labels: vec![],
-        annotations: vec![],
-        service_type: ServiceType::ClusterIp,
-        cluster_ips: vec![v4(0x0a60_0000 + i)],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: TargetPort::Number(8080),
-            node_port: None,
-        }],
-        session_affinity_timeout: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        traffic_distribution: None,
-        ip_families: vec![IpFamily::Ipv4],
-        ip_family_policy: IpFamilyPolicy::SingleStack,
-        health_check_node_port: None,
-    }
+    proxy_input::service(i, Ipv4Addr::from(0x0a60_0000 + i))
 }
 
 fn endpoint(addr: u32) -> Endpoint {
-    Endpoint {
-        address: v4(addr),
-        ports: vec![EndpointPort {
-            name: "http".into(),
-            port: 8080,
-            protocol: Protocol::Tcp,
-        }],
-        ready: true,
-        serving: true,
-        terminating: false,
-        node: Some("node-1".into()),
-        zone: None,
-        pod: None,
-        weight: 1,
-    }
+    proxy_input::endpoint(Ipv4Addr::from(addr))
 }
 
 fn endpoints(i: u32, n: u32, generation: u32) -> Vec<Endpoint> {
     (0..n)
         .map(|k| endpoint(0x0b00_0000 + (i * 16 + k) + generation * 0x0080_0000))
         .collect()
-}
-
-fn object(i: u32) -> ObjectRef {
-    ObjectRef::new(ObjectKind::Service, "bench", format!("svc-{i}"))
 }
 
 #[derive(Serialize)]
@@ -141,17 +75,7 @@ async fn timed(proxy: &mut ServiceProxy) -> Duration {
 }
 
 async fn run(sizes: &[u32]) -> anyhow::Result<Results> {
-    let runtime = Runtime::new()?;
-    let registry = Registry::new(runtime, Fetcher::default(), HostServices::default(), 2);
-    let mut spec = ModuleSpec::new(
-        "proxy",
-        Role::ServiceProxy,
-        ModuleSource::Builtin("proxy-nftables".into()),
-    );
-    // Calls are per Service; a generous deadline keeps a slow machine from
-    // failing one.
-    spec.limits.deadline = Duration::from_secs(30);
-    registry.apply_async(spec).await?;
+    let registry = proxy_input::registry().await?;
     let nft = Arc::new(Nft::new(None));
     let in_process = nft.in_process();
     let mut out = vec![];
@@ -165,7 +89,7 @@ async fn run(sizes: &[u32]) -> anyhow::Result<Results> {
             nft.clone(),
             Arc::new(ConntrackTool::default()),
         );
-        proxy.set_context(ctx());
+        proxy.set_context(proxy_input::node_context());
         for i in 0..n {
             proxy.update(object(i), Some((service(i), endpoints(i, ENDPOINTS, 0))));
         }
