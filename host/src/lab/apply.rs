@@ -244,6 +244,18 @@ fn now() -> Time {
     super::view::k8s_now()
 }
 
+/// An object's uid and creation time are the stored version's, or new for
+/// a new object (the API server sets them; an apply does not change them).
+fn keep_identity(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    old: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+) {
+    meta.uid = old.and_then(|o| o.uid.clone()).or_else(|| Some(new_uid()));
+    meta.creation_timestamp = old
+        .and_then(|o| o.creation_timestamp.clone())
+        .or_else(|| Some(now()));
+}
+
 fn new_uid() -> String {
     let mut b = [0u8; 16];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -398,14 +410,7 @@ impl<'a> Admission<'a> {
                 self.namespaces.insert(o.name.clone());
                 let old: Option<Namespace> = self.existing(o);
                 let mut m = n.metadata.clone();
-                m.uid = old
-                    .as_ref()
-                    .and_then(|x| x.metadata.uid.clone())
-                    .or_else(|| Some(new_uid()));
-                m.creation_timestamp = old
-                    .as_ref()
-                    .and_then(|x| x.metadata.creation_timestamp.clone())
-                    .or_else(|| Some(now()));
+                keep_identity(&mut m, old.as_ref().map(|x| &x.metadata));
                 let mut labels = m.labels.take().unwrap_or_default();
                 labels.insert("kubernetes.io/metadata.name".into(), o.name.clone());
                 m.labels = Some(labels);
@@ -435,14 +440,7 @@ impl<'a> Admission<'a> {
                 let old: Option<NetworkPolicy> = self.existing(o);
                 let mut p = p;
                 p.metadata.namespace = Some(o.namespace.clone());
-                p.metadata.uid = old
-                    .as_ref()
-                    .and_then(|x| x.metadata.uid.clone())
-                    .or_else(|| Some(new_uid()));
-                p.metadata.creation_timestamp = old
-                    .as_ref()
-                    .and_then(|x| x.metadata.creation_timestamp.clone())
-                    .or_else(|| Some(now()));
+                keep_identity(&mut p.metadata, old.as_ref().map(|x| &x.metadata));
                 let verb = verb(old.as_ref(), &p);
                 self.write(o, &p, verb, None)
             }
@@ -812,15 +810,7 @@ impl<'a> Admission<'a> {
         } else {
             svc.status = None;
         }
-        let m = &mut svc.metadata;
-        m.uid = old
-            .as_ref()
-            .and_then(|x| x.metadata.uid.clone())
-            .or_else(|| Some(new_uid()));
-        m.creation_timestamp = old
-            .as_ref()
-            .and_then(|x| x.metadata.creation_timestamp.clone())
-            .or_else(|| Some(now()));
+        keep_identity(&mut svc.metadata, old.as_ref().map(|x| &x.metadata));
         let verb = verb(old.as_ref(), &svc);
         self.write(o, &svc, verb, None)
     }
@@ -891,14 +881,7 @@ impl<'a> Admission<'a> {
             ));
         }
         let old: Option<EndpointSlice> = self.existing(o);
-        s.metadata.uid = old
-            .as_ref()
-            .and_then(|x| x.metadata.uid.clone())
-            .or_else(|| Some(new_uid()));
-        s.metadata.creation_timestamp = old
-            .as_ref()
-            .and_then(|x| x.metadata.creation_timestamp.clone())
-            .or_else(|| Some(now()));
+        keep_identity(&mut s.metadata, old.as_ref().map(|x| &x.metadata));
         let verb = verb(old.as_ref(), &s);
         self.write(o, &s, verb, None)
     }
