@@ -83,22 +83,6 @@ fn expect(model: &str) -> Expect {
     }
 }
 
-/// Probe until allowed (the proxy programs a new Service within moments).
-fn eventually_allowed(lab: &TestLab, from: &str, to: &str, port: u16, fam: &str) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let (ok, answer) = lab.probe(from, to, port, "TCP", fam);
-        if ok {
-            return answer;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{from} -> {to}:{port} ({fam}) never allowed: {answer}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Bring a lab up in `model` for each family and check everything the model
 /// promises, with real packets.
 fn check_model(model: &str, short: &str) {
@@ -197,7 +181,7 @@ fn check_model(model: &str, short: &str) {
             // its cluster IP across nodes, unmasqueraded (pod to pod), and
             // the outside reaches it through a node port on node-1,
             // masqueraded as node-1 so the answer comes back the same way.
-            let answer = eventually_allowed(&lab, "x/a", "to-b.x", 8080, fam);
+            let answer = lab.probe_until_allowed("x/a", "to-b.x", 8080, "TCP", fam);
             assert!(
                 answer.contains("pod=x/b"),
                 "{ctx}: pod -> Service: {answer}"

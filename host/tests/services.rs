@@ -194,23 +194,6 @@ fn answered_by(answer: &str) -> String {
         .to_string()
 }
 
-/// Probe until allowed (the proxies program a change within moments), at
-/// most `limit`.
-fn eventually(lab: &TestLab, from: &str, to: &str, port: u16, proto: &str, fam: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let (ok, answer) = lab.probe(from, to, port, proto, fam);
-        if ok {
-            return answer;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{from} -> {to}:{port}/{proto} ({fam}) never allowed: {answer}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Which pods answered `n` connections.
 fn spread(
     lab: &TestLab,
@@ -260,7 +243,7 @@ fn services_in_both_families_with_every_feature() {
         let ctx = |what: &str| format!("{fam}: {what}");
         // ClusterIP from a pod, a named targetPort, TCP and UDP; rr spreads
         // evenly (numgen inc: strictly alternating for one client).
-        eventually(&lab, "x/client", "rr.x", 8000, "TCP", fam);
+        lab.probe_until_allowed("x/client", "rr.x", 8000, "TCP", fam);
         let rr = sequence(&lab, "x/client", "rr.x", fam, 20);
         assert!(
             alternates(&rr),
@@ -310,7 +293,7 @@ fn services_in_both_families_with_every_feature() {
 
         // Hairpin: solo reaches itself through its Service, masqueraded so
         // it does not answer itself directly.
-        let answer = eventually(&lab, "x/solo", "solo.x", 8000, "TCP", fam);
+        let answer = lab.probe_until_allowed("x/solo", "solo.x", 8000, "TCP", fam);
         assert_eq!(answered_by(&answer), "x/solo", "{}", ctx("hairpin"));
         assert_ne!(
             client_of(&answer),
@@ -370,11 +353,11 @@ fn services_in_both_families_with_every_feature() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(ips.len() == 1 && ips[0].contains(':'), "{six}");
-    eventually(&lab, "x/client", "six.x", 8000, "TCP", "ipv6");
+    lab.probe_until_allowed("x/client", "six.x", 8000, "TCP", "ipv6");
     let both = service_view(&lab, "both");
     assert_eq!(both["clusterIps"].as_array().unwrap().len(), 2, "{both}");
     for fam in ["ipv4", "ipv6"] {
-        eventually(&lab, "x/client", "both.x", 8000, "TCP", fam);
+        lab.probe_until_allowed("x/client", "both.x", 8000, "TCP", fam);
     }
 
     // externalIPs: addresses the outside routes to a node (here, next to
@@ -410,7 +393,7 @@ fn services_in_both_families_with_every_feature() {
     ));
     assert!(o.status.success(), "{}", text(&o));
     for fam in ["ipv4", "ipv6"] {
-        let answer = eventually(&lab, "external", "ext.x", 8000, "TCP", fam);
+        let answer = lab.probe_until_allowed("external", "ext.x", 8000, "TCP", fam);
         assert!(answer.contains("pod=x/"), "{fam}: {answer}");
     }
 
@@ -523,7 +506,7 @@ spec:
 ";
     let o = lab.apply(&format!("{svc}{}", slice(true)));
     assert!(o.status.success(), "{}", text(&o));
-    eventually(&lab, "x/client", "manual.x", 8000, "TCP", "ipv4");
+    lab.probe_until_allowed("x/client", "manual.x", 8000, "TCP", "ipv4");
     let s = spread(&lab, "x/client", "manual.x", 8000, "TCP", "ipv4", 8);
     assert_eq!(
         s.keys().cloned().collect::<Vec<_>>(),

@@ -79,6 +79,11 @@ fn fingerprint(ctx: &wit::NodeContext, svc: &wit::Service, eps: &[wit::Endpoint]
     h.finish()
 }
 
+/// What a module version renders by: its digest and its config.
+fn identity(active: &crate::registry::Active) -> String {
+    format!("{} {}", active.bound.module.digest, active.config)
+}
+
 /// The object a Service is.
 pub fn service_ref(svc: &wit::Service) -> ObjectRef {
     ObjectRef::new(ObjectKind::Service, &svc.namespace, &svc.name)
@@ -107,8 +112,9 @@ impl ServiceProxy {
 
     /// The active module's identity: its digest and config.
     fn module_identity(&self) -> Option<String> {
-        let a = self.registry.active_for(Role::ServiceProxy)?;
-        Some(format!("{} {}", a.bound.module.digest, a.config))
+        self.registry
+            .active_for(Role::ServiceProxy)
+            .map(|a| identity(&a))
     }
 
     /// The node's context changed (node addresses, cluster CIDRs, default
@@ -240,7 +246,7 @@ impl ServiceProxy {
         };
         let binding = active.spec.name.clone();
         let policy = active.spec.failure_policy;
-        let identity = format!("{} {}", active.bound.module.digest, active.config);
+        let identity = identity(&active);
         // What to go back to (the old store, and whether a full sync was
         // due) if the new module cannot be called at all.
         let mut previous = None;

@@ -129,6 +129,30 @@ impl TestLab {
         }
     }
 
+    /// Probe until allowed (a proxy programs a change within moments), for
+    /// at most 20 s; what the server answered.
+    pub fn probe_until_allowed(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+        family: &str,
+    ) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let (ok, answer) = self.probe(from, to, port, protocol, family);
+            if ok {
+                return answer;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{from} -> {to}:{port}/{protocol} ({family}) never allowed: {answer}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     pub fn status(&self) -> Value {
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
