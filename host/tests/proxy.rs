@@ -481,3 +481,100 @@ async fn a_module_change_renders_every_service_again_in_one_table_swap() {
     lab.proxy.set_services(all);
     assert!(!lab.proxy.pending());
 }
+
+/// Dispatch borrows the packet mark for a Service's class and gives it
+/// back: a connection whose packets carry a mark (set before the proxy's
+/// NAT hook, as `SO_MARK` or another table would) reaches its Service and
+/// keeps its mark for routing and later hooks; one whose conntrack mark is
+/// set keeps that; unmarked traffic stays unmarked. Both families.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marked_connections_reach_services_and_keep_their_marks() {
+    let mut lab = lab("pxmark").await;
+    let v4 = ["10.244.1.2", "10.244.1.3", "10.244.1.4"];
+    let v6 = ["fd00:10:244:1::2", "fd00:10:244:1::3", "fd00:10:244:1::4"];
+    let eps = |port| -> Vec<Endpoint> {
+        v4.iter()
+            .chain(&v6)
+            .map(|a| ep(a, port, Protocol::Tcp))
+            .collect()
+    };
+    let dual = ["10.96.0.10", "fd00:96::10"];
+    // Random (a shared class) on 80, 81 and 82.
+    lab.sync(vec![
+        (svc("plain", &dual, 80, Protocol::Tcp, "random"), eps(8080)),
+        (
+            svc(
+                "marked",
+                &["10.96.0.11", "fd00:96::11"],
+                81,
+                Protocol::Tcp,
+                "random",
+            ),
+            eps(8081),
+        ),
+        (
+            svc(
+                "ctmarked",
+                &["10.96.0.12", "fd00:96::12"],
+                82,
+                Protocol::Tcp,
+                "random",
+            ),
+            eps(8082),
+        ),
+    ])
+    .await;
+    // Another table marks before the proxy (route type: a changed mark
+    // re-routes) and counts what reaches the endpoints after all NAT.
+    let rules = r#"
+table inet observe {
+  counter plain-unmarked { }
+  counter marked-kept { }
+  counter ctmarked-kept { }
+  counter leaked { }
+  chain set-marks {
+    type route hook output priority -150; policy accept;
+    tcp dport 81 meta mark set 0x1234
+    tcp dport 82 ct mark set 0x77
+  }
+  chain seen {
+    type filter hook postrouting priority 200; policy accept;
+    tcp dport 8080 meta mark 0 ct mark 0 counter name plain-unmarked
+    tcp dport 8081 meta mark 0x1234 ct mark 0 counter name marked-kept
+    tcp dport 8082 meta mark 0 ct mark 0x77 counter name ctmarked-kept
+    tcp dport { 8080, 8081, 8082 } meta mark & 0xffff0000 != 0 counter name leaked
+  }
+}
+"#;
+    let path = std::env::temp_dir().join(format!("observe-{}.nft", std::process::id()));
+    std::fs::write(&path, rules).unwrap();
+    let o = lab.ns.exec(&["nft", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (port, vips) in [
+        (8080, ["10.96.0.10:80", "[fd00:96::10]:80"]),
+        (8081, ["10.96.0.11:81", "[fd00:96::11]:81"]),
+        (8082, ["10.96.0.12:82", "[fd00:96::12]:82"]),
+    ] {
+        let l4 = lab.listen(&v4, port);
+        let l6 = lab.listen(&v6, port);
+        assert_eq!(lab.spread(vips[0], 30, &l4).values().sum::<usize>(), 30);
+        assert_eq!(lab.spread(vips[1], 30, &l6).values().sum::<usize>(), 30);
+    }
+    let packets = |name: &str| -> u64 {
+        let o = lab
+            .ns
+            .exec(&["nft", "list", "counter", "inet", "observe", name]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("counter {name}: {text}"))
+    };
+    // Each connection sends at least its SYN and its final ACK/FIN.
+    for name in ["plain-unmarked", "marked-kept", "ctmarked-kept"] {
+        assert!(packets(name) >= 60 * 2, "{name}: {}", packets(name));
+    }
+    assert_eq!(packets("leaked"), 0, "a class was left in a packet's mark");
+}

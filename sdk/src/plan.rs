@@ -18,7 +18,7 @@
 //! );
 //! plan.element(
 //!     "svc/web/http",
-//!     "service-ips",
+//!     "service-chains",
 //!     vec!["10.96.0.10".parse::<switchyard_sdk::types::IpAddress>().unwrap().into(), Protocol::Tcp.into(), 80u16.into()],
 //!     Some(NftVerdict::Goto("ep-web-http-0".into()).into()),
 //! );

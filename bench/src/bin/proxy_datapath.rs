@@ -11,7 +11,10 @@
 //! - one DNAT rule that picks one of 10 endpoints (`numgen random` map): what
 //!   any NAT-based proxy pays for conntrack and NAT, without a lookup;
 //! - a direct connection with connection tracking on (one `ct state` rule,
-//!   no NAT): what conntrack alone costs.
+//!   no NAT): what conntrack alone costs;
+//! - a direct connection to a pod address from ours' namespace: what a
+//!   connection that bypasses the Service costs on a node running the proxy
+//!   (conntrack on, the proxy's hooks run and find no Service).
 //!
 //! Ours is the real thing: `ServiceProxy` with the builtin `proxy-nftables`
 //! module, loaded with a full sync through libnftables.
@@ -517,6 +520,12 @@ fn variants(n: u32) -> Vec<Variant> {
             service: None,
         },
         Variant {
+            key: "direct_on_proxy_node",
+            label: "direct to a pod address from ours' namespace",
+            client: OURS,
+            service: None,
+        },
+        Variant {
             key: "ours_last",
             label: "ours, ClusterIP of the last Service",
             client: OURS,
@@ -577,6 +586,8 @@ struct SizeResult {
     connect: Vec<Summary>,
     /// Each variant's percentile over direct's.
     vs_direct: BTreeMap<String, Ratio>,
+    /// Ours (last Service) over a direct connection from the same namespace.
+    ours_vs_direct_on_proxy_node: Ratio,
     /// Connections the server saw per pod address (10.200.0.1-10), by
     /// client namespace: the spread of the load balancing.
     per_pod: BTreeMap<String, Vec<u64>>,
@@ -770,6 +781,13 @@ fn bench(lab: &Lab, sizes: &[u32], rounds: usize) -> anyhow::Result<Results> {
                 )
             })
             .collect();
+        let on_node = |key: &str| &connect[vs.iter().position(|v| v.key == key).expect("variant")];
+        let (ours, node) = (on_node("ours_last"), on_node("direct_on_proxy_node"));
+        let ours_vs_direct_on_proxy_node = Ratio {
+            p50: ours.p50_us / node.p50_us,
+            p90: ours.p90_us / node.p90_us,
+            p99: ours.p99_us / node.p99_us,
+        };
         header();
         for s in &connect {
             s.print();
@@ -779,6 +797,11 @@ fn bench(lab: &Lab, sizes: &[u32], rounds: usize) -> anyhow::Result<Results> {
             let r = &vs_direct[v.key];
             println!("{:<18} {:>7.3} {:>7.3} {:>7.3}", v.key, r.p50, r.p90, r.p99);
         }
+        let r = &ours_vs_direct_on_proxy_node;
+        println!(
+            "ours_last / direct_on_proxy_node {:>7.3} {:>7.3} {:>7.3}",
+            r.p50, r.p90, r.p99
+        );
         print!("connections per pod:");
         for (c, counts) in &per_pod {
             let (lo, hi) = (
@@ -822,6 +845,7 @@ fn bench(lab: &Lab, sizes: &[u32], rounds: usize) -> anyhow::Result<Results> {
             linear_load_ms: linear_ms,
             connect,
             vs_direct,
+            ours_vs_direct_on_proxy_node,
             per_pod,
             conntrack_entries,
         });

@@ -12,7 +12,7 @@
 //! `nft` binary costs a process start and a ruleset read per call, which is
 //! most of a small change), else through `nft -f -`.
 
-use crate::plan::skeleton::{Skeleton, SkeletonData};
+use crate::plan::skeleton::{CLASS_MAX, STASHED_MARK, Skeleton, SkeletonData};
 use crate::plan::validate::{field_name, type_name};
 use crate::plan::{Change, Claim, store::claim};
 use crate::runtime::bindings::imports::switchyard::plugin::types::*;
@@ -289,16 +289,56 @@ pub fn skeleton_body(sk: &Skeleton) -> String {
 /// The proxy's base chains: dispatch in the NAT hooks, the rejection of
 /// Services without endpoints in the filter hooks (reject is not allowed in
 /// NAT hooks), and masquerade.
+///
+/// Dispatch borrows the packet mark for a Service's class (see the
+/// skeleton's doc): `meta mark set <key> map @service-ips` then `meta mark
+/// vmap @service-classes`, which goes to the class's chain, whose first rule
+/// jumps to `restore-mark`. A packet that arrives marked has its mark
+/// stashed in the conntrack mark first (when that is free) and the class
+/// gets the `STASHED_MARK` bit, so `restore-mark` knows to put it back. A
+/// lookup that misses leaves the mark untouched, so other traffic keeps its
+/// mark; a class without an entry in `service-classes` (which validation
+/// rules out) is cleared at once.
 fn proxy_chains() -> String {
     let m = MASQUERADE_MARK;
+    let s = STASHED_MARK;
+    let c = CLASS_MAX;
     format!(
         r#"  chain mark-for-masquerade {{
     meta mark set meta mark | 0x{m:x}
   }}
+  chain restore-mark {{
+    meta mark & 0x{s:x} == 0 meta mark set 0 return
+    meta mark set ct mark ct mark set 0
+  }}
   chain services {{
-    ip daddr . meta l4proto . th dport vmap @service-ips
-    ip6 daddr . meta l4proto . th dport vmap @service-ips6
-    fib daddr type local meta nfproto . meta l4proto . th dport vmap @service-nodeports
+    meta mark != 0 goto services-marked
+    meta mark set ip daddr . meta l4proto . th dport map @service-ips
+    meta mark set ip6 daddr . meta l4proto . th dport map @service-ips6
+    meta mark vmap @service-classes
+    meta mark != 0 meta mark set 0
+    ip daddr . meta l4proto . th dport vmap @service-chains
+    ip6 daddr . meta l4proto . th dport vmap @service-chains6
+    fib daddr type local goto nodeports
+  }}
+  chain nodeports {{
+    meta mark set meta nfproto . meta l4proto . th dport map @service-nodeports
+    meta mark vmap @service-classes
+    meta mark != 0 meta mark set 0
+    meta nfproto . meta l4proto . th dport vmap @service-nodeport-chains
+  }}
+  chain services-marked {{
+    ip daddr . meta l4proto . th dport vmap @service-chains
+    ip6 daddr . meta l4proto . th dport vmap @service-chains6
+    fib daddr type local meta nfproto . meta l4proto . th dport vmap @service-nodeport-chains
+    ct mark != 0 return
+    ct mark set meta mark meta mark set 0
+    meta mark set ip daddr . meta l4proto . th dport map @service-ips
+    meta mark set ip6 daddr . meta l4proto . th dport map @service-ips6
+    meta mark 0 fib daddr type local meta mark set meta nfproto . meta l4proto . th dport map @service-nodeports
+    meta mark != 0 meta mark set meta mark | 0x{s:x}
+    meta mark & 0x{c:x} vmap @service-classes
+    meta mark set ct mark ct mark set 0
   }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;

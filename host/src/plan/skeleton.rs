@@ -54,38 +54,98 @@ pub struct Skeleton {
     pub nat: bool,
 }
 
+/// The proxy chain a class's chain starts by jumping to (see [`PROXY`]).
+pub const RESTORE_MARK: &str = "restore-mark";
+/// The verdict map of classes (see [`PROXY`]).
+pub const SERVICE_CLASSES: &str = "service-classes";
+/// The data maps whose values are classes.
+pub const CLASS_DISPATCH: [&str; 3] = ["service-ips", "service-ips6", "service-nodeports"];
+/// The packet-mark bit that says the packet's own mark is stashed in its
+/// conntrack mark while a class borrows the packet mark.
+pub const STASHED_MARK: u32 = 0x8000_0000;
+/// The largest class value (the bits below [`STASHED_MARK`]).
+pub const CLASS_MAX: u32 = STASHED_MARK - 1;
+
 use NftType::{InetProto, InetService, Ipv4Addr, Ipv6Addr, Mark, Nfproto};
 
 /// The proxy table. There is a backend map per family and transport
 /// protocol because the maps are declared with `typeof ... tcp dport` (not
 /// `th dport`: nftables 1.0.6 refuses a rule added later against a map
 /// declared with `th` next to a network header field), which makes a lookup
-/// in the map match that protocol only. Dispatch is data: a Service port is an element of
-/// `service-ips` (or `service-nodeports`) whose verdict goes to a chain that
-/// picks a slot, and the slot's endpoint is an element of `backends4-tcp`
-/// (or `backends6-udp`, `nodeport-backends4-tcp`, ...). Adding, changing
-/// or removing a Service changes elements only: cheap in the kernel whatever
-/// the number of Services (see `bench/REPORT.md`).
+/// in the map match that protocol only.
+///
+/// Dispatch is data. A Service port is an element of the *data* map
+/// `service-ips` (or `service-ips6`, `service-nodeports`) whose value is a
+/// *class*: a packet-mark value naming the chain that picks an endpoint
+/// (shared by every Service with the same traffic kind and endpoint
+/// count). The base chain writes the class into the packet mark and looks
+/// it up in the small verdict map `service-classes`; the slot's endpoint is
+/// an element of `backends4-tcp` (or `backends6-udp`,
+/// `nodeport-backends4-tcp`, ...). Adding, changing or removing a Service
+/// therefore changes data elements only. A `goto` element in a verdict map
+/// would make the kernel re-validate every jump of the table at commit
+/// (`nft_table_validate` walks all elements of every verdict map), which at
+/// 30k Services costs more than the rest of the change (see
+/// `bench/REPORT.md`).
+///
+/// The mark is borrowed: a chain a class goes to must start with `jump
+/// restore-mark`, which gives the packet back its own mark (zero, or the
+/// one the host stashed in the conntrack mark: a packet that arrives
+/// marked is dispatched with bit 31 set). Class values are 1 to
+/// `CLASS_MAX`. A packet that arrives with both its mark and its
+/// conntrack mark set reaches only Services in the verdict maps.
+///
+/// Services with chains of their own (kube-proxy's shape: affinity, rr,
+/// sh, dh) are elements of the *verdict* maps `service-chains` (or
+/// `service-chains6`, `service-nodeport-chains`) that go to their chain.
 const PROXY: Skeleton = Skeleton {
     table: "switchyard-proxy",
-    chains: &["mark-for-masquerade"],
+    chains: &["mark-for-masquerade", RESTORE_MARK],
     maps: &[
         SkeletonMap {
             name: "service-ips",
+            key: &[Ipv4Addr, InetProto, InetService],
+            data: SkeletonData::Data(&[Mark]),
+            declaration: "type ipv4_addr . inet_proto . inet_service : mark",
+            filter: false,
+        },
+        SkeletonMap {
+            name: "service-ips6",
+            key: &[Ipv6Addr, InetProto, InetService],
+            data: SkeletonData::Data(&[Mark]),
+            declaration: "type ipv6_addr . inet_proto . inet_service : mark",
+            filter: false,
+        },
+        SkeletonMap {
+            name: "service-nodeports",
+            key: &[Nfproto, InetProto, InetService],
+            data: SkeletonData::Data(&[Mark]),
+            declaration: "type nf_proto . inet_proto . inet_service : mark",
+            filter: false,
+        },
+        SkeletonMap {
+            name: "service-classes",
+            key: &[Mark],
+            data: SkeletonData::Verdict,
+            declaration: "type mark : verdict",
+            filter: false,
+        },
+        SkeletonMap {
+            name: "service-chains",
             key: &[Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type ipv4_addr . inet_proto . inet_service : verdict",
             filter: false,
         },
         SkeletonMap {
-            name: "service-ips6",
+            name: "service-chains6",
             key: &[Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type ipv6_addr . inet_proto . inet_service : verdict",
             filter: false,
         },
         SkeletonMap {
-            name: "service-nodeports",
+            name: "service-nodeport-chains",
             key: &[Nfproto, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type nf_proto . inet_proto . inet_service : verdict",
@@ -217,6 +277,7 @@ const PROXY: Skeleton = Skeleton {
         "postrouting",
         "forward",
         "services",
+        "services-marked",
         "nodeports",
         "masquerading",
         "filter-forward",

@@ -413,7 +413,7 @@ mod tests {
             comment: None,
             shared: false,
             body: PlanBody::NftElement(NftElement {
-                set: "service-ips".into(),
+                set: "service-chains".into(),
                 key: vec![
                     NftValue::Address(IpAddress::Ipv4((10, 96, 0, vip))),
                     NftValue::Protocol(Protocol::Tcp),

@@ -916,7 +916,105 @@ pub fn validate(
     for (i, item) in items.iter().enumerate() {
         c.check(item).map_err(|m| at(i, item, m))?;
     }
+    if role == Role::ServiceProxy {
+        classes(&items).map_err(|(i, m)| at(i, &items[i], m))?;
+    }
     Ok(items)
+}
+
+/// The proxy's class contract (see `skeleton::PROXY`): a class a dispatch
+/// element names is in `service-classes` in the same fragment and within
+/// range, its chain starts with `jump restore-mark`, and nothing else
+/// jumps there (it would clear or overwrite a mark that is not borrowed).
+fn classes(items: &[PlanItem]) -> Result<(), (usize, String)> {
+    use skeleton::{CLASS_DISPATCH, CLASS_MAX, RESTORE_MARK, SERVICE_CLASSES};
+    let restore = |r: &NftRule| {
+        r.statements
+            .iter()
+            .any(|s| matches!(s, NftStatement::Verdict(NftVerdict::Jump(c) | NftVerdict::Goto(c)) if c == RESTORE_MARK))
+    };
+    let mut defined = HashMap::new();
+    let mut targets = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        if let PlanBody::NftElement(e) = &item.body
+            && e.set == SERVICE_CLASSES
+        {
+            if let ([NftValue::Number(v)], Some(NftMapValue::Verdict(NftVerdict::Goto(c)))) =
+                (e.key.as_slice(), &e.value)
+            {
+                defined.insert(*v, i);
+                targets.insert(c.as_str());
+            } else {
+                return Err((
+                    i,
+                    format!(
+                        "an element of {SERVICE_CLASSES} is a class number that goes to a chain"
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, item) in items.iter().enumerate() {
+        match &item.body {
+            PlanBody::NftElement(e) if CLASS_DISPATCH.contains(&e.set.as_str()) => {
+                let Some(NftMapValue::Data(d)) = &e.value else {
+                    continue;
+                };
+                let Some(NftValue::Number(v)) = d.first() else {
+                    continue;
+                };
+                if *v == 0 || *v > CLASS_MAX {
+                    return Err((
+                        i,
+                        format!(
+                            "class {v} of an element of {} is not 1 to {CLASS_MAX:#x}",
+                            e.set
+                        ),
+                    ));
+                }
+                if !defined.contains_key(v) {
+                    return Err((
+                        i,
+                        format!(
+                            "class {v} of an element of {} has no element in {SERVICE_CLASSES} in this fragment",
+                            e.set
+                        ),
+                    ));
+                }
+            }
+            PlanBody::NftChain(c) => {
+                let target = targets.contains(c.name.as_str());
+                if target
+                    && !c.rules.first().is_some_and(|r| {
+                        r.matches.is_empty()
+                            && r.statements
+                                == [NftStatement::Verdict(NftVerdict::Jump(RESTORE_MARK.into()))]
+                    })
+                {
+                    return Err((
+                        i,
+                        format!(
+                            "chain {} is a class's chain: its first rule must be `jump {RESTORE_MARK}` alone",
+                            c.name
+                        ),
+                    ));
+                }
+                let skip = usize::from(target);
+                if let Some(k) = c.rules.iter().skip(skip).position(restore) {
+                    return Err((
+                        i,
+                        format!(
+                            "chain {} rule {}: only a class's chain may go to {RESTORE_MARK}, as its first rule",
+                            c.name,
+                            k + skip
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -964,7 +1062,7 @@ mod tests {
 
     fn svc_element(vip: IpAddress, port: u16, to: &str) -> PlanBody {
         PlanBody::NftElement(NftElement {
-            set: "service-ips".into(),
+            set: "service-chains".into(),
             key: vec![
                 NftValue::Address(vip),
                 NftValue::Protocol(Protocol::Tcp),
@@ -1017,12 +1115,87 @@ mod tests {
     }
 
     #[test]
+    fn classes_must_be_defined_in_range_and_restore_the_mark() {
+        let class = |v: u32, to: &str| {
+            PlanBody::NftElement(NftElement {
+                set: "service-classes".into(),
+                key: vec![NftValue::Number(v)],
+                value: Some(NftMapValue::Verdict(NftVerdict::Goto(to.into()))),
+            })
+        };
+        let dispatch = |v: u32| {
+            PlanBody::NftElement(NftElement {
+                set: "service-ips".into(),
+                key: vec![
+                    NftValue::Address(v4(10, 96, 0, 10)),
+                    NftValue::Protocol(Protocol::Tcp),
+                    NftValue::Port(80),
+                ],
+                value: Some(NftMapValue::Data(vec![NftValue::Number(v)])),
+            })
+        };
+        let restore = NftRule {
+            matches: vec![],
+            statements: vec![NftStatement::Verdict(NftVerdict::Jump(
+                "restore-mark".into(),
+            ))],
+        };
+        let pick = |first: bool| {
+            let mut rules = vec![dnat(v4(10, 244, 1, 2), 8080)];
+            if first {
+                rules.insert(0, restore.clone());
+            } else {
+                rules.push(restore.clone());
+            }
+            chain("pick-1", rules)
+        };
+        let good = vec![
+            item("pick", pick(true)),
+            item("class", class(7, "pick-1")),
+            item("vip", dispatch(7)),
+        ];
+        assert_eq!(proxy(good).unwrap().len(), 3);
+        let e = proxy(vec![
+            item("pick", pick(true)),
+            item("class", class(7, "pick-1")),
+            item("vip", dispatch(8)),
+        ])
+        .unwrap_err();
+        assert_eq!(e.item, Some(2));
+        assert!(
+            e.message
+                .contains("class 8 of an element of service-ips has no element in service-classes"),
+            "{e}"
+        );
+        let e = proxy(vec![item("vip", dispatch(0x8000_0001))]).unwrap_err();
+        assert!(e.message.contains("is not 1 to 0x7fffffff"), "{e}");
+        let e = proxy(vec![
+            item("pick", pick(false)),
+            item("class", class(7, "pick-1")),
+            item("vip", dispatch(7)),
+        ])
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("its first rule must be `jump restore-mark` alone"),
+            "{e}"
+        );
+        // A chain that is not a class's must not touch the borrowed mark.
+        let e = proxy(vec![item("svc", pick(true))]).unwrap_err();
+        assert!(
+            e.message
+                .contains("only a class's chain may go to restore-mark"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn wrong_family_and_wrong_types_are_rejected() {
         let v6 = IpAddress::Ipv6((0xfd00, 0, 0, 0, 0, 0, 0, 1));
         let e = proxy(vec![item("c", chain("c", vec![NftRule::default_dnat(v6)]))]).unwrap_err();
         assert!(e.message.contains("DNAT to fd00::1 in an IPv4 rule"), "{e}");
         let bad = PlanBody::NftElement(NftElement {
-            set: "service-ips".into(),
+            set: "service-chains".into(),
             key: vec![
                 NftValue::Port(80),
                 NftValue::Protocol(Protocol::Tcp),

@@ -108,7 +108,7 @@ fn udp_backend(e: &NftElement) -> Option<(Option<IpAddr>, u16, IpAddr)> {
 fn udp_dispatch(e: &NftElement) -> Option<(Option<IpAddr>, u16, bool)> {
     match (e.set.as_str(), e.key.as_slice()) {
         (
-            "service-ips" | "service-ips6",
+            "service-ips" | "service-ips6" | "service-chains" | "service-chains6",
             [
                 NftValue::Address(vip),
                 NftValue::Protocol(Protocol::Udp),
@@ -119,7 +119,7 @@ fn udp_dispatch(e: &NftElement) -> Option<(Option<IpAddr>, u16, bool)> {
             Some((Some(a), *p, a.is_ipv6()))
         }
         (
-            "service-nodeports",
+            "service-nodeports" | "service-nodeport-chains",
             [
                 NftValue::Family(f),
                 NftValue::Protocol(Protocol::Udp),

@@ -67,7 +67,7 @@ fn good(svc: &Service) -> PlanFragment {
         if let (IpAddress::Ipv4(_), Some(port)) = (ip, svc.ports.first()) {
             p.element(
                 "vip",
-                "service-ips",
+                "service-chains",
                 vec![(*ip).into(), port.protocol.into(), port.port.into()],
                 Some(NftVerdict::Goto(chain.clone()).into()),
             );

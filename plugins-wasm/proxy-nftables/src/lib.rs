@@ -5,16 +5,21 @@
 //! syncs slow (see `bench/REPORT.md`). For each Service port, address family
 //! and kind of destination (ClusterIP, external or LoadBalancer IP, NodePort):
 //! - one element in the host's dispatch map (`service-ips`, `service-ips6` or
-//!   `service-nodeports`) that goes to a *pick chain*;
+//!   `service-nodeports`) whose value is the *class* of a *pick chain*: a
+//!   packet-mark value the host looks up in `service-classes` to go to the
+//!   chain. Dispatch elements are data, never `goto`: adding a verdict
+//!   element that jumps makes the kernel re-validate every jump in the
+//!   table, which grows with the number of Services;
 //! - one element per slot in the host's backend map (`backends4-tcp`, ...): slot
 //!   `i` holds the endpoint address and port. An endpoint of weight `w` gets
 //!   `w` slots (scaled down to at most 1024 in all).
-//! - the pick chain marks traffic for masquerade as the traffic kind needs
-//!   and DNATs through the backend map keyed by destination, protocol, port
+//! - the pick chain gives the packet its mark back (`jump restore-mark`),
+//!   marks traffic for masquerade as the traffic kind needs and DNATs through the backend map keyed by destination, protocol, port
 //!   and a slot drawn by `numgen random`. It depends only on the traffic
 //!   kind and the slot count, so it is a *shared* item: every Service with
-//!   three endpoints uses the same `pick-v4-o-random-3`. A Service whose
-//!   endpoints change keeps its chain and changes only backend elements.
+//!   three endpoints uses the same `pick-v4-o-random-3`, and its class
+//!   element in `service-classes`. A Service whose endpoints change keeps
+//!   its chain and changes only backend elements.
 //! - a shared `hairpin4`/`hairpin6` element `endpoint . endpoint` per
 //!   endpoint, which makes the host masquerade a pod that reaches itself.
 //!
@@ -22,7 +27,8 @@
 //! `sh` (hash of the source address) or `dh` (hash of the destination
 //! address) schedulers, get chains of their own (kube-proxy's shape: a chain
 //! per endpoint, which remembers the client in a timeout set under
-//! affinity): affinity needs per-endpoint state, rr a counter per Service (a
+//! affinity), reached through the host's verdict maps `service-chains`
+//! (`service-chains6`, `service-nodeport-chains`): affinity needs per-endpoint state, rr a counter per Service (a
 //! shared chain's counter would serve Services in turn: two rr Services
 //! whose connections alternate would each always get the same endpoint),
 //! and nftables 1.0.6 cannot concatenate a hash with a transport port in one
@@ -310,14 +316,28 @@ fn dispatch_keys(t: &Target<'_>) -> Vec<Vec<NftValue>> {
     }
 }
 
-fn dispatch_map(t: &Target<'_>, no_endpoints: bool) -> &'static str {
-    match (t.kind, t.family, no_endpoints) {
-        (Kind::Vip, IpFamily::Ipv4, false) => "service-ips",
-        (Kind::Vip, IpFamily::Ipv6, false) => "service-ips6",
-        (Kind::NodePort, _, false) => "service-nodeports",
-        (Kind::Vip, IpFamily::Ipv4, true) => "no-endpoints",
-        (Kind::Vip, IpFamily::Ipv6, true) => "no-endpoints6",
-        (Kind::NodePort, _, true) => "no-endpoint-nodeports",
+/// Which of the host's dispatch maps a target's elements go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatch {
+    /// A data element naming a shared class.
+    Class,
+    /// A verdict element going to the Service's own chain.
+    OwnChain,
+    /// A verdict element that rejects or drops.
+    NoEndpoints,
+}
+
+fn dispatch_map(t: &Target<'_>, d: Dispatch) -> &'static str {
+    match (t.kind, t.family, d) {
+        (Kind::Vip, IpFamily::Ipv4, Dispatch::Class) => "service-ips",
+        (Kind::Vip, IpFamily::Ipv6, Dispatch::Class) => "service-ips6",
+        (Kind::NodePort, _, Dispatch::Class) => "service-nodeports",
+        (Kind::Vip, IpFamily::Ipv4, Dispatch::OwnChain) => "service-chains",
+        (Kind::Vip, IpFamily::Ipv6, Dispatch::OwnChain) => "service-chains6",
+        (Kind::NodePort, _, Dispatch::OwnChain) => "service-nodeport-chains",
+        (Kind::Vip, IpFamily::Ipv4, Dispatch::NoEndpoints) => "no-endpoints",
+        (Kind::Vip, IpFamily::Ipv6, Dispatch::NoEndpoints) => "no-endpoints6",
+        (Kind::NodePort, _, Dispatch::NoEndpoints) => "no-endpoint-nodeports",
     }
 }
 
@@ -337,7 +357,7 @@ fn render_target(
         for key in dispatch_keys(t) {
             plan.element(
                 format!("{}/no-endpoints", t.rule_id),
-                dispatch_map(t, true),
+                dispatch_map(t, Dispatch::NoEndpoints),
                 key,
                 Some(verdict.clone().into()),
             );
@@ -357,19 +377,49 @@ fn render_target(
     }
     let masq_rules = masq_rules(ctx, t.family, t.masq);
     let shared = svc.session_affinity_timeout.is_none() && scheduler == Scheduler::Random;
-    let chain = if shared {
-        pick_chain(plan, t, masq_rules)
+    if shared {
+        let class = pick_chain(plan, t, masq_rules);
+        for key in dispatch_keys(t) {
+            plan.element(
+                format!("{}/dispatch", t.rule_id),
+                dispatch_map(t, Dispatch::Class),
+                key,
+                Some(NftMapValue::Data(vec![NftValue::Number(class)])),
+            );
+        }
     } else {
-        own_chain(plan, svc, t, scheduler, masq_rules)
-    };
-    for key in dispatch_keys(t) {
-        plan.element(
-            format!("{}/dispatch", t.rule_id),
-            dispatch_map(t, false),
-            key,
-            Some(NftVerdict::Goto(chain.clone()).into()),
-        );
+        let chain = own_chain(plan, svc, t, scheduler, masq_rules);
+        for key in dispatch_keys(t) {
+            plan.element(
+                format!("{}/dispatch", t.rule_id),
+                dispatch_map(t, Dispatch::OwnChain),
+                key,
+                Some(NftVerdict::Goto(chain.clone()).into()),
+            );
+        }
     }
+}
+
+/// The class of a shared pick chain: a packet-mark value (1 to
+/// 0x7fffffff, the host's range) that encodes the chain's parameters, so
+/// every Service that renders the same chain names the same class and no
+/// two chains share one.
+fn class_mark(kind: Kind, family: IpFamily, masq: Masq, slots: u32) -> u32 {
+    let kind = match kind {
+        Kind::Vip => 0,
+        Kind::NodePort => 1,
+    };
+    let family = match family {
+        IpFamily::Ipv4 => 0,
+        IpFamily::Ipv6 => 1,
+    };
+    let masq = match masq {
+        Masq::OffCluster => 0,
+        Masq::All => 1,
+        Masq::None => 2,
+    };
+    // slots <= MAX_SLOTS < 2^11.
+    kind << 25 | family << 24 | masq << 22 | slots
 }
 
 fn masq_rules(ctx: &NodeContext, family: IpFamily, masq: Masq) -> Vec<NftRule> {
@@ -422,9 +472,12 @@ fn slots(backends: &[Backend<'_>]) -> Vec<u32> {
     backends.iter().map(|b| (b.weight / scale).max(1)).collect()
 }
 
-/// The shared chain that picks a slot at random, and the target's backend
-/// elements.
-fn pick_chain(plan: &mut Plan, t: &Target<'_>, mut rules: Vec<NftRule>) -> String {
+/// The shared chain that picks a slot at random, its class, and the
+/// target's backend elements. Returns the class.
+fn pick_chain(plan: &mut Plan, t: &Target<'_>, masq_rules: Vec<NftRule>) -> u32 {
+    // The class borrowed the packet mark to get here: give it back first.
+    let mut rules = vec![Rule::new().jump("restore-mark")];
+    rules.extend(masq_rules);
     let per = slots(&t.backends);
     let n: u32 = per.iter().sum();
     let (kind, fields) = match (t.kind, t.family) {
@@ -457,11 +510,20 @@ fn pick_chain(plan: &mut Plan, t: &Target<'_>, mut rules: Vec<NftRule>) -> Strin
         ));
     }
     let map = backend_map(t.kind, t.family, t.protocol);
+    let class = class_mark(t.kind, t.family, t.masq, n);
     plan.shared(
         format!("pick/{name}"),
         PlanBody::NftChain(NftChain {
             name: name.clone(),
             rules,
+        }),
+    );
+    plan.shared(
+        format!("class/{name}"),
+        PlanBody::NftElement(NftElement {
+            set: "service-classes".into(),
+            key: vec![NftValue::Number(class)],
+            value: Some(NftVerdict::Goto(name).into()),
         }),
     );
     // Slot i of each dispatch key holds the endpoint it falls to.
@@ -485,7 +547,7 @@ fn pick_chain(plan: &mut Plan, t: &Target<'_>, mut rules: Vec<NftRule>) -> Strin
             slot += 1;
         }
     }
-    name
+    class
 }
 
 /// Kube-proxy's shape, for Services the shared chains cannot serve: a
@@ -669,9 +731,24 @@ mod tests {
         let c = chains(&f);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].name, "pick-v4-o-random-3");
+        assert_eq!(
+            c[0].rules[0],
+            Rule::new().jump("restore-mark"),
+            "the class's chain gives the mark back first"
+        );
         let vip = elements(&f, "service-ips");
         assert_eq!(vip.len(), 1);
         assert_eq!(vip[0].key[2], NftValue::Port(80));
+        let class = elements(&f, "service-classes");
+        assert_eq!(class.len(), 1);
+        assert_eq!(
+            vip[0].value,
+            Some(NftMapValue::Data(vec![class[0].key[0].clone()]))
+        );
+        assert_eq!(
+            class[0].value,
+            Some(NftVerdict::Goto("pick-v4-o-random-3".into()).into())
+        );
         let be = elements(&f, "backends4-tcp");
         assert_eq!(be.len(), 3);
         assert_eq!(be[2].key[3], NftValue::Number(2));
@@ -687,7 +764,9 @@ mod tests {
         // The pick chain and the hairpin elements are shared, the rest is the
         // Service's own.
         for i in &f.items {
-            let shared = i.rule_id.starts_with("pick/") || i.rule_id.starts_with("hairpin/");
+            let shared = i.rule_id.starts_with("pick/")
+                || i.rule_id.starts_with("class/")
+                || i.rule_id.starts_with("hairpin/");
             assert_eq!(i.shared, shared, "{}", i.rule_id);
         }
     }
@@ -730,11 +809,32 @@ mod tests {
                 !c.iter().any(|c| c.name.starts_with("pick-")),
                 "{name} has a chain of its own: {c:?}"
             );
+            // Reached through the verdict map, and never through a class:
+            // the chain does not give a borrowed mark back.
+            assert_eq!(elements(&f, "service-chains").len(), 1, "{name}");
+            assert!(elements(&f, "service-ips").is_empty(), "{name}");
+            assert!(elements(&f, "service-classes").is_empty(), "{name}");
         }
         s.annotations = vec![(SCHEDULER_ANNOTATION.into(), "fastest".into())];
         let e = ProxyNftables::render_service(node_context("node-1"), s, eps(2), String::new())
             .unwrap_err();
         assert!(matches!(e, ModuleError::InvalidInput(m) if m.contains("\"fastest\"")));
+    }
+
+    #[test]
+    fn classes_are_distinct_and_in_the_hosts_range() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in [Kind::Vip, Kind::NodePort] {
+            for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
+                for masq in [Masq::OffCluster, Masq::All, Masq::None] {
+                    for n in [1, 2, 3, MAX_SLOTS] {
+                        let c = class_mark(kind, family, masq, n);
+                        assert!((1..0x8000_0000).contains(&c), "{c:#x}");
+                        assert!(seen.insert(c), "{kind:?} {family:?} {masq:?} {n}: {c:#x}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
