@@ -47,6 +47,9 @@ pub struct Agent {
     pub ledger: Arc<Ledger>,
     /// Pods whose addresses outlive them, from the manifests.
     pub sticky: Arc<StickyPods>,
+    /// Probe results, which the prober (or Pod status) writes and modules
+    /// read through the `probes` host interface.
+    pub probes: Arc<ProbeTable>,
     /// The module specs last applied, by binding name.
     applied: parking_lot::Mutex<HashMap<String, ModuleSpec>>,
     pub options: AgentOptions,
@@ -191,8 +194,9 @@ impl Agent {
                 .with_sticky_ttl(options.sticky_ttl),
         );
         let links = Arc::new(NetlinkLinks::new(None));
+        let probes = Arc::new(ProbeTable::default());
         let services = HostServices {
-            probes: Some(Arc::new(ProbeTable::default())),
+            probes: Some(probes.clone()),
             ipam: Some(ledger.clone()),
             links: Some(links.clone()),
         };
@@ -251,6 +255,7 @@ impl Agent {
             cni,
             ledger,
             sticky,
+            probes,
             applied: parking_lot::Mutex::new(applied),
             options,
         })

@@ -13,6 +13,8 @@
 //!   probes, ...);
 //! - [`source`]: where the model comes from (manifest directories, the lab's
 //!   cluster directory);
+//! - [`probe`]: liveness, readiness and startup probes, run as the kubelet
+//!   runs them;
 //! - [`cni`]: the agent's CNI server; [`api`]: the admin API and console;
 //! - [`lab`]: a multi-node cluster on one machine, built from namespaces.
 
@@ -24,6 +26,7 @@ pub mod datapath;
 pub mod lab;
 pub mod model;
 pub mod plan;
+pub mod probe;
 pub mod proxy;
 pub mod registry;
 pub mod runtime;

@@ -2,6 +2,13 @@
 // The Switchyard console: what the agent it is served from knows about its
 // node, its modules and (in the lab) the whole cluster. It reads the admin
 // API every two seconds; all text goes in through textContent, never HTML.
+/** `readiness http-get http://:80/healthz: Failure ×3 (HTTP probe failed ...)`. */
+function probeText(p) {
+    const latency = p.lastLatencyMs === null ? "" : ` ${p.lastLatencyMs.toFixed(1)} ms`;
+    const failures = p.consecutiveFailures > 0 ? ` ×${p.consecutiveFailures}` : "";
+    const why = p.lastMessage ? ` (${p.lastMessage})` : "";
+    return `${p.container} ${p.kind} ${p.handler}: ${p.result}${failures}${latency}${why}`;
+}
 function el(tag, text, cls) {
     const e = document.createElement(tag);
     if (text instanceof Node) {
@@ -84,7 +91,7 @@ function renderCluster(c) {
         n.pods,
         n.message,
     ]), "no nodes");
-    table("pods", ["pod", "node", "phase", "ready", "IPs", "ports", "restarts", "reason"], c.pods.map((p) => [
+    table("pods", ["pod", "node", "phase", "ready", "IPs", "ports", "restarts", "probes", "reason"], c.pods.map((p) => [
         `${p.namespace}/${p.name}`,
         p.node ?? "-",
         p.phase,
@@ -92,6 +99,7 @@ function renderCluster(c) {
         p.ips.join(" "),
         p.ports.join(" "),
         p.restarts,
+        (p.probes ?? []).map(probeText).join("; ") || "-",
         [p.reason, p.message].filter((x) => x).join(": "),
     ]), "no pods: switchyard lab apply -f deploy/lab/");
     table("services", ["service", "type", "cluster IPs", "ports", "endpoints"], c.services.map((s) => [

@@ -24,6 +24,26 @@ interface PodView {
   reason: string | null;
   message: string | null;
   ports: string[];
+  probes: ProbeStatus[];
+}
+
+/** One probe of a pod, as its node's prober last saw it. */
+interface ProbeStatus {
+  container: string;
+  kind: "startup" | "liveness" | "readiness";
+  handler: string;
+  result: "Success" | "Failure" | "Unknown";
+  consecutiveFailures: number;
+  lastLatencyMs: number | null;
+  lastMessage: string | null;
+}
+
+/** `readiness http-get http://:80/healthz: Failure ×3 (HTTP probe failed ...)`. */
+function probeText(p: ProbeStatus): string {
+  const latency = p.lastLatencyMs === null ? "" : ` ${p.lastLatencyMs.toFixed(1)} ms`;
+  const failures = p.consecutiveFailures > 0 ? ` ×${p.consecutiveFailures}` : "";
+  const why = p.lastMessage ? ` (${p.lastMessage})` : "";
+  return `${p.container} ${p.kind} ${p.handler}: ${p.result}${failures}${latency}${why}`;
 }
 
 interface ServiceView {
@@ -162,7 +182,7 @@ function renderCluster(c: ClusterView): void {
   );
   table(
     "pods",
-    ["pod", "node", "phase", "ready", "IPs", "ports", "restarts", "reason"],
+    ["pod", "node", "phase", "ready", "IPs", "ports", "restarts", "probes", "reason"],
     c.pods.map((p) => [
       `${p.namespace}/${p.name}`,
       p.node ?? "-",
@@ -171,6 +191,7 @@ function renderCluster(c: ClusterView): void {
       p.ips.join(" "),
       p.ports.join(" "),
       p.restarts,
+      (p.probes ?? []).map(probeText).join("; ") || "-",
       [p.reason, p.message].filter((x) => x).join(": "),
     ]),
     "no pods: switchyard lab apply -f deploy/lab/",

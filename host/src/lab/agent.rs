@@ -291,6 +291,11 @@ impl NodeLoop {
             {
                 tracing::warn!("endpoint slices: {e}");
             }
+            if applied.is_some() {
+                for p in self.kubelet.probe_tick() {
+                    tracing::warn!("{p}");
+                }
+            }
             if applied.is_some()
                 && self.proxy.pending()
                 && last_proxy_sync.elapsed() >= MIN_SYNC_INTERVAL
@@ -429,7 +434,14 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let plugin = lab.dir.join("bin").join("switchyard-cni");
-    let kubelet = Kubelet::new(lab.clone(), node, plugin, &cni_socket)?;
+    let kubelet = Kubelet::new(
+        lab.clone(),
+        node,
+        plugin,
+        &cni_socket,
+        tokio::runtime::Handle::current(),
+        agent.probes.clone(),
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     // The agent runs in the node's namespace: the proxy's table goes there.
     let proxy = ServiceProxy::new(

@@ -949,6 +949,7 @@ pub fn pending_status(reason: &str, message: &str, scheduled: Option<&str>) -> L
         },
         netns: None,
         node: None,
+        probes: vec![],
     }
 }
 

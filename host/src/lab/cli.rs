@@ -2,6 +2,7 @@
 //! it and probe it.
 
 use super::apply;
+use super::behaviour::Behaviour;
 use super::kubelet::LabPodStatus;
 use super::layout::{ADMIN_PORT, DEFAULT_LAB_DIR, Families, Lab, LabConfig};
 use super::podserver::{Identity, Listen};
@@ -199,6 +200,10 @@ struct PodServerArgs {
     /// PROTOCOL:PORT, repeated.
     #[arg(long = "listen")]
     listen: Vec<Listen>,
+    /// KEY=VALUE, repeated: how to misbehave (see `lab::behaviour`), e.g.
+    /// `healthz-fail-after=10s`.
+    #[arg(long = "behave", value_name = "KEY=VALUE")]
+    behave: Vec<String>,
 }
 
 /// Progress on stderr.
@@ -280,12 +285,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Restart(a) => restart(&need_lab(&dir)?, a),
         LabCommand::PodServer(a) => {
+            let behaviour = Behaviour::from_args(&a.behave).map_err(anyhow::Error::msg)?;
             super::podserver::run(
                 Identity {
                     pod: a.pod,
                     node: a.node,
                 },
                 a.listen,
+                behaviour,
             )?;
             Ok(ExitCode::SUCCESS)
         }

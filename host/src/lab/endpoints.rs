@@ -397,6 +397,7 @@ spec:
             },
             netns: None,
             node: Some("node-1".into()),
+            probes: vec![],
         }
     }
 

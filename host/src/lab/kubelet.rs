@@ -9,9 +9,12 @@
 //! instead of recreating them.
 
 use super::layout::Lab;
+use super::prober::{ContainerHealth, PodKey, ProbeStatus, Prober};
+use crate::datapath::probes::ProbeTable;
 use crate::source::cluster_dir::{ClusterDir, write_atomic};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the lab adds to a pod's status: where the pod lives.
@@ -31,6 +35,9 @@ pub struct LabPodStatus {
     /// The pod's network namespace (a name under /var/run/netns).
     pub netns: Option<String>,
     pub node: Option<String>,
+    /// The pod's probes as its node's prober last saw them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
 }
 
 /// What the kubelet remembers about a pod it runs.
@@ -47,7 +54,17 @@ pub struct PodRecord {
     pub listen: Vec<String>,
     pub started_at: String,
     pub restarts: i32,
+    /// The server's exit code, once it terminated for good (restart policy
+    /// Never or OnFailure).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
+
+/// The kubelet's crash-loop back-off: 10 s, doubling, at most 5 min; reset
+/// after 10 min of running.
+const CRASH_LOOP_FIRST: Duration = Duration::from_secs(10);
+const CRASH_LOOP_MAX: Duration = Duration::from_secs(300);
+const CRASH_LOOP_RESET: Duration = Duration::from_secs(600);
 
 fn now() -> Time {
     super::view::k8s_now()
@@ -112,6 +129,15 @@ pub struct Kubelet {
     children: BTreeMap<(String, String), Child>,
     /// Pods whose start failed: when to try again, and how many tries so far.
     backoff: BTreeMap<(String, String), (Instant, u32)>,
+    /// The pods this node runs, as last read.
+    pods: BTreeMap<PodKey, Pod>,
+    prober: Prober,
+    /// Containers waiting out a crash-loop back-off: when they restart, and
+    /// why they stopped.
+    crash_loop: BTreeMap<PodKey, (Instant, String)>,
+    /// When each pod's server (re)started, and its restarts in the last
+    /// ten minutes (for the back-off).
+    runs: BTreeMap<PodKey, (Instant, u32)>,
 }
 
 impl std::fmt::Debug for Kubelet {
@@ -128,6 +154,8 @@ impl Kubelet {
         node: &str,
         plugin: PathBuf,
         cni_socket: &Path,
+        rt: tokio::runtime::Handle,
+        probes: Arc<ProbeTable>,
     ) -> anyhow::Result<Kubelet> {
         let cluster = lab.cluster()?;
         let mut k = Kubelet {
@@ -139,6 +167,10 @@ impl Kubelet {
             records: BTreeMap::new(),
             children: BTreeMap::new(),
             backoff: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            prober: Prober::new(rt, probes),
+            crash_loop: BTreeMap::new(),
+            runs: BTreeMap::new(),
             lab,
         };
         let dir = k.records_dir();
@@ -230,6 +262,12 @@ impl Kubelet {
         for l in &r.listen {
             cmd.args(["--listen", l]);
         }
+        let key = (r.namespace.clone(), r.name.clone());
+        if let Some(pod) = self.pods.get(&key) {
+            let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+            let behaviour = super::behaviour::Behaviour::from_annotations(&annotations)?;
+            cmd.args(behaviour.to_args());
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -238,9 +276,94 @@ impl Kubelet {
             .spawn()
             .map_err(|e| format!("starting the pod server: {e}"))?;
         r.server_pid = Some(child.id());
-        self.children
-            .insert((r.namespace.clone(), r.name.clone()), child);
+        self.children.insert(key.clone(), child);
+        let now = Instant::now();
+        let restarts = match self.runs.get(&key) {
+            // Ten minutes of running resets the back-off, as in the kubelet.
+            Some((at, n)) if now.duration_since(*at) < CRASH_LOOP_RESET => n + 1,
+            Some(_) => 1,
+            None => 0,
+        };
+        self.runs.insert(key.clone(), (now, restarts));
+        if let Some(pod) = self.pods.get(&key).cloned() {
+            self.prober.forget(&key);
+            self.prober.ensure(&key, &pod, &r.ips, &r.netns, now);
+        }
         Ok(())
+    }
+
+    /// How long a container that stopped waits before its restart: none the
+    /// first time, then 10 s doubling to 5 min (the kubelet's back-off).
+    fn crash_loop_delay(&self, key: &PodKey) -> Duration {
+        match self.runs.get(key) {
+            Some((at, n)) if at.elapsed() < CRASH_LOOP_RESET && *n >= 1 => {
+                (CRASH_LOOP_FIRST * 2u32.pow((*n - 1).min(5))).min(CRASH_LOOP_MAX)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Probe results that came in, attempts that are due, and what they
+    /// change: a pod's readiness (its status) or a restart.
+    pub fn probe_tick(&mut self) -> Vec<String> {
+        let mut problems = vec![];
+        for key in self.prober.tick(Instant::now()) {
+            let Some(mut r) = self.records.get(&key).cloned() else {
+                continue;
+            };
+            let health = self.prober.health(&key).unwrap_or_default();
+            if let Some(why) = health.values().find_map(|h| h.restart.clone()) {
+                tracing::info!(pod = %format!("{}/{}", key.0, key.1), "{why}: restarting");
+                self.stop_server(&r);
+                self.container_exited(&key, &mut r, why, None);
+            }
+            if let Err(e) = self
+                .cluster
+                .put_status("Pod", &key.0, &key.1, &self.status_of(&r))
+            {
+                problems.push(format!("pod {}/{}: writing its status: {e}", key.0, key.1));
+            }
+        }
+        problems
+    }
+
+    /// The pod's server stopped (`code`, when known): restart it as the
+    /// restart policy says, after the back-off, or leave it terminated.
+    fn container_exited(
+        &mut self,
+        key: &PodKey,
+        r: &mut PodRecord,
+        why: String,
+        code: Option<i32>,
+    ) {
+        let policy = self
+            .pods
+            .get(key)
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let killed = code.is_none();
+        let restart = match policy.as_str() {
+            "Never" => false,
+            // A probe kill counts as a failure.
+            "OnFailure" => killed || code != Some(0),
+            _ => true,
+        };
+        if !restart {
+            r.server_pid = None;
+            r.exit_code = Some(code.unwrap_or(137));
+            let _ = self.save(r);
+            self.records.insert(key.clone(), r.clone());
+            self.prober.forget(key);
+            return;
+        }
+        let delay = self.crash_loop_delay(key);
+        self.crash_loop
+            .insert(key.clone(), (Instant::now() + delay, why));
+        r.server_pid = None;
+        r.restarts += 1;
+        let _ = self.save(r);
+        self.records.insert(key.clone(), r.clone());
     }
 
     fn server_alive(&mut self, r: &PodRecord) -> bool {
@@ -272,58 +395,109 @@ impl Kubelet {
         }
     }
 
-    fn status_of(&self, r: &PodRecord, ready: bool) -> LabPodStatus {
+    /// The pod's status as the kubelet computes it: phase from the
+    /// container's state and the restart policy, readiness from the probes.
+    fn status_of(&self, r: &PodRecord) -> LabPodStatus {
+        let key = (r.namespace.clone(), r.name.clone());
         let host_ip = self
             .lab
             .config
             .node(&self.node)
             .and_then(|n| n.addresses.first())
             .map(|a| a.to_string());
-        let cond = |t: &str| PodCondition {
+        let pod = self.pods.get(&key);
+        let names: Vec<String> = pod
+            .and_then(|p| p.spec.as_ref())
+            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+            .filter(|v: &Vec<String>| !v.is_empty())
+            .unwrap_or_else(|| vec!["server".into()]);
+        let health = self.prober.health(&key).unwrap_or_default();
+        let waiting = self.crash_loop.get(&key);
+        let terminated = r.exit_code;
+        let running = waiting.is_none() && terminated.is_none() && r.server_pid.is_some();
+        let statuses: Vec<ContainerStatus> = names
+            .iter()
+            .map(|name| {
+                let h = health.get(name).cloned().unwrap_or(ContainerHealth {
+                    started: true,
+                    ready: true,
+                    restart: None,
+                });
+                let state = if let Some(code) = terminated {
+                    ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }
+                } else if let Some((_, why)) = waiting {
+                    ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some("CrashLoopBackOff".into()),
+                            message: Some(why.clone()),
+                        }),
+                        ..Default::default()
+                    }
+                } else {
+                    ContainerState {
+                        running: Some(ContainerStateRunning {
+                            started_at: Some(Time(
+                                r.started_at.parse().unwrap_or_else(|_| now().0),
+                            )),
+                        }),
+                        ..Default::default()
+                    }
+                };
+                ContainerStatus {
+                    name: name.clone(),
+                    image: "switchyard/lab-pod-server".into(),
+                    image_id: String::new(),
+                    ready: running && h.ready,
+                    restart_count: r.restarts,
+                    started: Some(running && h.started),
+                    state: Some(state),
+                    container_id: Some(format!("lab://{}", r.container_id)),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let all_ready = statuses.iter().all(|c| c.ready);
+        // Phase: Running while the container runs or will run again;
+        // Succeeded or Failed once it terminated for good.
+        let phase = match terminated {
+            Some(0) => "Succeeded",
+            Some(_) => "Failed",
+            None => "Running",
+        };
+        let cond = |t: &str, ok: bool| PodCondition {
             type_: t.to_string(),
-            status: "True".into(),
+            status: if ok { "True" } else { "False" }.into(),
             last_transition_time: Some(now()),
             ..Default::default()
         };
-        let mut conditions = vec![
-            cond("PodScheduled"),
-            cond("Initialized"),
-            cond("PodReadyToStartContainers"),
+        let conditions = vec![
+            cond("PodScheduled", true),
+            cond("Initialized", true),
+            cond("PodReadyToStartContainers", true),
+            cond("ContainersReady", all_ready),
+            cond("Ready", all_ready),
         ];
-        let readiness = |t: &str| PodCondition {
-            status: if ready { "True" } else { "False" }.into(),
-            ..cond(t)
-        };
-        conditions.push(readiness("ContainersReady"));
-        conditions.push(readiness("Ready"));
         LabPodStatus {
             status: PodStatus {
-                phase: Some("Running".into()),
+                phase: Some(phase.into()),
                 pod_ip: r.ips.first().cloned(),
                 pod_ips: Some(r.ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
                 host_ip,
                 start_time: Some(now()),
                 conditions: Some(conditions),
-                container_statuses: Some(vec![ContainerStatus {
-                    name: "server".into(),
-                    image: "switchyard/lab-pod-server".into(),
-                    image_id: String::new(),
-                    ready,
-                    restart_count: r.restarts,
-                    started: Some(true),
-                    state: Some(ContainerState {
-                        running: Some(ContainerStateRunning {
-                            started_at: Some(now()),
-                        }),
-                        ..Default::default()
-                    }),
-                    container_id: Some(format!("lab://{}", r.container_id)),
-                    ..Default::default()
-                }]),
+                container_statuses: Some(statuses),
                 ..Default::default()
             },
             netns: Some(r.netns.clone()),
             node: Some(self.node.clone()),
+            probes: self.prober.statuses(&key),
         }
     }
 
@@ -337,6 +511,7 @@ impl Kubelet {
             },
             netns: None,
             node: Some(self.node.clone()),
+            probes: vec![],
         };
         let _ = self.cluster.put_status("Pod", ns, name, &s);
     }
@@ -363,6 +538,7 @@ impl Kubelet {
             listen: listen_specs(pod),
             started_at: now().0.to_string(),
             restarts: 0,
+            exit_code: None,
             namespace: ns.clone(),
             name: name.clone(),
             uid,
@@ -392,7 +568,7 @@ impl Kubelet {
             self.start_server(&mut r)?;
             self.save(&r).map_err(|e| e.to_string())?;
             self.cluster
-                .put_status("Pod", &ns, &name, &self.status_of(&r, true))
+                .put_status("Pod", &ns, &name, &self.status_of(&r))
                 .map_err(|e| e.to_string())
         })();
         match started {
@@ -425,6 +601,10 @@ impl Kubelet {
         }
         let _ = self.cluster.delete_status("Pod", &r.namespace, &r.name);
         let _ = std::fs::remove_file(self.record_path(&r.namespace, &r.name));
+        let key = (r.namespace.clone(), r.name.clone());
+        self.prober.forget(&key);
+        self.crash_loop.remove(&key);
+        self.runs.remove(&key);
         self.records.remove(&(r.namespace.clone(), r.name.clone()));
         problems
     }
@@ -449,6 +629,10 @@ impl Kubelet {
                     p,
                 )
             })
+            .collect();
+        self.pods = mine
+            .iter()
+            .map(|(k, p)| (k.clone(), (*p).clone()))
             .collect();
         // Pods that are gone, or were re-created (another uid).
         let stale: Vec<PodRecord> = self
@@ -511,38 +695,74 @@ impl Kubelet {
                         if let Err(e) = self.start(pod) {
                             problems.push(format!("pod {}/{}: {e}", key.0, key.1));
                         }
-                    } else if !self.server_alive(&r) {
-                        // The "container" exited: restart it (restartPolicy Always).
-                        r.restarts += 1;
-                        match self.start_server(&mut r) {
-                            Ok(()) => {
-                                let _ = self.save(&r);
-                                let _ = self.cluster.put_status(
-                                    "Pod",
-                                    &r.namespace,
-                                    &r.name,
-                                    &self.status_of(&r, true),
-                                );
-                                self.records.insert(key.clone(), r);
+                        continue;
+                    }
+                    if r.exit_code.is_some() {
+                        // Terminated for good (restart policy): nothing runs.
+                    } else if let Some((at, _)) = self.crash_loop.get(key) {
+                        if Instant::now() >= *at {
+                            self.crash_loop.remove(key);
+                            if let Err(e) = self.start_server(&mut r) {
+                                problems.push(format!("pod {}/{}: {e}", key.0, key.1));
                             }
-                            Err(e) => problems.push(format!("pod {}/{}: {e}", key.0, key.1)),
+                            let _ = self.save(&r);
+                            self.records.insert(key.clone(), r.clone());
+                        } else {
+                            continue;
                         }
+                    } else if !self.server_alive(&r) {
+                        // The "container" exited.
+                        let code = self.exit_status(key);
+                        self.container_exited(
+                            key,
+                            &mut r,
+                            format!("the server exited with code {code}"),
+                            Some(code),
+                        );
+                        // No back-off the first time: restart at once.
+                        if self
+                            .crash_loop
+                            .get(key)
+                            .is_some_and(|(at, _)| Instant::now() >= *at)
+                        {
+                            self.crash_loop.remove(key);
+                            if let Err(e) = self.start_server(&mut r) {
+                                problems.push(format!("pod {}/{}: {e}", key.0, key.1));
+                            }
+                            let _ = self.save(&r);
+                            self.records.insert(key.clone(), r.clone());
+                        }
+                    } else if self.prober.health(key).is_none() {
+                        // Adopted after an agent restart: probe it from now.
+                        self.prober
+                            .ensure(key, pod, &r.ips, &r.netns, Instant::now());
                     } else if self
                         .cluster
                         .status::<LabPodStatus>("Pod", &key.0, &key.1)
-                        .is_none()
+                        .is_some()
                     {
-                        let _ = self.cluster.put_status(
-                            "Pod",
-                            &r.namespace,
-                            &r.name,
-                            &self.status_of(&r, true),
-                        );
+                        continue;
                     }
+                    let _ =
+                        self.cluster
+                            .put_status("Pod", &r.namespace, &r.name, &self.status_of(&r));
                 }
             }
         }
         problems
+    }
+
+    /// The exit code of a pod server that ended (128 + signal for a
+    /// signal; 1 when an adopted server's end cannot be known).
+    fn exit_status(&mut self, key: &PodKey) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        match self.children.get_mut(key).map(|c| c.try_wait()) {
+            Some(Ok(Some(st))) => st
+                .code()
+                .or_else(|| st.signal().map(|s| 128 + s))
+                .unwrap_or(1),
+            _ => 1,
+        }
     }
 
     /// Pods this kubelet runs.

@@ -17,12 +17,15 @@
 
 pub mod agent;
 pub mod apply;
+pub mod behaviour;
 pub mod cli;
 pub mod endpoints;
+pub mod grpc_health;
 pub mod kubelet;
 pub mod layout;
 pub mod podserver;
 pub mod probe;
+pub mod prober;
 pub mod topology;
 pub mod validate;
 pub mod view;

@@ -3,6 +3,7 @@
 //! Invalid value: 70000: must be between 1 and 65535, inclusive`), so that a
 //! manifest the lab takes is one a cluster would take.
 
+use crate::probe::ProbeKind;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use std::collections::HashSet;
 
@@ -111,6 +112,12 @@ pub fn pod(p: &Pod) -> Result<(), String> {
         p.metadata.namespace.as_deref(),
         true,
     );
+    if let Some(a) = &p.metadata.annotations
+        && let Err(why) = super::behaviour::Behaviour::from_annotations(a)
+    {
+        e.list
+            .push(format!("metadata.annotations: Invalid value: {why}"));
+    }
     match &p.spec {
         None => e.required("spec"),
         Some(spec) => {
@@ -166,6 +173,11 @@ pub fn pod(p: &Pod) -> Result<(), String> {
                         } else if !port_names.insert(n.clone()) {
                             e.duplicate(&format!("{pat}.name"), format!("{n:?}"));
                         }
+                    }
+                }
+                for kind in ProbeKind::ALL {
+                    if let Some(p) = kind.of(c) {
+                        e.list.extend(crate::probe::spec::validate(&at, kind, p, c));
                     }
                 }
             }

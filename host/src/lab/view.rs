@@ -77,6 +77,8 @@ pub struct PodView {
     pub labels: BTreeMap<String, String>,
     /// `PROTOCOL/port` the pod serves.
     pub ports: Vec<String>,
+    /// The pod's probes, as its node's prober last saw them.
+    pub probes: Vec<super::prober::ProbeStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -243,14 +245,16 @@ impl ClusterView {
                 phase,
                 ready,
                 ips,
+                // A lab pod's containers share one server process.
                 restarts: s
                     .and_then(|s| s.container_statuses.as_ref())
-                    .map(|c| c.iter().map(|c| c.restart_count).sum())
+                    .and_then(|c| c.iter().map(|c| c.restart_count).max())
                     .unwrap_or(0),
                 reason,
                 message,
                 labels: p.metadata.labels.clone().unwrap_or_default(),
                 ports,
+                probes: st.map(|s| s.probes.clone()).unwrap_or_default(),
             });
         }
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -1,0 +1,339 @@
+//! Probes in the lab, end to end: the agent probes its pods as the kubelet
+//! does, pods misbehave on request (annotations), and the results show in
+//! pod status, in the endpoints and in where Service traffic goes. Timing
+//! bounds come from period × threshold, plus a slack for the shared machine.
+//! Needs root (CI runs as root).
+
+mod common;
+
+use common::lab::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Slack on top of every bound: status writes, the controller, a busy
+/// machine.
+const SLACK: Duration = Duration::from_secs(4);
+
+fn pod<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == "p" && p["name"] == name)
+        .unwrap_or_else(|| panic!("pod p/{name} in {s}"))
+}
+
+/// Polls `lab status` until `f` holds for pod `name`, for at most `bound`;
+/// returns how long it took.
+fn until(
+    lab: &TestLab,
+    name: &str,
+    bound: Duration,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let s = lab.status();
+        if f(pod(&s, name)) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < bound,
+            "pod {name}: not {what} within {bound:?}: {}",
+            pod(&s, name)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ready(p: &Value) -> bool {
+    p["ready"] == true
+}
+
+fn restarts(p: &Value) -> i64 {
+    p["restarts"].as_i64().unwrap_or(0)
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: p}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: flip
+  namespace: p
+  labels: {app: web}
+  annotations: {switchyard.dev/healthz-fail-after: "8s"}
+spec:
+  nodeName: node-1
+  containers:
+  - name: s
+    image: lab
+    ports: [{name: http, containerPort: 80}]
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: steady, namespace: p, labels: {app: web}}
+spec:
+  nodeName: node-2
+  containers:
+  - name: s
+    image: lab
+    ports: [{name: http, containerPort: 80}]
+    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: live
+  namespace: p
+  annotations: {switchyard.dev/healthz-fail-after: "3s"}
+spec:
+  nodeName: node-1
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    livenessProbe: {httpGet: {path: /healthz, port: 80}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: slow
+  namespace: p
+  annotations: {switchyard.dev/start-delay: "4s"}
+spec:
+  nodeName: node-2
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    startupProbe: {tcpSocket: {port: 80}, periodSeconds: 1, failureThreshold: 15}
+    livenessProbe: {tcpSocket: {port: 80}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: grpc, namespace: p}
+spec:
+  nodeName: node-1
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 9090}]
+    readinessProbe: {grpc: {port: 9090}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: delayed, namespace: p}
+spec:
+  nodeName: node-2
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    readinessProbe: {tcpSocket: {port: 80}, initialDelaySeconds: 5, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: p}
+spec:
+  nodeName: node-2
+  containers:
+  - {name: s, image: lab, ports: [{containerPort: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: p}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"#;
+
+fn exec_pod(file: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: exec, namespace: p}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: s
+    image: lab
+    ports: [{{containerPort: 80}}]
+    readinessProbe: {{exec: {{command: [sh, -c, "test -e {file}"]}}, periodSeconds: 1, failureThreshold: 1}}
+"#
+    )
+}
+
+#[test]
+fn probes_drive_readiness_restarts_and_endpoints() {
+    let lab = TestLab::up("probes", 2, "flat", "ipv4");
+    let file = std::env::temp_dir().join(format!("switchyard-exec-{}", rand_suffix()));
+    let _ = std::fs::remove_file(&file);
+    let o = lab.apply(&format!("{PODS}---{}", exec_pod(file.to_str().unwrap())));
+    assert!(o.status.success(), "{}", text(&o));
+    let t0 = Instant::now();
+
+    // httpGet and tcpSocket readiness: ready after the first success (one
+    // period).
+    until(&lab, "flip", Duration::from_secs(1) + SLACK, "ready", ready);
+    until(
+        &lab,
+        "steady",
+        Duration::from_secs(1) + SLACK,
+        "ready",
+        ready,
+    );
+    // grpc (grpc.health.v1 SERVING).
+    until(&lab, "grpc", Duration::from_secs(1) + SLACK, "ready", ready);
+    // initialDelaySeconds 5: not ready before, ready within a period after.
+    let s = lab.status();
+    if t0.elapsed() < Duration::from_secs(4) {
+        assert!(!ready(pod(&s, "delayed")), "ready before its initial delay");
+    }
+    until(
+        &lab,
+        "delayed",
+        Duration::from_secs(6) + SLACK,
+        "ready",
+        ready,
+    );
+    // A startup probe protects a slow starter: its server listens after 4 s,
+    // and the liveness probe (failureThreshold 1) would kill it at once.
+    until(&lab, "slow", Duration::from_secs(5) + SLACK, "ready", ready);
+    assert_eq!(
+        restarts(pod(&lab.status(), "slow")),
+        0,
+        "the startup probe held liveness back"
+    );
+
+    // exec: not ready until the file exists, ready within a period of it.
+    assert!(!ready(pod(&lab.status(), "exec")));
+    std::fs::write(&file, b"").unwrap();
+    until(&lab, "exec", Duration::from_secs(1) + SLACK, "ready", ready);
+    std::fs::remove_file(&file).unwrap();
+    until(
+        &lab,
+        "exec",
+        Duration::from_secs(1) + SLACK,
+        "not ready",
+        |p| !ready(p),
+    );
+
+    // Service traffic reaches both web pods while both are ready.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let a = lab.probe_until_allowed("p/client", "web.p", 80, "TCP", "ipv4");
+        seen.insert(if a.contains("p/flip") {
+            "flip"
+        } else {
+            "steady"
+        });
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both ready pods serve: {seen:?}");
+
+    // flip's /healthz fails 8 s after its start: not ready within
+    // failureThreshold (2) × period (1 s) of that; it is not restarted.
+    until(
+        &lab,
+        "flip",
+        Duration::from_secs(8) + Duration::from_secs(2) + SLACK,
+        "not ready",
+        |p| !ready(p),
+    );
+    let s = lab.status();
+    assert_eq!(restarts(pod(&s, "flip")), 0, "readiness never restarts");
+    assert_eq!(pod(&s, "flip")["phase"], "Running");
+    let probes = &pod(&s, "flip")["probes"][0];
+    assert_eq!(probes["result"], "Failure", "{probes}");
+    assert!(
+        probes["lastMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("500"),
+        "{probes}"
+    );
+    // Traffic through the Service stops reaching it (once the endpoints
+    // and every node's proxy followed).
+    let t = Instant::now();
+    let mut streak = 0;
+    while streak < 10 {
+        let a = lab.probe_until_allowed("p/client", "web.p", 80, "TCP", "ipv4");
+        streak = if a.contains("p/steady") {
+            streak + 1
+        } else {
+            0
+        };
+        assert!(t.elapsed() < SLACK * 3, "traffic still reaches flip: {a}");
+    }
+
+    // Liveness: live's /healthz fails 3 s after start; restarted within
+    // failureThreshold (2) × period (1 s) of that.
+    until(
+        &lab,
+        "live",
+        Duration::from_secs(3) + Duration::from_secs(2) + SLACK,
+        "restarted",
+        |p| restarts(p) >= 1,
+    );
+    drop(lab);
+}
+
+#[test]
+fn invalid_probes_are_refused_with_the_api_servers_messages() {
+    let lab = TestLab::up("probebad", 1, "flat", "ipv4");
+    let bad = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: bad, namespace: default}
+spec:
+  containers:
+  - name: s
+    image: lab
+    ports: [{name: http, containerPort: 80}]
+    readinessProbe: {tcpSocket: {port: 80}, httpGet: {port: 80}, periodSeconds: -1}
+    livenessProbe: {httpGet: {port: metrics}}
+"#;
+    let o = lab.apply(bad);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in [
+        "spec.containers[0].readinessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type",
+        "spec.containers[0].readinessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0",
+        "spec.containers[0].livenessProbe.httpGet.port: Invalid value: \"metrics\": no port of container \"s\" has this name",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    // Nothing was admitted.
+    let s = lab.status();
+    assert!(
+        !s["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "bad"),
+        "{s}"
+    );
+    let bad_annotation = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: odd, namespace: default, annotations: {switchyard.dev/healthz-fail-after: "soon"}}
+spec:
+  containers: [{name: s, image: lab, ports: [{containerPort: 80}]}]
+"#;
+    let o = lab.apply(bad_annotation);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("switchyard.dev/healthz-fail-after"),
+        "{}",
+        text(&o)
+    );
+}
