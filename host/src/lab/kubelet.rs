@@ -285,8 +285,11 @@ impl Kubelet {
             None => 0,
         };
         self.runs.insert(key.clone(), (now, restarts));
-        if let Some(pod) = self.pods.get(&key).cloned() {
-            self.prober.forget(&key);
+        // A restart keeps the pod's probes (and bumps their generation, so
+        // attempts still running against the old server are dropped).
+        if !self.prober.restarted(&key, now)
+            && let Some(pod) = self.pods.get(&key).cloned()
+        {
             self.prober.ensure(&key, &pod, &r.ips, &r.netns, now);
         }
         Ok(())

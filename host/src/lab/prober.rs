@@ -173,14 +173,17 @@ impl Prober {
     }
 
     /// The pod's server restarted at `now`: every probe starts over.
-    pub fn restarted(&mut self, key: &PodKey, now: Instant) {
-        if let Some(p) = self.pods.get_mut(key) {
-            p.generation += 1;
-            for w in &mut p.workers {
-                w.restarted(now);
-            }
+    /// Returns false if the pod is not probed yet.
+    pub fn restarted(&mut self, key: &PodKey, now: Instant) -> bool {
+        let Some(p) = self.pods.get_mut(key) else {
+            return false;
+        };
+        p.generation += 1;
+        for w in &mut p.workers {
+            w.restarted(now);
         }
         self.publish(key);
+        true
     }
 
     /// Begin the attempts that are due and take in those that ended.

@@ -150,10 +150,6 @@ impl Worker {
     pub fn restarted(&mut self, now: Instant) {
         *self = Worker::new(self.spec.clone(), now);
     }
-
-    pub fn in_flight(&self) -> bool {
-        self.in_flight
-    }
 }
 
 #[cfg(test)]
