@@ -261,6 +261,32 @@ fn probes_drive_readiness_restarts_and_endpoints() {
             .contains("500"),
         "{probes}"
     );
+    // The admin API shows the pod with its probes, and the node's probe
+    // table as modules read it: flip's port from node-1's own prober, and
+    // steady (node-2's) from its Pod status.
+    let (code, v) = lab.api("node-1", "/api/v1/pods/p/flip");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["probes"][0]["result"], "Failure", "{v}");
+    let (code, v) = lab.api("node-1", "/api/v1/pods/p/nobody");
+    assert_eq!(code, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("\"nobody\""), "{v}");
+    let (_, table) = lab.api("node-1", "/api/v1/probes");
+    let entry = |ip: &str, source: &str| {
+        table["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == ip && e["source"] == source)
+            .unwrap_or_else(|| panic!("{ip} from {source} in {table}"))
+            .clone()
+    };
+    let e = entry(&lab.pod_ips("p/flip")[0], "probe");
+    assert_eq!(e["port"], 80, "{e}");
+    assert_eq!(e["ready"], false, "{e}");
+    assert!(e["consecutiveFailures"].as_u64().unwrap() >= 2, "{e}");
+    let e = entry(&lab.pod_ips("p/steady")[0], "pod-status");
+    assert_eq!(e["ready"], true, "{e}");
+
     // Traffic through the Service stops reaching it (once the endpoints
     // and every node's proxy followed).
     let t = Instant::now();
@@ -336,4 +362,234 @@ spec:
         "{}",
         text(&o)
     );
+}
+
+const OPTIONS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: p}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: laggy
+  namespace: p
+  annotations: {switchyard.dev/respond-delay: "2s"}
+spec:
+  nodeName: node-1
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    readinessProbe: {httpGet: {path: /healthz, port: 80}, periodSeconds: 1, timeoutSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: patient
+  namespace: p
+  annotations: {switchyard.dev/respond-delay: "2s"}
+spec:
+  nodeName: node-2
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    readinessProbe: {httpGet: {path: /healthz, port: 80}, periodSeconds: 4, timeoutSeconds: 3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: steps, namespace: p}
+spec:
+  nodeName: node-1
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 2, successThreshold: 3}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: refuser
+  namespace: p
+  labels: {app: r}
+  annotations: {switchyard.dev/refuse-after: "4s"}
+spec:
+  nodeName: node-2
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1, failureThreshold: 3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: r, namespace: p}
+spec:
+  selector: {app: r}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: done
+  namespace: p
+  annotations: {switchyard.dev/exit-after: "2s", switchyard.dev/exit-code: "0"}
+spec:
+  nodeName: node-1
+  restartPolicy: OnFailure
+  containers: [{name: s, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: broke
+  namespace: p
+  annotations: {switchyard.dev/exit-after: "2s", switchyard.dev/exit-code: "3"}
+spec:
+  nodeName: node-2
+  restartPolicy: Never
+  containers: [{name: s, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: crashy
+  namespace: p
+  annotations: {switchyard.dev/exit-after: "2s", switchyard.dev/exit-code: "1"}
+spec:
+  nodeName: node-1
+  restartPolicy: OnFailure
+  containers: [{name: s, image: lab, ports: [{containerPort: 80}]}]
+"#;
+
+/// The probe options one by one (timeoutSeconds, successThreshold,
+/// failureThreshold with a refusing server), the endpoints following
+/// readiness, and restartPolicy against exiting servers.
+#[test]
+fn probe_options_and_restart_policies() {
+    let lab = TestLab::up("probeopt", 2, "flat", "ipv4");
+    let o = lab.apply(OPTIONS);
+    assert!(o.status.success(), "{}", text(&o));
+    let t0 = Instant::now();
+
+    // successThreshold 3, period 2 s: a pod is seen with a successful
+    // last result and still not ready, then ready within 3 periods.
+    until(
+        &lab,
+        "steps",
+        Duration::from_secs(2) + SLACK,
+        "succeeding but not ready yet",
+        |p| p["probes"][0]["consecutiveSuccesses"].as_u64() >= Some(1) && !ready(p),
+    );
+    let steps = until(
+        &lab,
+        "steps",
+        Duration::from_secs(6) + SLACK,
+        "ready",
+        ready,
+    );
+    let p = pod(&lab.status(), "steps").clone();
+    assert!(
+        p["probes"][0]["consecutiveSuccesses"].as_u64().unwrap() >= 3,
+        "{p}"
+    );
+    eprintln!("steps ready {steps:?} after its first success");
+
+    // The refuser is ready, then refuses connections 4 s after its start:
+    // not ready after failureThreshold (3) × period (1 s), and out of its
+    // Service's endpoints within one more period.
+    until(
+        &lab,
+        "refuser",
+        Duration::from_secs(1) + SLACK,
+        "ready",
+        ready,
+    );
+    let ip = lab.pod_ips("p/refuser")[0].clone();
+    let endpoints = |lab: &TestLab| -> Vec<String> {
+        let s = lab.status();
+        s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["namespace"] == "p" && v["name"] == "r")
+            .map(|v| {
+                v["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let bound = t0 + Duration::from_secs(4 + 3 + 1) + SLACK;
+    let mut was_in = false;
+    loop {
+        let e = endpoints(&lab);
+        if e.contains(&format!("{ip}:80")) {
+            was_in = true;
+        } else if was_in {
+            break;
+        }
+        assert!(
+            Instant::now() < bound,
+            "refuser's endpoint: in {was_in}, not out within {:?}: {e:?}",
+            bound - t0
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let p = pod(&lab.status(), "refuser").clone();
+    assert!(!ready(&p), "{p}");
+    assert_eq!(restarts(&p), 0, "{p}");
+    assert!(
+        p["probes"][0]["lastMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused"),
+        "{p}"
+    );
+
+    // timeoutSeconds: the same 2 s answer fails a 1 s timeout and passes a
+    // 3 s one.
+    until(
+        &lab,
+        "patient",
+        Duration::from_secs(4 + 2) + SLACK,
+        "ready",
+        ready,
+    );
+    let p = pod(&lab.status(), "laggy").clone();
+    assert!(!ready(&p), "answered within its timeout: {p}");
+    assert_eq!(p["probes"][0]["result"], "Failure", "{p}");
+    assert!(
+        p["probes"][0]["lastMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timeout"),
+        "{p}"
+    );
+
+    // restartPolicy: OnFailure with exit 0 completes; Never with exit 3
+    // fails; OnFailure with exit 1 restarts, then backs off.
+    let t = Duration::from_secs(2) + SLACK;
+    until(&lab, "done", t, "Succeeded", |p| {
+        p["phase"] == "Succeeded" && p["reason"] == "Completed"
+    });
+    until(&lab, "broke", t, "Failed", |p| {
+        p["phase"] == "Failed" && p["reason"] == "Error"
+    });
+    until(
+        &lab,
+        "crashy",
+        t + Duration::from_secs(2),
+        "backing off",
+        |p| restarts(p) >= 2 && p["reason"] == "CrashLoopBackOff" && p["phase"] == "Running",
+    );
+    let s = lab.status();
+    assert_eq!(restarts(pod(&s, "done")), 0);
+    assert_eq!(restarts(pod(&s, "broke")), 0);
+    drop(lab);
 }

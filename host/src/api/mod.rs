@@ -11,13 +11,16 @@
 //! | `/api/v1/modules` | every module binding: digest, version, condition, calls, errors, latency p50/p99 |
 //! | `/api/v1/ipam` | pools and the addresses held, per attachment |
 //! | `/api/v1/cluster` | the cluster as this node's source sees it (nodes, pods, Services, policies) |
+//! | `/api/v1/pods/{namespace}/{name}` | one pod of that view, with its probes' status |
+//! | `/api/v1/probes` | endpoint health as modules read it (the `probes` host interface) |
 //! | `/` | the console (`web/`, built into the binary) |
 
 use crate::datapath::ipam::Ipam;
 use crate::datapath::ipam::{Ledger, PoolInfo};
+use crate::datapath::probes::ProbeTable;
 use crate::registry::Registry;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,6 +40,8 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     pub ledger: Arc<Ledger>,
     pub source: Arc<dyn NodeSource>,
+    /// What the `probes` host interface gives modules.
+    pub probes: Arc<ProbeTable>,
 }
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
@@ -71,10 +76,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/modules", get(modules))
         .route("/api/v1/ipam", get(ipam))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/pods/{namespace}/{name}", get(pod))
+        .route("/api/v1/probes", get(probes))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster"})),
+                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster, /api/v1/pods/NAMESPACE/NAME, /api/v1/probes"})),
             )
         })
         .with_state(state)
@@ -138,6 +145,62 @@ async fn cluster(State(s): State<ApiState>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn pod(
+    State(s): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let source = s.source.clone();
+    let view = match tokio::task::spawn_blocking(move || source.cluster()).await {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"error": e.to_string()})),
+            )
+                .into_response();
+        }
+    };
+    let found = view.as_ref().and_then(|v| {
+        v["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["namespace"] == namespace.as_str() && p["name"] == name.as_str())
+            .cloned()
+    });
+    match found {
+        Some(p) => axum::Json(p).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({"error": format!("pods \"{name}\" not found in namespace \"{namespace}\"")}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn probes(State(s): State<ApiState>) -> axum::Json<Value> {
+    let entries: Vec<Value> = s
+        .probes
+        .entries()
+        .into_iter()
+        .map(|((address, port), h)| {
+            json!({
+                "address": address,
+                // Port 0 is an address-level entry, read from Pod status.
+                "port": (port != 0).then_some(port),
+                "source": if port == 0 { "pod-status" } else { "probe" },
+                "ready": h.ready,
+                "lastResult": h.last_result,
+                "lastLatencyUs": h.last_latency.map(|d| d.as_micros() as u64),
+                "consecutiveFailures": h.consecutive_failures,
+                "consecutiveSuccesses": h.consecutive_successes,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "endpoints": entries }))
 }
 
 /// Serve the API on `addr` until `shutdown` completes.

@@ -29,6 +29,8 @@ pub trait ProbeView: Send + Sync {
 }
 
 /// The table the prober (or the Pod status reader) writes and modules read.
+/// Entries are per address and port (a probe's result for the pod's ports),
+/// or per address with port 0 (Pod status, which has no ports).
 #[derive(Debug, Default)]
 pub struct ProbeTable {
     entries: RwLock<HashMap<(IpAddr, u16), EndpointHealth>>,
@@ -42,10 +44,33 @@ impl ProbeTable {
     pub fn remove(&self, address: IpAddr, port: u16) {
         self.entries.write().remove(&(address, port));
     }
+
+    /// The entry at exactly this address and port (port 0: the
+    /// address-level entry), without the fallback `health` does.
+    pub fn get_exact(&self, address: IpAddr, port: u16) -> Option<EndpointHealth> {
+        self.entries.read().get(&(address, port)).cloned()
+    }
+
+    /// Every entry, by address and port, sorted (for the admin API).
+    pub fn entries(&self) -> Vec<((IpAddr, u16), EndpointHealth)> {
+        let mut v: Vec<_> = self
+            .entries
+            .read()
+            .iter()
+            .map(|(k, h)| (*k, h.clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
 }
 
 impl ProbeView for ProbeTable {
+    /// The entry for the port if a probe wrote one, else the address-level
+    /// entry (port 0) that Pod status gives.
     fn health(&self, address: IpAddr, port: u16) -> Option<EndpointHealth> {
-        self.entries.read().get(&(address, port)).cloned()
+        let e = self.entries.read();
+        e.get(&(address, port))
+            .or_else(|| e.get(&(address, 0)))
+            .cloned()
     }
 }

@@ -7,7 +7,7 @@
 //! host networking would (`switchyard agent --lab DIR --node NAME`).
 
 use super::endpoints;
-use super::kubelet::Kubelet;
+use super::kubelet::{Kubelet, LabPodStatus};
 use super::layout::{ADMIN_PORT, Lab, UPLINK};
 use super::view::{ClusterView, HEARTBEAT_TIMEOUT_SECS, LabNodeStatus, unix_now};
 use crate::agent::{Agent, AgentOptions, sticky_pods};
@@ -15,6 +15,7 @@ use crate::api::{ApiState, NodeSource};
 use crate::datapath::nft::Nft;
 use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
 use crate::model::Role;
+use crate::probe::status::StatusReader;
 use crate::proxy::conntrack::ConntrackTool;
 use crate::proxy::{MIN_SYNC_INTERVAL, ServiceProxy, convert};
 use crate::source::cluster_dir::ClusterDir;
@@ -141,6 +142,9 @@ struct NodeLoop {
     rt: tokio::runtime::Handle,
     /// Why the proxy's table could not be loaded, until a full sync works.
     proxy_error: Option<String>,
+    /// Pods' readiness from their status, for modules (pods of other
+    /// nodes; this node's prober writes its own pods' ports).
+    status_reader: StatusReader,
 }
 
 impl NodeLoop {
@@ -228,8 +232,16 @@ impl NodeLoop {
             // the controller runs for it (the kubelet may write a pod's
             // status on every pass, which must not start another pass).
             let pods_marker = self.cluster.status_marker("Pod");
-            let pods_changed = leader && pods_marker != last_pods_marker;
+            let statuses_changed = pods_marker != last_pods_marker;
+            let pods_changed = leader && statuses_changed;
             last_pods_marker = pods_marker;
+            if statuses_changed {
+                let statuses = self.cluster.statuses::<LabPodStatus>("Pod");
+                self.status_reader.sync(
+                    &self.agent.probes,
+                    statuses.iter().map(|(_, _, s)| &s.status),
+                );
+            }
             if !changed && last_sync.elapsed() >= RESYNC {
                 let fp = self.cluster.objects_fingerprint();
                 changed = last_fingerprint != Some(fp);
@@ -413,6 +425,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let api_state = ApiState {
         registry: agent.registry.clone(),
         ledger: agent.ledger.clone(),
+        probes: agent.probes.clone(),
         source: Arc::new(LabSource {
             lab: lab.clone(),
             report: report.clone(),
@@ -454,6 +467,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         unreadable: BTreeMap::new(),
         rt: tokio::runtime::Handle::current(),
         proxy_error: None,
+        status_reader: StatusReader::default(),
         lab: lab.clone(),
         node: node.to_string(),
         cluster,

@@ -187,7 +187,7 @@ impl Prober {
     }
 
     /// Begin the attempts that are due and take in those that ended.
-    /// Returns the pods whose health changed.
+    /// Returns the pods whose health, or a probe's raw result, changed.
     pub fn tick(&mut self, now: Instant) -> Vec<PodKey> {
         let mut changed = vec![];
         while let Ok(d) = self.rx.try_recv() {
@@ -201,8 +201,12 @@ impl Prober {
                 continue;
             }
             let before = health_of(p);
+            let last = p.workers[d.index].last_attempt();
             p.workers[d.index].finish(d.attempt, d.latency);
-            if health_of(p) != before {
+            // Pod status follows the health, and also each turn of a raw
+            // result (a first success under a successThreshold of 3 shows),
+            // but not every attempt: a steady pod writes nothing.
+            if health_of(p) != before || p.workers[d.index].last_attempt() != last {
                 changed.push(d.key.clone());
             }
             let key = d.key.clone();

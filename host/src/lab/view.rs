@@ -211,7 +211,21 @@ impl ClusterView {
             let mut phase = s
                 .and_then(|s| s.phase.clone())
                 .unwrap_or_else(|| "Pending".into());
-            let mut reason = s.and_then(|s| s.reason.clone());
+            // As kubectl's STATUS column: the pod's reason, else a
+            // container's waiting or terminated reason (CrashLoopBackOff,
+            // Completed, Error).
+            let mut reason = s.and_then(|s| s.reason.clone()).or_else(|| {
+                s.and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.state.as_ref())
+                    .find_map(|st| {
+                        st.waiting
+                            .as_ref()
+                            .and_then(|w| w.reason.clone())
+                            .or_else(|| st.terminated.as_ref().and_then(|t| t.reason.clone()))
+                    })
+            });
             let mut message = s.and_then(|s| s.message.clone());
             if let Some(n) = &node
                 && c.node(n).is_some()

@@ -96,6 +96,11 @@ impl Worker {
         self.next_due = now + self.spec.period;
     }
 
+    /// The raw result of the last attempt that counted (before thresholds).
+    pub fn last_attempt(&self) -> Option<ProbeResult> {
+        self.last
+    }
+
     /// The attempt that began last ended. Returns the new result if it
     /// changed.
     pub fn finish(&mut self, attempt: Attempt, latency: Duration) -> Option<ProbeResult> {

@@ -191,6 +191,41 @@ impl TestLab {
             .find(|a| a.contains('.') == v4)
             .unwrap()
     }
+
+    /// GET `path` from `node`'s admin API: the status code and the body.
+    pub fn api_raw(&self, node: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.node_address(node, true);
+        let mut s = std::net::TcpStream::connect_timeout(
+            &format!("{addr}:9090").parse().unwrap(),
+            std::time::Duration::from_secs(2),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, body.to_string())
+    }
+
+    /// GET a JSON document from `node`'s admin API.
+    pub fn api(&self, node: &str, path: &str) -> (u16, serde_json::Value) {
+        let (code, body) = self.api_raw(node, path);
+        let v =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} on {node}: {e}: {body}"));
+        (code, v)
+    }
 }
 
 impl Drop for TestLab {
