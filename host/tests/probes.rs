@@ -414,7 +414,7 @@ metadata:
   name: refuser
   namespace: p
   labels: {app: r}
-  annotations: {switchyard.dev/refuse-after: "4s"}
+  annotations: {switchyard.dev/refuse-after: "12s"}
 spec:
   nodeName: node-2
   containers:
@@ -497,16 +497,11 @@ fn probe_options_and_restart_policies() {
     );
     eprintln!("steps ready {steps:?} after its first success");
 
-    // The refuser is ready, then refuses connections 4 s after its start:
+    // The refuser is ready, then refuses connections 12 s after its start
+    // (late enough to be seen ready after the checks above):
     // not ready after failureThreshold (3) × period (1 s), and out of its
     // Service's endpoints within one more period.
-    until(
-        &lab,
-        "refuser",
-        Duration::from_secs(1) + SLACK,
-        "ready",
-        ready,
-    );
+    until(&lab, "refuser", Duration::from_secs(12), "ready", ready);
     let ip = lab.pod_ips("p/refuser")[0].clone();
     let endpoints = |lab: &TestLab| -> Vec<String> {
         let s = lab.status();
@@ -525,7 +520,7 @@ fn probe_options_and_restart_policies() {
             })
             .unwrap_or_default()
     };
-    let bound = t0 + Duration::from_secs(4 + 3 + 1) + SLACK;
+    let bound = t0 + Duration::from_secs(12 + 3 + 1) + SLACK;
     let mut was_in = false;
     loop {
         let e = endpoints(&lab);

@@ -17,6 +17,7 @@ use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
 use crate::model::Role;
 use crate::probe::status::StatusReader;
 use crate::proxy::conntrack::ConntrackTool;
+use crate::proxy::userspace::UserspaceProxy;
 use crate::proxy::{MIN_SYNC_INTERVAL, ServiceProxy, convert};
 use crate::source::cluster_dir::ClusterDir;
 use crate::source::local::Manifests;
@@ -63,6 +64,8 @@ pub struct NodeReport {
     pub service_errors: BTreeMap<String, String>,
     /// Whether this agent runs the lab's EndpointSlice controller.
     pub endpoint_controller: bool,
+    /// Service ports the userspace proxy serves, with their counters.
+    pub userspace: Vec<crate::proxy::userspace::PortReport>,
 }
 
 struct LabSource {
@@ -136,12 +139,16 @@ struct NodeLoop {
     report: Arc<Mutex<NodeReport>>,
     stop: Arc<AtomicBool>,
     proxy: ServiceProxy,
+    /// Services whose scheduler is a module: proxied by the agent itself.
+    userspace: UserspaceProxy,
     /// Services the proxy could not read, by `namespace/name`.
     unreadable: BTreeMap<String, String>,
     /// Where the proxy's async calls run.
     rt: tokio::runtime::Handle,
     /// Why the proxy's table could not be loaded, until a full sync works.
     proxy_error: Option<String>,
+    /// Why the userspace proxy's redirects could not be loaded.
+    userspace_error: Option<String>,
     /// Pods' readiness from their status, for modules (pods of other
     /// nodes; this node's prober writes its own pods' ports).
     status_reader: StatusReader,
@@ -185,7 +192,25 @@ impl NodeLoop {
             .set_context(convert::node_context(&self.node, zone, &ips, &net));
         let (inputs, unreadable) = convert::inputs(m);
         self.unreadable = unreadable;
-        self.proxy.set_services(inputs);
+        let rest = self.userspace.take(inputs, &net.proxy.default_scheduler);
+        self.userspace_error = self.userspace.sync().err();
+        if let Some(e) = &self.userspace_error {
+            tracing::warn!("{e}");
+        }
+        self.proxy.set_services(rest);
+        self.publish_errors();
+    }
+
+    /// Why Services are not (fully) programmed, into the node's report.
+    fn publish_errors(&mut self) {
+        let mut errors = self.unreadable.clone();
+        for (o, e) in self.proxy.errors().iter().chain(self.userspace.errors()) {
+            errors.insert(format!("{}/{}", o.namespace, o.name), e.clone());
+        }
+        let mut rep = self.report.lock();
+        rep.services = self.proxy.store().installed().count() + self.userspace.services();
+        rep.service_errors = errors;
+        rep.userspace = self.userspace.report();
     }
 
     fn proxy_sync(&mut self) {
@@ -202,16 +227,10 @@ impl NodeLoop {
                 "proxy synced"
             );
         }
-        let mut errors = self.unreadable.clone();
-        for (o, e) in self.proxy.errors() {
-            errors.insert(format!("{}/{}", o.namespace, o.name), e.clone());
-        }
         if r.full || r.error.is_some() {
             self.proxy_error = r.error;
         }
-        let mut rep = self.report.lock();
-        rep.services = self.proxy.store().installed().count();
-        rep.service_errors = errors;
+        self.publish_errors();
     }
 
     fn run(mut self) {
@@ -321,6 +340,7 @@ impl NodeLoop {
                 let ready = applied.is_some() && cni_ready;
                 let mut r = self.report.lock();
                 r.ready = ready;
+                r.userspace = self.userspace.report();
                 r.problems = problems.clone();
                 if !cni_ready {
                     r.problems
@@ -329,6 +349,9 @@ impl NodeLoop {
                 if let Some(e) = &self.proxy_error {
                     r.problems
                         .push(format!("the proxy's table could not be loaded: {e}"));
+                }
+                if let Some(e) = &self.userspace_error {
+                    r.problems.push(format!("the userspace proxy: {e}"));
                 }
                 let mut status = self.status(ready, &r.problems);
                 status.service_errors = r.service_errors.clone();
@@ -462,11 +485,19 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         Arc::new(Nft::new(None)),
         Arc::new(ConntrackTool::default()),
     );
+    let userspace = UserspaceProxy::new(
+        agent.registry.clone(),
+        agent.probes.clone(),
+        Arc::new(Nft::new(None)),
+        tokio::runtime::Handle::current(),
+    );
     let node_loop = NodeLoop {
         proxy,
+        userspace,
         unreadable: BTreeMap::new(),
         rt: tokio::runtime::Handle::current(),
         proxy_error: None,
+        userspace_error: None,
         status_reader: StatusReader::default(),
         lab: lab.clone(),
         node: node.to_string(),

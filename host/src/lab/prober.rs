@@ -28,6 +28,9 @@ struct PodProbes {
     target: Target,
     /// The container ports, for the probe table (address, port) keys.
     ports: Vec<u16>,
+    /// Every address of the pod: probes go to the first (the kubelet
+    /// probes status.podIP), results are the pod's, in every family.
+    addresses: Vec<IpAddr>,
     containers: Vec<String>,
 }
 
@@ -144,7 +147,8 @@ impl Prober {
                 }
             }
         }
-        let address = ips.iter().find_map(|a| a.parse::<IpAddr>().ok());
+        let addresses: Vec<IpAddr> = ips.iter().filter_map(|a| a.parse().ok()).collect();
+        let address = addresses.first().copied();
         self.pods.insert(
             key.clone(),
             PodProbes {
@@ -156,6 +160,7 @@ impl Prober {
                     netns: netns.to_string(),
                 },
                 ports,
+                addresses,
                 containers: names,
             },
         );
@@ -163,11 +168,11 @@ impl Prober {
     }
 
     pub fn forget(&mut self, key: &PodKey) {
-        if let Some(p) = self.pods.remove(key)
-            && let Some(a) = p.target.address
-        {
-            for port in p.ports {
-                self.table.remove(a, port);
+        if let Some(p) = self.pods.remove(key) {
+            for a in &p.addresses {
+                for port in &p.ports {
+                    self.table.remove(*a, *port);
+                }
             }
         }
     }
@@ -285,9 +290,6 @@ impl Prober {
         let Some(p) = self.pods.get(key) else {
             return;
         };
-        let Some(address) = p.target.address else {
-            return;
-        };
         let health = health_of(p);
         let ready = health.values().all(|h| h.ready);
         let readiness = p
@@ -308,8 +310,10 @@ impl Prober {
             consecutive_failures: readiness.map_or(0, |w| w.consecutive_failures),
             consecutive_successes: readiness.map_or(0, |w| w.consecutive_successes),
         };
-        for port in &p.ports {
-            self.table.set(address, *port, e.clone());
+        for a in &p.addresses {
+            for port in &p.ports {
+                self.table.set(*a, *port, e.clone());
+            }
         }
     }
 }

@@ -15,9 +15,13 @@
 //! When a UDP endpoint goes away, its conntrack entries go too: UDP has no
 //! end of connection, so without that a client keeps sending to the dead
 //! endpoint (the black hole kube-proxy still suffers from in some versions).
+//!
+//! Services whose scheduler is a module (role `scheduler`) never reach the
+//! nftables module: [`userspace`] carries their connections in the agent.
 
 pub mod conntrack;
 pub mod convert;
+pub mod userspace;
 
 use crate::datapath::nft::{self, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};

@@ -92,8 +92,11 @@ fn choose(conn: &Connection, backends: &[Backend], config: &Config) -> Option<us
         .filter(|(_, b)| cost(b, config) == best)
         .map(|(i, _)| *i)
         .collect();
-    // Spread ties by the client's port, so equal backends share the load.
-    Some(ties[conn.client_port as usize % ties.len()])
+    // Spread ties by a hash of the client's port, so equal backends share
+    // the load. (Not the port itself: Linux gives connect() even ports, so
+    // `port % 2` would always pick the same one of two.)
+    let h = (conn.client_port as u32).wrapping_mul(0x9e37_79b1) >> 16;
+    Some(ties[h as usize % ties.len()])
 }
 
 switchyard_sdk::export_scheduler!(LeastLatency);
@@ -154,10 +157,12 @@ mod tests {
             backend("10.244.1.2", None, 0, true),
             backend("10.244.1.3", None, 0, true),
         ];
-        let picks: Vec<u32> = (0..4)
-            .map(|p| LeastLatency::pick(conn(p), b.clone(), String::new()).unwrap())
+        // Even ports only, as Linux gives connect(): both still get a share.
+        let picks: Vec<u32> = (0..200)
+            .map(|p| LeastLatency::pick(conn(40000 + 2 * p), b.clone(), String::new()).unwrap())
             .collect();
-        assert_eq!(picks, vec![0, 1, 0, 1]);
+        let first = picks.iter().filter(|&&i| i == 0).count();
+        assert!((70..=130).contains(&first), "{first} of 200 to the first");
     }
 
     #[test]
