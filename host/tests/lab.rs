@@ -536,38 +536,22 @@ fn the_console_and_admin_api_answer_from_the_host() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let node = lab.node_address("node-1", true);
-    let get = |path: &str| -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(
-            &format!("{node}:9090").parse().unwrap(),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        r
-    };
-    let index = get("/");
-    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    let (code, index) = lab.api_raw("node-1", "/");
+    assert_eq!(code, 200, "{index}");
     assert!(
         index.contains("<script type=\"module\" src=\"/console.js\">"),
         "{index}"
     );
-    assert!(get("/console.js").contains("function renderCluster"));
-    let cluster = get("/api/v1/cluster");
-    let body = cluster.split_once("\r\n\r\n").unwrap().1;
-    let v: Value = serde_json::from_str(body).unwrap();
+    assert!(
+        lab.api_raw("node-1", "/console.js")
+            .1
+            .contains("function renderCluster")
+    );
+    let (_, v) = lab.api("node-1", "/api/v1/cluster");
     assert_eq!(v["model"], "island");
     assert_eq!(v["pods"][0]["name"], "a");
     assert_eq!(v["pods"][0]["phase"], "Running");
-    let modules: Value =
-        serde_json::from_str(get("/api/v1/modules").split_once("\r\n\r\n").unwrap().1).unwrap();
+    let (_, modules) = lab.api("node-1", "/api/v1/modules");
     let cni = &modules[0];
     assert_eq!(cni["name"], "cni-bridge", "{modules}");
     assert!(
@@ -575,8 +559,7 @@ fn the_console_and_admin_api_answer_from_the_host() {
         "the pod's ADD is counted: {modules}"
     );
     assert_eq!(cni["errors"], 0, "{modules}");
-    let node_v: Value =
-        serde_json::from_str(get("/api/v1/node").split_once("\r\n\r\n").unwrap().1).unwrap();
+    let (_, node_v) = lab.api("node-1", "/api/v1/node");
     assert_eq!(node_v["ready"], true, "{node_v}");
     assert_eq!(node_v["masquerade"], true, "{node_v}");
 

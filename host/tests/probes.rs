@@ -15,12 +15,7 @@ use std::time::{Duration, Instant};
 const SLACK: Duration = Duration::from_secs(4);
 
 fn pod<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == "p" && p["name"] == name)
-        .unwrap_or_else(|| panic!("pod p/{name} in {s}"))
+    pod_in(s, &format!("p/{name}")).unwrap_or_else(|| panic!("pod p/{name} in {s}"))
 }
 
 /// Polls `lab status` until `f` holds for pod `name`, for at most `bound`;

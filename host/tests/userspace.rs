@@ -80,11 +80,7 @@ spec:
 "#;
 
 fn pod_ready(lab: &TestLab, name: &str) -> bool {
-    lab.status()["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["namespace"] == "u" && p["name"] == name && p["ready"] == true)
+    pod_in(&lab.status(), &format!("u/{name}")).is_some_and(|p| p["ready"] == true)
 }
 
 fn node_report(lab: &TestLab, node: &str) -> Value {

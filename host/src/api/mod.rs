@@ -117,33 +117,36 @@ async fn ipam(State(s): State<ApiState>) -> Response {
     .await;
     match r {
         Ok(Ok(v)) => axum::Json(v).into_response(),
-        Ok(Err(e)) => (
+        Ok(Err(e)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": format!("reading the address ledger: {e}")})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+            format!("reading the address ledger: {e}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn error(code: StatusCode, message: impl std::fmt::Display) -> Response {
+    (code, axum::Json(json!({"error": message.to_string()}))).into_response()
+}
+
+/// The source's cluster view (built off the async runtime), or the answer
+/// that says why there is none.
+async fn cluster_view(s: &ApiState) -> Result<Value, Response> {
+    let source = s.source.clone();
+    match tokio::task::spawn_blocking(move || source.cluster()).await {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(error(
+            StatusCode::NOT_FOUND,
+            "this agent has no cluster view (it runs from a local manifest directory)",
+        )),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
 }
 
 async fn cluster(State(s): State<ApiState>) -> Response {
-    let source = s.source.clone();
-    match tokio::task::spawn_blocking(move || source.cluster()).await {
-        Ok(Some(v)) => axum::Json(v).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "this agent has no cluster view (it runs from a local manifest directory)"})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+    match cluster_view(&s).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -151,33 +154,20 @@ async fn pod(
     State(s): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    let source = s.source.clone();
-    let view = match tokio::task::spawn_blocking(move || source.cluster()).await {
+    let view = match cluster_view(&s).await {
         Ok(v) => v,
-        Err(e) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(json!({"error": e.to_string()})),
-            )
-                .into_response();
-        }
+        Err(r) => return r,
     };
-    let found = view.as_ref().and_then(|v| {
-        v["pods"]
-            .as_array()?
-            .iter()
+    let found = view["pods"].as_array().and_then(|pods| {
+        pods.iter()
             .find(|p| p["namespace"] == namespace.as_str() && p["name"] == name.as_str())
-            .cloned()
     });
     match found {
-        Some(p) => axum::Json(p).into_response(),
-        None => (
+        Some(p) => axum::Json(p.clone()).into_response(),
+        None => error(
             StatusCode::NOT_FOUND,
-            axum::Json(
-                json!({"error": format!("pods \"{name}\" not found in namespace \"{namespace}\"")}),
-            ),
-        )
-            .into_response(),
+            format!("pods \"{name}\" not found in namespace \"{namespace}\""),
+        ),
     }
 }
 

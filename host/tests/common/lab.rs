@@ -158,13 +158,7 @@ impl TestLab {
     }
 
     pub fn pod_ips(&self, pod: &str) -> Vec<String> {
-        let s = self.status();
-        let (ns, name) = pod.split_once('/').unwrap();
-        s["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["namespace"] == ns && p["name"] == name)
+        pod_in(&self.status(), pod)
             .map(|p| {
                 p["ips"]
                     .as_array()
@@ -235,6 +229,15 @@ impl Drop for TestLab {
             eprintln!("lab down failed: {}", text(&o));
         }
     }
+}
+
+/// Pod `ns/name` of a `lab status --json` document.
+pub fn pod_in<'a>(status: &'a Value, pod: &str) -> Option<&'a Value> {
+    let (ns, name) = pod.split_once('/').unwrap();
+    status["pods"]
+        .as_array()?
+        .iter()
+        .find(|p| p["namespace"] == ns && p["name"] == name)
 }
 
 pub fn rand_suffix() -> String {
