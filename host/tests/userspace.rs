@@ -83,6 +83,31 @@ fn pod_ready(lab: &TestLab, name: &str) -> bool {
     pod_in(&lab.status(), &format!("u/{name}")).is_some_and(|p| p["ready"] == true)
 }
 
+/// Whether node-1's probe table has port-80 latencies for every address of
+/// both backends, each of quick's below each of lazy's.
+fn latency_known(lab: &TestLab) -> bool {
+    let (_, table) = lab.api("node-1", "/api/v1/probes");
+    let latencies = |pod: &str| -> Option<Vec<u64>> {
+        let ips = lab.pod_ips(&format!("u/{pod}"));
+        if ips.is_empty() {
+            return None;
+        }
+        ips.iter()
+            .map(|ip| {
+                table["endpoints"].as_array()?.iter().find_map(|e| {
+                    (e["address"] == ip.as_str() && e["port"] == 80)
+                        .then(|| e["lastLatencyUs"].as_u64())
+                        .flatten()
+                })
+            })
+            .collect()
+    };
+    match (latencies("quick"), latencies("lazy")) {
+        (Some(q), Some(l)) => q.iter().max() < l.iter().min(),
+        _ => false,
+    }
+}
+
 fn node_report(lab: &TestLab, node: &str) -> Value {
     lab.api(node, "/api/v1/node").1
 }
@@ -98,8 +123,20 @@ fn a_scheduler_module_picks_by_probe_latency_in_userspace() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // node-1 probes both: quick answers at once, lazy after 300 ms. The
-    // module sends every connection to the one with the lower latency.
+    // node-1 probes both: quick answers at once, lazy after 300 ms. Ready
+    // says one probe passed; wait until the probe table holds a latency for
+    // every address of both, quick's the lower (a first probe of quick on a
+    // busy machine can be slow, and the module rightly follows it).
+    let t0 = Instant::now();
+    while !latency_known(&lab) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{}",
+            lab.api("node-1", "/api/v1/probes").1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The module sends every connection to the one with the lower latency.
     for family in ["ipv4", "ipv6"] {
         for _ in 0..8 {
             let a = lab.probe_until_allowed("u/client", "ll.u", 80, "TCP", family);
