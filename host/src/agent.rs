@@ -39,6 +39,8 @@ pub struct AgentOptions {
 pub const DEFAULT_CNI_BINDING: &str = "cni-bridge";
 /// The binding of the service proxy when no NetworkModule serves it.
 pub const DEFAULT_PROXY_BINDING: &str = "proxy-nftables";
+/// The binding of NetworkPolicy when no NetworkModule serves it.
+pub const DEFAULT_POLICY_BINDING: &str = "policy-kubernetes";
 
 /// A running agent's parts.
 pub struct Agent {
@@ -145,6 +147,15 @@ pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSp
             DEFAULT_PROXY_BINDING,
             Role::ServiceProxy,
             ModuleSource::Builtin("proxy-nftables".into()),
+        ));
+    }
+    // NetworkPolicy is enforced by the built-in module unless a
+    // NetworkModule serves the role here.
+    if !specs.iter().any(|s| s.role == Role::NetworkPolicy) {
+        specs.push(ModuleSpec::new(
+            DEFAULT_POLICY_BINDING,
+            Role::NetworkPolicy,
+            ModuleSource::Builtin("policy-kubernetes".into()),
         ));
     }
     Ok(specs)

@@ -13,6 +13,8 @@
 //!   probes, ...);
 //! - [`source`]: where the model comes from (manifest directories, the lab's
 //!   cluster directory);
+//! - [`policy`]: NetworkPolicy resolved to pods and addresses, and the
+//!   policy table;
 //! - [`probe`]: liveness, readiness and startup probes, run as the kubelet
 //!   runs them;
 //! - [`cni`]: the agent's CNI server; [`api`]: the admin API and console;
@@ -26,6 +28,7 @@ pub mod datapath;
 pub mod lab;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod probe;
 pub mod proxy;
 pub mod registry;

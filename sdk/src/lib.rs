@@ -85,6 +85,7 @@ pub mod host;
 pub mod labels;
 pub mod net;
 pub mod plan;
+pub mod policy;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 

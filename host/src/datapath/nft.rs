@@ -283,6 +283,79 @@ pub fn skeleton_body(sk: &Skeleton) -> String {
     if sk.table == crate::plan::skeleton::for_role(crate::model::Role::ServiceProxy).table {
         t.push_str(&proxy_chains());
     }
+    if sk.table == crate::plan::skeleton::for_role(crate::model::Role::NetworkPolicy).table {
+        t.push_str(&policy_chains());
+    }
+    t
+}
+
+/// The policy table's base chains and drop maps.
+///
+/// Policy is judged in the filter hooks, after Service DNAT (so on the
+/// backend pod) and on new connections only: return traffic of an allowed
+/// connection is established. Traffic between pods of one node is bridged,
+/// and reaches these hooks through br_netfilter (the agent turns
+/// `bridge-nf-call-ip(6)tables` on in its namespace). The node's own
+/// traffic to its pods (kubelet probes) is never judged: Kubernetes always
+/// allows it.
+///
+/// Egress is judged where the packet leaves its pod (forward, or input for
+/// the node's own addresses), ingress where it reaches its pod: a packet
+/// between two nodes is judged once on each. An isolated pod's packet must
+/// match an allow box or is dropped through `<dir>-drops`, whose element
+/// for the pod jumps to a chain that counts the drop for every policy
+/// isolating the pod, logs it and drops it. Monitored pods (selected by a
+/// policy in monitor mode) go through the same test with the monitor boxes
+/// added, and what fails is counted and logged but not dropped.
+fn policy_chains() -> String {
+    let mut t = String::new();
+    for d in ["ingress", "egress"] {
+        for (f, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+            for m in ["", "monitor-"] {
+                let _ = writeln!(t, "  map {d}-{m}drops{f} {{ type {ty} : verdict; }}");
+            }
+        }
+    }
+    for (d, pod, peer) in [("ingress", "daddr", "saddr"), ("egress", "saddr", "daddr")] {
+        let _ = writeln!(t, "  chain {d} {{");
+        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
+            let _ = writeln!(t, "    {ip} {pod} @{d}-isolated{f} jump {d}-check{f}");
+        }
+        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
+            let _ = writeln!(t, "    {ip} {pod} @{d}-monitored{f} jump {d}-monitor{f}");
+        }
+        t.push_str("  }\n");
+        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
+            let boxes = |m: &str| {
+                format!(
+                    "    {ip} {pod} . {ip} {peer} @{d}-{m}allow-all{f} return\n    {ip} {pod} . {ip} {peer} . meta l4proto . th dport @{d}-{m}allow{f} return\n"
+                )
+            };
+            let _ = write!(
+                t,
+                "  chain {d}-check{f} {{\n{}    {ip} {pod} vmap @{d}-drops{f}\n    drop\n  }}\n",
+                boxes("")
+            );
+            let _ = write!(
+                t,
+                "  chain {d}-monitor{f} {{\n{}{}    {ip} {pod} vmap @{d}-monitor-drops{f}\n  }}\n",
+                boxes(""),
+                boxes("monitor-")
+            );
+        }
+    }
+    // Neighbour discovery is below policy (as ARP is): between pods of
+    // one bridge it crosses these hooks, and an isolated pod must still
+    // find its allowed peers.
+    let nd = "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept\n";
+    let _ = write!(
+        t,
+        "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n{nd}    jump egress\n    jump ingress\n  }}\n"
+    );
+    let _ = write!(
+        t,
+        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    ct state established,related accept\n{nd}    jump egress\n  }}\n"
+    );
     t
 }
 

@@ -14,7 +14,8 @@ use crate::agent::{Agent, AgentOptions, sticky_pods};
 use crate::api::{ApiState, NodeSource};
 use crate::datapath::nft::Nft;
 use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
-use crate::model::Role;
+use crate::model::{ObjectKind, ObjectRef, Role};
+use crate::policy::engine::PolicyEngine;
 use crate::probe::status::StatusReader;
 use crate::proxy::conntrack::ConntrackTool;
 use crate::proxy::userspace::UserspaceProxy;
@@ -66,6 +67,10 @@ pub struct NodeReport {
     pub endpoint_controller: bool,
     /// Service ports the userspace proxy serves, with their counters.
     pub userspace: Vec<crate::proxy::userspace::PortReport>,
+    /// NetworkPolicies the node's policy table holds.
+    pub policies: usize,
+    /// Why a NetworkPolicy is not (fully) in force, by `namespace/name`.
+    pub policy_errors: BTreeMap<String, String>,
 }
 
 struct LabSource {
@@ -152,6 +157,12 @@ struct NodeLoop {
     /// Pods' readiness from their status, for modules (pods of other
     /// nodes; this node's prober writes its own pods' ports).
     status_reader: StatusReader,
+    /// NetworkPolicy: the node's policy table.
+    policy: PolicyEngine,
+    /// Policies that could not be resolved, by `namespace/name`.
+    policy_unresolved: BTreeMap<String, String>,
+    /// Why the policy table could not be loaded, until a full sync works.
+    policy_error: Option<String>,
 }
 
 impl NodeLoop {
@@ -188,8 +199,9 @@ impl NodeLoop {
             .node(&self.node)
             .map(|n| n.addresses.clone())
             .unwrap_or_default();
-        self.proxy
-            .set_context(convert::node_context(&self.node, zone, &ips, &net));
+        let ctx = convert::node_context(&self.node, zone, &ips, &net);
+        self.policy.set_context(ctx.clone());
+        self.proxy.set_context(ctx);
         let (inputs, unreadable) = convert::inputs(m);
         self.unreadable = unreadable;
         let rest = self.userspace.take(inputs, &net.proxy.default_scheduler);
@@ -198,6 +210,50 @@ impl NodeLoop {
             tracing::warn!("{e}");
         }
         self.proxy.set_services(rest);
+        self.publish_errors();
+    }
+
+    /// The policy engine's view: every NetworkPolicy resolved against the
+    /// pods (with their statuses) and namespaces.
+    fn policy_inputs(&mut self, m: &Manifests) {
+        let statuses = self
+            .cluster
+            .statuses::<LabPodStatus>("Pod")
+            .into_iter()
+            .map(|(ns, name, s)| ((ns, name), s.status))
+            .collect();
+        let (policies, unresolved): (Vec<_>, BTreeMap<String, String>) =
+            crate::policy::inputs(m, &statuses);
+        let keep = unresolved
+            .keys()
+            .filter_map(|k| k.split_once('/'))
+            .map(|(ns, name)| ObjectRef::new(ObjectKind::NetworkPolicy, ns, name))
+            .collect();
+        for (p, e) in &unresolved {
+            tracing::warn!(policy = %p, "NetworkPolicy cannot be resolved: {e}");
+        }
+        self.policy_unresolved = unresolved;
+        self.policy.set_policies(policies, &keep);
+        self.publish_errors();
+    }
+
+    fn policy_sync(&mut self) {
+        let r = self.rt.block_on(self.policy.sync());
+        if r.rendered > 0 || r.full || r.error.is_some() {
+            tracing::info!(
+                rendered = r.rendered,
+                merged = r.merged,
+                full = r.full,
+                bytes = r.script_bytes,
+                render_us = r.render.as_micros() as u64,
+                apply_us = r.apply.as_micros() as u64,
+                error = r.error.as_deref().unwrap_or(""),
+                "policy synced"
+            );
+        }
+        if r.full || r.error.is_some() {
+            self.policy_error = r.error;
+        }
         self.publish_errors();
     }
 
@@ -211,6 +267,12 @@ impl NodeLoop {
         rep.services = self.proxy.store().installed().count() + self.userspace.services();
         rep.service_errors = errors;
         rep.userspace = self.userspace.report();
+        rep.policies = self.policy.policies().len();
+        let mut perrors = self.policy_unresolved.clone();
+        for (o, e) in self.policy.errors() {
+            perrors.insert(format!("{}/{}", o.namespace, o.name), e.clone());
+        }
+        rep.policy_errors = perrors;
     }
 
     fn proxy_sync(&mut self) {
@@ -243,6 +305,7 @@ impl NodeLoop {
         let mut last_pods_marker = None;
         let mut leader = false;
         let mut last_proxy_sync = Instant::now() - MIN_SYNC_INTERVAL;
+        let mut last_policy_sync = Instant::now() - MIN_SYNC_INTERVAL;
         while !self.stop.load(Ordering::Relaxed) {
             let marker = self.cluster.change_marker();
             let mut changed = marker != last_marker;
@@ -307,6 +370,7 @@ impl NodeLoop {
                             }
                         }
                         self.proxy_inputs(&m);
+                        self.policy_inputs(&m);
                     }
                 }
                 self.report.lock().endpoint_controller = leader;
@@ -316,11 +380,12 @@ impl NodeLoop {
                     .records()
                     .map(|p| format!("{}/{} {}", p.namespace, p.name, p.ips.join(",")))
                     .collect();
-            } else if pods_changed
-                && let Ok(m) = self.cluster.manifests()
-                && let Err(e) = endpoints::reconcile(&self.cluster, &m)
-            {
-                tracing::warn!("endpoint slices: {e}");
+            } else if statuses_changed && let Ok(m) = self.cluster.manifests() {
+                // Pods' addresses and phases are status: policies follow.
+                if pods_changed && let Err(e) = endpoints::reconcile(&self.cluster, &m) {
+                    tracing::warn!("endpoint slices: {e}");
+                }
+                self.policy_inputs(&m);
             }
             if applied.is_some() {
                 for p in self.kubelet.probe_tick() {
@@ -333,6 +398,13 @@ impl NodeLoop {
             {
                 last_proxy_sync = Instant::now();
                 self.proxy_sync();
+            }
+            if applied.is_some()
+                && self.policy.pending()
+                && last_policy_sync.elapsed() >= MIN_SYNC_INTERVAL
+            {
+                last_policy_sync = Instant::now();
+                self.policy_sync();
             }
             if changed || last_beat.elapsed() >= HEARTBEAT {
                 last_beat = Instant::now();
@@ -352,6 +424,10 @@ impl NodeLoop {
                 }
                 if let Some(e) = &self.userspace_error {
                     r.problems.push(format!("the userspace proxy: {e}"));
+                }
+                if let Some(e) = &self.policy_error {
+                    r.problems
+                        .push(format!("the policy table could not be loaded: {e}"));
                 }
                 let mut status = self.status(ready, &r.problems);
                 status.service_errors = r.service_errors.clone();
@@ -491,7 +567,16 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         Arc::new(Nft::new(None)),
         tokio::runtime::Handle::current(),
     );
+    let policy = PolicyEngine::new(agent.registry.clone(), Arc::new(Nft::new(None)));
+    let mut policy_error = None;
+    if let Err(e) = crate::policy::engine::enable_bridge_netfilter() {
+        tracing::error!("{e}");
+        policy_error = Some(e);
+    }
     let node_loop = NodeLoop {
+        policy,
+        policy_unresolved: BTreeMap::new(),
+        policy_error,
         proxy,
         userspace,
         unreadable: BTreeMap::new(),

@@ -30,6 +30,11 @@ pub struct SkeletonMap {
 }
 
 impl SkeletonMap {
+    /// Whether the set is an interval set (its elements may be ranges).
+    pub fn interval(&self) -> bool {
+        self.declaration.contains("flags interval")
+    }
+
     pub fn data(&self) -> Option<NftMapData> {
         match self.data {
             SkeletonData::Set => None,
@@ -291,11 +296,209 @@ const PROXY: Skeleton = Skeleton {
     nat: true,
 };
 
+/// The policy table (see `switchyard_sdk::policy` for the contract and
+/// `datapath::nft::policy_chains` for the base chains). Modules add
+/// elements to the isolation sets and boxes to the allow sets; the allow
+/// sets are interval sets, which cannot hold overlapping elements, so the
+/// host merges every box of a pod (from every policy) into disjoint
+/// elements before the kernel sees them ([`crate::policy::merge`]). The
+/// drop maps and their chains are the host's: they attribute every drop to
+/// the policies that isolate the pod.
 const POLICY: Skeleton = Skeleton {
     table: "switchyard-policy",
     chains: &[],
-    maps: &[],
-    reserved: &["forward", "output", "input", "ingress", "egress"],
+    maps: &[
+        SkeletonMap {
+            name: "ingress-isolated4",
+            key: &[Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-monitored4",
+            key: &[Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-allow4",
+            key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-allow-all4",
+            key: &[Ipv4Addr, Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-monitor-allow4",
+            key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-monitor-allow-all4",
+            key: &[Ipv4Addr, Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-isolated6",
+            key: &[Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-monitored6",
+            key: &[Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-allow6",
+            key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-allow-all6",
+            key: &[Ipv6Addr, Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-monitor-allow6",
+            key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "ingress-monitor-allow-all6",
+            key: &[Ipv6Addr, Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-isolated4",
+            key: &[Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-monitored4",
+            key: &[Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-allow4",
+            key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-allow-all4",
+            key: &[Ipv4Addr, Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-monitor-allow4",
+            key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-monitor-allow-all4",
+            key: &[Ipv4Addr, Ipv4Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv4_addr . ipv4_addr; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-isolated6",
+            key: &[Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-monitored6",
+            key: &[Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-allow6",
+            key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-allow-all6",
+            key: &[Ipv6Addr, Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-monitor-allow6",
+            key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
+            filter: true,
+        },
+        SkeletonMap {
+            name: "egress-monitor-allow-all6",
+            key: &[Ipv6Addr, Ipv6Addr],
+            data: SkeletonData::Set,
+            declaration: "type ipv6_addr . ipv6_addr; flags interval",
+            filter: true,
+        },
+    ],
+    reserved: &[
+        "forward",
+        "input",
+        "ingress",
+        "egress",
+        "ingress-check4",
+        "ingress-check6",
+        "egress-check4",
+        "egress-check6",
+        "ingress-monitor4",
+        "ingress-monitor6",
+        "egress-monitor4",
+        "egress-monitor6",
+        "ingress-drops4",
+        "ingress-drops6",
+        "egress-drops4",
+        "egress-drops6",
+        "ingress-monitor-drops4",
+        "ingress-monitor-drops6",
+        "egress-monitor-drops4",
+        "egress-monitor-drops6",
+    ],
     nat: false,
 };
 

@@ -317,7 +317,7 @@ impl Checker<'_> {
         self.skeleton.map(name).map(|m| SetSig {
             key: m.key.to_vec(),
             data: m.data(),
-            interval: false,
+            interval: m.interval(),
             timeout: false,
         })
     }

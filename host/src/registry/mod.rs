@@ -614,6 +614,25 @@ impl Registry {
         .await
     }
 
+    /// Render policies with the policy module `name` (one instance for the
+    /// batch). `kind` is the kind of object they are (NetworkPolicy or
+    /// WasmNetworkPolicy).
+    pub async fn render_policies(
+        self: &Arc<Self>,
+        name: &str,
+        ctx: wit::NodeContext,
+        kind: crate::model::ObjectKind,
+        batch: Vec<wit::Policy>,
+    ) -> Result<Vec<Result<Fragment, CallError>>, CallError> {
+        self.with_session(name, Role::NetworkPolicy, move |active, s| {
+            batch
+                .iter()
+                .map(|p| render_policy_one(active, s, &ctx, p, kind))
+                .collect()
+        })
+        .await
+    }
+
     /// Ask the scheduler module `name` for a backend.
     pub async fn pick(
         self: &Arc<Self>,
@@ -690,13 +709,42 @@ fn render_one(
     service: &wit::Service,
     endpoints: &[wit::Endpoint],
 ) -> Result<Fragment, CallError> {
-    let t = Instant::now();
     let object = ObjectRef::new(
         crate::model::ObjectKind::Service,
         &service.namespace,
         &service.name,
     );
-    let r = match s.render_service(ctx, service, endpoints, &active.config) {
+    render_with(active, s, object, "render-service", |s, config| {
+        s.render_service(ctx, service, endpoints, config)
+    })
+}
+
+fn render_policy_one(
+    active: &Active,
+    s: &mut Session,
+    ctx: &wit::NodeContext,
+    policy: &wit::Policy,
+    kind: crate::model::ObjectKind,
+) -> Result<Fragment, CallError> {
+    let object = ObjectRef::new(kind, &policy.namespace, &policy.name);
+    render_with(active, s, object, "render-policy", |s, config| {
+        s.render_policy(ctx, policy, config)
+    })
+}
+
+/// Call a render function, validate what it returns and record the call.
+fn render_with(
+    active: &Active,
+    s: &mut Session,
+    object: ObjectRef,
+    function: &str,
+    call: impl FnOnce(
+        &mut Session,
+        &str,
+    ) -> Result<Result<wit::PlanFragment, wit::ModuleError>, CallError>,
+) -> Result<Fragment, CallError> {
+    let t = Instant::now();
+    let r = match call(s, &active.config) {
         Ok(Ok(frag)) => match plan::validate(
             frag,
             active.spec.role,
@@ -710,18 +758,12 @@ fn render_one(
                 items,
             }),
             Err(e) => {
-                let mut err = invalid(s, "render-service", e.to_string(), t);
+                let mut err = invalid(s, function, e.to_string(), t);
                 err.object = Some(object.to_string());
                 Err(err)
             }
         },
-        Ok(Err(e)) => Err(module_error(
-            s,
-            "render-service",
-            Some(object.to_string()),
-            e,
-            t,
-        )),
+        Ok(Err(e)) => Err(module_error(s, function, Some(object.to_string()), e, t)),
         Err(e) => Err(e),
     };
     active.stats.record(

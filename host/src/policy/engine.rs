@@ -1,0 +1,655 @@
+//! The policy engine of one node: resolved policies in, the policy table out.
+//!
+//! Per policy, as the proxy does per Service: a changed policy is rendered
+//! again by the policy module and only the delta goes to the kernel, in one
+//! transaction per sync. Three kinds of fragments live in the store:
+//!
+//! - each policy's own, minus its allow boxes: the isolation elements of
+//!   its pods (shared: many policies isolate one pod);
+//! - per pod address of this node, the merged boxes of every policy that
+//!   allows something to or from it ([`super::merge`]), recomputed only for
+//!   the pods a change touched;
+//! - the host's drop fragment: per isolated pod, a drop map element that
+//!   jumps to the chain of the pod's *group* (the policies isolating it),
+//!   which counts the drop into each of their counters.
+//!
+//! The boxes each policy rendered stay with their rule ids and comments:
+//! they are what `explain` reads.
+
+use super::merge::{self, AllowBox};
+use crate::datapath::nft::{self, NftRunner};
+use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
+use crate::plan::{Change, Fragment, PlanStore, skeleton};
+use crate::registry::Registry;
+use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one sync did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    /// Policies rendered.
+    pub rendered: usize,
+    /// Pods whose merged boxes were recomputed.
+    pub merged: usize,
+    /// Whether the whole table was replaced.
+    pub full: bool,
+    pub script_bytes: usize,
+    pub render: Duration,
+    pub apply: Duration,
+    /// Why the table could not be loaded, if it could not.
+    pub error: Option<String>,
+}
+
+/// A box as a policy's module rendered it, for `explain`.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub set: String,
+    pub pod: IpAddr,
+    pub allow: AllowBox,
+    pub rule_id: String,
+    pub comment: Option<String>,
+}
+
+/// The policy engine of one node.
+pub struct PolicyEngine {
+    registry: Arc<Registry>,
+    runner: Arc<dyn NftRunner>,
+    store: PlanStore,
+    inputs: HashMap<ObjectRef, u64>,
+    dirty: BTreeMap<ObjectRef, Option<wit::Policy>>,
+    ctx: Option<wit::NodeContext>,
+    needs_full: bool,
+    errors: BTreeMap<ObjectRef, String>,
+    rendered_by: Option<String>,
+    rebuild: bool,
+    /// Each policy's boxes, as rendered.
+    boxes: BTreeMap<ObjectRef, Arc<Vec<Provenance>>>,
+    /// Which policies have boxes for a pod address.
+    index: BTreeMap<IpAddr, BTreeSet<ObjectRef>>,
+    /// The policies as last given, for closed fragments and descriptions.
+    policies: BTreeMap<ObjectRef, wit::Policy>,
+}
+
+/// Direction, monitor or not, and family suffix of an isolation set.
+type GroupKey = (String, bool, String);
+
+/// The object of a pod address's merged boxes.
+fn merged_ref(pod: IpAddr) -> ObjectRef {
+    ObjectRef::new(ObjectKind::Pod, "merged", pod.to_string())
+}
+
+/// The object of the host's drop fragment.
+fn drops_ref() -> ObjectRef {
+    ObjectRef::new(ObjectKind::Node, "", "policy-drops")
+}
+
+/// Turn on br_netfilter's hooks for IPv4 and IPv6 in this network
+/// namespace: traffic between pods of one node crosses the node's bridge,
+/// and without them it never reaches the policy table.
+pub fn enable_bridge_netfilter() -> Result<(), String> {
+    for f in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
+        let path = format!("/proc/sys/net/bridge/{f}");
+        std::fs::write(&path, "1").map_err(|e| {
+            format!(
+                "writing {path}: {e} (is the br_netfilter module loaded? NetworkPolicy between pods of one node needs it)"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The object a policy is.
+pub fn policy_ref(p: &wit::Policy) -> ObjectRef {
+    ObjectRef::new(ObjectKind::NetworkPolicy, &p.namespace, &p.name)
+}
+
+fn is_policy(o: &ObjectRef) -> bool {
+    matches!(
+        o.kind,
+        ObjectKind::NetworkPolicy | ObjectKind::WasmNetworkPolicy
+    )
+}
+
+/// Whether `set` is one of the allow sets the host merges.
+pub fn is_allow_set(set: &str) -> bool {
+    skeleton::for_role(Role::NetworkPolicy)
+        .map(set)
+        .is_some_and(|m| m.interval())
+}
+
+/// The counter a policy's drops (or would-be drops) in a direction go to.
+pub fn counter_name(direction: &str, monitor: bool, object: &ObjectRef) -> String {
+    let m = if monitor { "-monitor" } else { "" };
+    format!("{direction}{m}.{}.{}", object.namespace, object.name)
+}
+
+fn fingerprint(ctx: &wit::NodeContext, p: &wit::Policy) -> u64 {
+    let mut h = DefaultHasher::new();
+    format!("{ctx:?}{p:?}").hash(&mut h);
+    h.finish()
+}
+
+fn element(set: &str, key: Vec<wit::NftValue>, value: Option<wit::NftMapValue>) -> wit::PlanItem {
+    wit::PlanItem {
+        rule_id: "host".into(),
+        comment: None,
+        shared: false,
+        body: wit::PlanBody::NftElement(wit::NftElement {
+            set: set.into(),
+            key,
+            value,
+        }),
+    }
+}
+
+impl PolicyEngine {
+    pub fn new(registry: Arc<Registry>, runner: Arc<dyn NftRunner>) -> Self {
+        PolicyEngine {
+            registry,
+            runner,
+            store: PlanStore::new(),
+            inputs: HashMap::new(),
+            dirty: BTreeMap::new(),
+            ctx: None,
+            needs_full: true,
+            errors: BTreeMap::new(),
+            rendered_by: None,
+            rebuild: false,
+            boxes: BTreeMap::new(),
+            index: BTreeMap::new(),
+            policies: BTreeMap::new(),
+        }
+    }
+
+    fn module_identity(&self) -> Option<String> {
+        self.registry
+            .active_for(Role::NetworkPolicy)
+            .map(|a| format!("{} {}", a.bound.module.digest, a.config))
+    }
+
+    pub fn set_context(&mut self, ctx: wit::NodeContext) {
+        if self.ctx.as_ref() != Some(&ctx) {
+            self.ctx = Some(ctx);
+            self.inputs.clear();
+        }
+    }
+
+    /// Every policy in the cluster, resolved. Marks what changed. Policies
+    /// in `keep` could not be resolved this time: what is installed for
+    /// them stays in force.
+    pub fn set_policies(&mut self, all: Vec<wit::Policy>, keep: &BTreeSet<ObjectRef>) {
+        let Some(ctx) = self.ctx.clone() else { return };
+        let module = self.module_identity();
+        if module.is_some() && self.rendered_by.is_some() && module != self.rendered_by {
+            tracing::info!("the policy module changed: rendering every policy again");
+            self.inputs.clear();
+            self.dirty.clear();
+            self.rebuild = true;
+        }
+        let mut seen = BTreeSet::new();
+        for p in all {
+            let r = policy_ref(&p);
+            seen.insert(r.clone());
+            let f = fingerprint(&ctx, &p);
+            if self.inputs.get(&r) != Some(&f) {
+                self.inputs.insert(r.clone(), f);
+                self.dirty.insert(r, Some(p));
+            }
+        }
+        let gone: Vec<ObjectRef> = self
+            .inputs
+            .keys()
+            .chain(self.policies.keys())
+            .filter(|r| !seen.contains(*r) && !keep.contains(*r))
+            .cloned()
+            .collect();
+        for r in gone {
+            self.inputs.remove(&r);
+            self.dirty.insert(r, None);
+        }
+    }
+
+    pub fn pending(&self) -> bool {
+        !self.dirty.is_empty() || self.needs_full
+    }
+
+    /// Policies that could not be rendered or installed, with the reason.
+    pub fn errors(&self) -> &BTreeMap<ObjectRef, String> {
+        &self.errors
+    }
+
+    pub fn store(&self) -> &PlanStore {
+        &self.store
+    }
+
+    /// The policies as last given.
+    pub fn policies(&self) -> &BTreeMap<ObjectRef, wit::Policy> {
+        &self.policies
+    }
+
+    /// The boxes each policy rendered.
+    pub fn boxes(&self) -> &BTreeMap<ObjectRef, Arc<Vec<Provenance>>> {
+        &self.boxes
+    }
+
+    /// Which policies isolate `pod` in a direction (`ingress`, `egress`)
+    /// and mode, from the installed fragments.
+    pub fn isolating(&self, direction: &str, monitor: bool, pod: IpAddr) -> Vec<ObjectRef> {
+        let what = if monitor { "monitored" } else { "isolated" };
+        let f = if pod.is_ipv4() { "4" } else { "6" };
+        let set = format!("{direction}-{what}{f}");
+        let key = format!(
+            "{:?}",
+            vec![wit::NftValue::Address(crate::runtime::wit_ip(pod))]
+        );
+        self.store
+            .installed()
+            .filter(|fr| is_policy(&fr.object))
+            .filter(|fr| {
+                fr.items.iter().any(|i| match &i.body {
+                    wit::PlanBody::NftElement(e) => e.set == set && format!("{:?}", e.key) == key,
+                    _ => false,
+                })
+            })
+            .map(|fr| fr.object.clone())
+            .collect()
+    }
+
+    /// The closed fragment of a policy whose module failed: its pods of
+    /// this node isolated in every direction it governs, allowing nothing.
+    fn closed(&self, object: &ObjectRef, p: &wit::Policy, module: &str) -> Fragment {
+        let node = self
+            .ctx
+            .as_ref()
+            .map(|c| c.node.clone())
+            .unwrap_or_default();
+        let mut items = vec![];
+        for pod in p
+            .selected
+            .iter()
+            .filter(|x| x.node == node && !x.host_network)
+        {
+            for ip in &pod.ips {
+                for d in &p.directions {
+                    let d = match d {
+                        wit::PolicyDirection::Ingress => "ingress",
+                        wit::PolicyDirection::Egress => "egress",
+                    };
+                    let f = match ip {
+                        wit::IpAddress::Ipv4(_) => "4",
+                        wit::IpAddress::Ipv6(_) => "6",
+                    };
+                    let mut it = element(
+                        &format!("{d}-isolated{f}"),
+                        vec![wit::NftValue::Address(*ip)],
+                        None,
+                    );
+                    it.rule_id = format!("{d}/isolate/{}", crate::runtime::wit_to_ip(ip));
+                    it.comment = Some("the policy module failed; FailClosed".into());
+                    it.shared = true;
+                    items.push(it);
+                }
+            }
+        }
+        Fragment {
+            object: object.clone(),
+            module: module.into(),
+            digest: String::new(),
+            items,
+        }
+    }
+
+    /// Split a rendered fragment into what the store keeps and the boxes.
+    fn split(fragment: Fragment) -> (Fragment, Vec<Provenance>) {
+        let mut rest = vec![];
+        let mut boxes = vec![];
+        for item in fragment.items {
+            if let wit::PlanBody::NftElement(e) = &item.body
+                && is_allow_set(&e.set)
+                && let Some((pod, allow)) = merge::parse(e)
+            {
+                boxes.push(Provenance {
+                    set: e.set.clone(),
+                    pod: crate::runtime::wit_to_ip(&pod),
+                    allow,
+                    rule_id: item.rule_id.clone(),
+                    comment: item.comment.clone(),
+                });
+                continue;
+            }
+            rest.push(item);
+        }
+        (
+            Fragment {
+                items: rest,
+                ..fragment
+            },
+            boxes,
+        )
+    }
+
+    /// Replace a policy's boxes; returns the pods touched.
+    fn set_boxes(
+        &mut self,
+        object: &ObjectRef,
+        boxes: Option<Vec<Provenance>>,
+    ) -> BTreeSet<IpAddr> {
+        let mut touched = BTreeSet::new();
+        if let Some(old) = self.boxes.remove(object) {
+            for b in old.iter() {
+                touched.insert(b.pod);
+                if let Some(s) = self.index.get_mut(&b.pod) {
+                    s.remove(object);
+                    if s.is_empty() {
+                        self.index.remove(&b.pod);
+                    }
+                }
+            }
+        }
+        if let Some(new) = boxes {
+            for b in &new {
+                touched.insert(b.pod);
+                self.index.entry(b.pod).or_default().insert(object.clone());
+            }
+            self.boxes.insert(object.clone(), Arc::new(new));
+        }
+        touched
+    }
+
+    /// The merged fragment of one pod address, from every policy's boxes.
+    fn merged(&self, pod: IpAddr) -> Option<Fragment> {
+        let mut by_set: BTreeMap<&str, Vec<AllowBox>> = BTreeMap::new();
+        for o in self.index.get(&pod).into_iter().flatten() {
+            for b in self.boxes.get(o).into_iter().flat_map(|v| v.iter()) {
+                if b.pod == pod {
+                    by_set.entry(&b.set).or_default().push(b.allow);
+                }
+            }
+        }
+        let wpod = crate::runtime::wit_ip(pod);
+        let items: Vec<wit::PlanItem> = by_set
+            .iter()
+            .flat_map(|(set, bs)| {
+                merge::disjoint(bs)
+                    .into_iter()
+                    .map(move |b| merge::element(set, wpod, &b))
+            })
+            .collect();
+        (!items.is_empty()).then(|| Fragment {
+            object: merged_ref(pod),
+            module: "host".into(),
+            digest: String::new(),
+            items,
+        })
+    }
+
+    /// The host's drop fragment: a chain per group of policies isolating a
+    /// pod, the pod's drop map element jumping to it, and a counter per
+    /// policy and direction.
+    fn drops(&self) -> Fragment {
+        // (direction, monitor, family) -> pod -> policies
+        let mut groups: BTreeMap<
+            GroupKey,
+            BTreeMap<String, (wit::IpAddress, BTreeSet<ObjectRef>)>,
+        > = BTreeMap::new();
+        for fr in self.store.installed().filter(|f| is_policy(&f.object)) {
+            for i in &fr.items {
+                let wit::PlanBody::NftElement(e) = &i.body else {
+                    continue;
+                };
+                let Some((d, rest)) = e.set.split_once('-') else {
+                    continue;
+                };
+                let (monitor, f) = if let Some(f) = rest.strip_prefix("isolated") {
+                    (false, f)
+                } else if let Some(f) = rest.strip_prefix("monitored") {
+                    (true, f)
+                } else {
+                    continue;
+                };
+                let Some(wit::NftValue::Address(a)) = e.key.first() else {
+                    continue;
+                };
+                groups
+                    .entry((d.to_string(), monitor, f.to_string()))
+                    .or_default()
+                    .entry(format!("{:?}", a))
+                    .or_insert((*a, BTreeSet::new()))
+                    .1
+                    .insert(fr.object.clone());
+            }
+        }
+        let mut items = vec![];
+        let mut chains = BTreeSet::new();
+        let mut counters = BTreeSet::new();
+        for ((d, monitor, f), pods) in &groups {
+            for (pod, members) in pods.values() {
+                let mut h = DefaultHasher::new();
+                (d, monitor, members).hash(&mut h);
+                let chain = format!(
+                    "{d}-{}-{:012x}",
+                    if *monitor { "would-drop" } else { "drop" },
+                    h.finish() & 0xffff_ffff_ffff
+                );
+                let map = format!("{d}-{}drops{f}", if *monitor { "monitor-" } else { "" });
+                items.push(element(
+                    &map,
+                    vec![wit::NftValue::Address(*pod)],
+                    Some(wit::NftMapValue::Verdict(wit::NftVerdict::Jump(
+                        chain.clone(),
+                    ))),
+                ));
+                if chains.insert(chain.clone()) {
+                    let names: Vec<String> = members
+                        .iter()
+                        .map(|o| counter_name(d, *monitor, o))
+                        .collect();
+                    let mut rules: Vec<wit::NftRule> = names
+                        .chunks(16)
+                        .map(|c| wit::NftRule {
+                            matches: vec![],
+                            statements: c
+                                .iter()
+                                .map(|n| wit::NftStatement::NamedCounter(n.clone()))
+                                .collect(),
+                        })
+                        .collect();
+                    if !*monitor {
+                        rules.push(wit::NftRule {
+                            matches: vec![],
+                            statements: vec![wit::NftStatement::Verdict(wit::NftVerdict::Drop)],
+                        });
+                    }
+                    counters.extend(names);
+                    items.push(wit::PlanItem {
+                        rule_id: "host".into(),
+                        comment: None,
+                        shared: false,
+                        body: wit::PlanBody::NftChain(wit::NftChain { name: chain, rules }),
+                    });
+                }
+            }
+        }
+        for c in counters {
+            items.push(wit::PlanItem {
+                rule_id: "host".into(),
+                comment: None,
+                shared: false,
+                body: wit::PlanBody::NftCounter(wit::NftCounter { name: c }),
+            });
+        }
+        Fragment {
+            object: drops_ref(),
+            module: "host".into(),
+            digest: String::new(),
+            items,
+        }
+    }
+
+    /// Render what changed and apply the delta (or the whole table, the
+    /// first time and after a failure).
+    pub async fn sync(&mut self) -> SyncReport {
+        let mut report = SyncReport::default();
+        let Some(ctx) = self.ctx.clone() else {
+            return report;
+        };
+        let Some(active) = self.registry.active_for(Role::NetworkPolicy) else {
+            return report;
+        };
+        let binding = active.spec.name.clone();
+        let failure_policy = active.spec.failure_policy;
+        let identity = format!("{} {}", active.bound.module.digest, active.config);
+        // What to go back to if a new module cannot be called at all.
+        let mut previous = None;
+        if self.rebuild {
+            // Every policy is in this batch: render into an empty store,
+            // and replace the table in one transaction.
+            self.rebuild = false;
+            previous = Some((
+                std::mem::take(&mut self.store),
+                std::mem::take(&mut self.boxes),
+                std::mem::take(&mut self.index),
+                self.needs_full,
+            ));
+            self.needs_full = true;
+        }
+        self.rendered_by = Some(identity);
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut changes: Vec<Change> = vec![];
+        let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut batch = vec![];
+        for (object, input) in dirty {
+            match input {
+                None => {
+                    self.errors.remove(&object);
+                    self.policies.remove(&object);
+                    changes.push(self.store.remove(&object));
+                    touched.extend(self.set_boxes(&object, None));
+                }
+                Some(p) => {
+                    self.policies.insert(object.clone(), p.clone());
+                    batch.push((object, p));
+                }
+            }
+        }
+        report.rendered = batch.len();
+        let t = Instant::now();
+        let inputs: Vec<wit::Policy> = batch.iter().map(|(_, p)| p.clone()).collect();
+        let results = if inputs.is_empty() {
+            Ok(vec![])
+        } else {
+            self.registry
+                .render_policies(&binding, ctx.clone(), ObjectKind::NetworkPolicy, inputs)
+                .await
+        };
+        report.render = t.elapsed();
+        match results {
+            Ok(results) => {
+                for ((object, p), r) in batch.iter().zip(results) {
+                    match r {
+                        Ok(fragment) => {
+                            let (rest, boxes) = Self::split(fragment);
+                            match self.store.rendered(rest) {
+                                Ok(c) => {
+                                    self.errors.remove(object);
+                                    changes.push(c);
+                                    touched.extend(self.set_boxes(object, Some(boxes)));
+                                }
+                                Err(conflict) => {
+                                    self.errors.insert(object.clone(), conflict.to_string());
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let e = e.to_string();
+                            tracing::warn!(policy = %object, error = %e, "rendering a policy");
+                            self.errors.insert(object.clone(), e.clone());
+                            let closed = self.closed(object, p, &binding);
+                            changes.push(self.store.failed(
+                                object,
+                                e,
+                                failure_policy,
+                                Some(closed),
+                            ));
+                            // Keep the last good boxes only when its fragment stays.
+                            if failure_policy != FailurePolicy::KeepLastGood {
+                                touched.extend(self.set_boxes(object, None));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for (object, p) in batch {
+                    self.errors.insert(object.clone(), e.to_string());
+                    self.inputs.remove(&object);
+                    self.dirty.insert(object, Some(p));
+                }
+                if let Some((store, boxes, index, needs_full)) = previous.take() {
+                    self.store = store;
+                    self.boxes = boxes;
+                    self.index = index;
+                    self.needs_full = needs_full;
+                    self.rebuild = true;
+                    return report;
+                }
+            }
+        }
+        report.merged = touched.len();
+        for pod in touched {
+            let c = match self.merged(pod) {
+                Some(f) => match self.store.rendered(f) {
+                    Ok(c) => c,
+                    Err(conflict) => {
+                        tracing::error!(%conflict, "merged policy boxes conflict");
+                        continue;
+                    }
+                },
+                None => self.store.remove(&merged_ref(pod)),
+            };
+            changes.push(c);
+        }
+        let drops = self.drops();
+        match self.store.rendered(drops) {
+            Ok(c) => changes.push(c),
+            Err(conflict) => tracing::error!(%conflict, "policy drop chains conflict"),
+        }
+        let t = Instant::now();
+        let table = skeleton::for_role(Role::NetworkPolicy);
+        if !self.needs_full {
+            let script = nft::delta_script(table.table, &changes);
+            if !script.is_empty() {
+                let text = script.text();
+                report.script_bytes = text.len();
+                if let Err(e) = self.runner.run(&text) {
+                    tracing::warn!(error = %e, "the policy delta was refused; loading the whole table");
+                    self.needs_full = true;
+                }
+            }
+        }
+        if self.needs_full {
+            report.full = true;
+            let items = self
+                .store
+                .installed()
+                .flat_map(|f| f.items.iter())
+                .chain(self.store.retained());
+            let text = nft::full_script(table, items);
+            report.script_bytes = text.len();
+            match self.runner.run(&text) {
+                Ok(()) => self.needs_full = false,
+                Err(e) => {
+                    tracing::error!(error = %e, "the policy table could not be loaded");
+                    report.error = Some(e);
+                }
+            }
+        }
+        report.apply = t.elapsed();
+        report
+    }
+}

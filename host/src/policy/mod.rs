@@ -1,0 +1,18 @@
+//! NetworkPolicy: policies and pods in, the policy table out.
+//!
+//! - [`selector`]: label selectors, as the API server evaluates them;
+//! - [`resolve`]: a NetworkPolicy with its selectors resolved to pods and
+//!   addresses, named ports resolved on the destination pods: what the
+//!   policy module renders;
+//! - [`engine`]: per node, policies rendered by the policy module into the
+//!   policy table, incrementally;
+//! - [`merge`]: every policy's allow boxes of a pod, merged into the
+//!   disjoint elements an interval set can hold.
+
+pub mod engine;
+pub mod inputs;
+pub mod merge;
+pub mod resolve;
+pub mod selector;
+
+pub use inputs::inputs;
