@@ -422,24 +422,10 @@ impl<'a> Admission<'a> {
             Kind::Service => self.admit_service(o),
             Kind::EndpointSlice => self.admit_slice(o),
             Kind::NetworkPolicy => {
-                let p: NetworkPolicy = decode(o)?;
-                let mut e = vec![];
-                if o.name.is_empty() {
-                    e.push("metadata.name: Required value".to_string());
-                }
-                if p.spec.is_none() {
-                    e.push("spec: Required value".to_string());
-                }
-                if !e.is_empty() {
-                    return Err(format!(
-                        "NetworkPolicy {:?} is invalid: {}",
-                        o.name,
-                        e.join(", ")
-                    ));
-                }
-                let old: Option<NetworkPolicy> = self.existing(o);
-                let mut p = p;
+                let mut p: NetworkPolicy = decode(o)?;
                 p.metadata.namespace = Some(o.namespace.clone());
+                validate::network_policy(&p)?;
+                let old: Option<NetworkPolicy> = self.existing(o);
                 keep_identity(&mut p.metadata, old.as_ref().map(|x| &x.metadata));
                 let verb = verb(old.as_ref(), &p);
                 self.write(o, &p, verb, None)
