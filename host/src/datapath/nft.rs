@@ -622,6 +622,21 @@ pub fn full_script<'a>(sk: &Skeleton, items: impl Iterator<Item = &'a PlanItem>)
     s
 }
 
+/// Replace a role's whole table with the skeleton and everything `store`
+/// holds, in one transaction. Returns the script's size and the outcome.
+pub fn load_store(
+    runner: &dyn NftRunner,
+    sk: &Skeleton,
+    store: &crate::plan::PlanStore,
+) -> (usize, Result<(), String>) {
+    let items = store
+        .installed()
+        .flat_map(|f| f.items.iter())
+        .chain(store.retained());
+    let text = full_script(sk, items);
+    (text.len(), runner.run(&text))
+}
+
 /// Hands transactions to the kernel.
 pub trait NftRunner: Send + Sync {
     /// Run one nftables script as one transaction.

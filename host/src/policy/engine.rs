@@ -634,14 +634,9 @@ impl PolicyEngine {
         }
         if self.needs_full {
             report.full = true;
-            let items = self
-                .store
-                .installed()
-                .flat_map(|f| f.items.iter())
-                .chain(self.store.retained());
-            let text = nft::full_script(table, items);
-            report.script_bytes = text.len();
-            match self.runner.run(&text) {
+            let (bytes, result) = nft::load_store(&*self.runner, table, &self.store);
+            report.script_bytes = bytes;
+            match result {
                 Ok(()) => self.needs_full = false,
                 Err(e) => {
                     tracing::error!(error = %e, "the policy table could not be loaded");
