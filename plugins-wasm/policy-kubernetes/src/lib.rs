@@ -128,7 +128,8 @@ fn render_rule(
             .collect()
     };
     let comment = |peer: &str, ports: &str| -> Option<String> {
-        let mut c = format!("{} rule {index}: {peer}, {ports}", dir_name(d));
+        // The host refuses quotes in comments (they end up in nft text).
+        let mut c = format!("{} rule {index}: {peer}, {ports}", dir_name(d)).replace('"', "'");
         if c.len() > 120 {
             let mut end = 117;
             while !c.is_char_boundary(end) {
@@ -163,7 +164,7 @@ fn render_rule(
         }
     }
     for named in &rule.named_ports {
-        let text = format!("{} port {:?}", proto(named.protocol), named.name);
+        let text = format!("{} port {}", proto(named.protocol), named.name);
         match d {
             // The destination is the selected pod: its own number for the name.
             PolicyDirection::Ingress => {
@@ -380,6 +381,13 @@ mod tests {
             "{k:?}"
         );
         assert!(!k.iter().any(|x| x.contains("9090")), "{k:?}");
+        assert!(
+            f.items
+                .iter()
+                .any(|i| i.comment.as_deref() == Some("ingress rule 0: every peer, TCP port http")),
+            "{:?}",
+            f.items
+        );
         // Egress: each target with its own number, nothing else.
         let mut p = policy(vec![]);
         p.directions = vec![PolicyDirection::Egress];
