@@ -13,6 +13,7 @@
 //! | `/api/v1/cluster` | the cluster as this node's source sees it (nodes, pods, Services, policies) |
 //! | `/api/v1/pods/{namespace}/{name}` | one pod of that view, with its probes' status |
 //! | `/api/v1/probes` | endpoint health as modules read it (the `probes` host interface) |
+//! | `/api/v1/explain?from=IP&to=IP&protocol=TCP&port=80` | which NetworkPolicies and rules decide that connection on this node |
 //! | `/` | the console (`web/`, built into the binary) |
 
 use crate::datapath::ipam::Ipam;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub source: Arc<dyn NodeSource>,
     /// What the `probes` host interface gives modules.
     pub probes: Arc<ProbeTable>,
+    /// The policy engine's installed state, if this agent enforces policy.
+    pub policy: Option<crate::policy::engine::SharedSnapshot>,
 }
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
@@ -78,10 +81,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/pods/{namespace}/{name}", get(pod))
         .route("/api/v1/probes", get(probes))
+        .route("/api/v1/explain", get(explain))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster, /api/v1/pods/NAMESPACE/NAME, /api/v1/probes"})),
+                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster, /api/v1/pods/NAMESPACE/NAME, /api/v1/probes, /api/v1/explain"})),
             )
         })
         .with_state(state)
@@ -169,6 +173,112 @@ async fn pod(
             format!("pods \"{name}\" not found in namespace \"{namespace}\""),
         ),
     }
+}
+
+#[derive(Debug, Default)]
+struct ExplainQuery {
+    from: Option<String>,
+    to: Option<String>,
+    protocol: Option<String>,
+    port: Option<String>,
+}
+
+impl ExplainQuery {
+    /// `from=...&to=...`; values are addresses, words and numbers, so the
+    /// only escape to undo is `%3A` (a colon some clients escape).
+    fn parse(q: Option<&str>) -> ExplainQuery {
+        let mut out = ExplainQuery::default();
+        for pair in q.unwrap_or_default().split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = Some(v.replace("%3A", ":").replace("%3a", ":"));
+            match k {
+                "from" => out.from = v,
+                "to" => out.to = v,
+                "protocol" => out.protocol = v,
+                "port" => out.port = v,
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Which policies and rules decide a connection on this node.
+async fn explain(
+    State(s): State<ApiState>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Response {
+    let q = ExplainQuery::parse(raw.as_deref());
+    use crate::runtime::bindings::imports::switchyard::plugin::types::Protocol;
+    let Some(snapshot) = &s.policy else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this agent does not enforce NetworkPolicy",
+        );
+    };
+    let addr = |name: &str, v: &Option<String>| -> Result<std::net::IpAddr, Response> {
+        let v = v.as_deref().ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: Required value: an IP address"),
+            )
+        })?;
+        v.parse().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: Invalid value: {v:?}: must be an IPv4 or IPv6 address"),
+            )
+        })
+    };
+    let (from, to) = match (addr("from", &q.from), addr("to", &q.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    if from.is_ipv4() != to.is_ipv4() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "from and to must be of one address family",
+        );
+    }
+    let protocol = match q
+        .protocol
+        .as_deref()
+        .unwrap_or("TCP")
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "protocol: Unsupported value: {other:?}: supported values: \"TCP\", \"UDP\", \"SCTP\""
+                ),
+            );
+        }
+    };
+    let port = match q.port.as_deref().map(str::parse::<u16>) {
+        Some(Ok(p)) if p > 0 => p,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "port: Required value: a port from 1 to 65535",
+            );
+        }
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "port: Invalid value: {:?}: must be between 1 and 65535, inclusive",
+                    q.port.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+    };
+    let snap = snapshot.read().clone();
+    axum::Json(snap.explain(from, to, Some((protocol, port)))).into_response()
 }
 
 async fn probes(State(s): State<ApiState>) -> axum::Json<Value> {

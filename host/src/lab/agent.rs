@@ -521,7 +521,10 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The agent runs in the node's namespace: the policy table goes there.
+    let policy = PolicyEngine::new(agent.registry.clone(), Arc::new(Nft::new(None)));
     let api_state = ApiState {
+        policy: Some(policy.snapshot()),
         registry: agent.registry.clone(),
         ledger: agent.ledger.clone(),
         probes: agent.probes.clone(),
@@ -567,7 +570,6 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         Arc::new(Nft::new(None)),
         tokio::runtime::Handle::current(),
     );
-    let policy = PolicyEngine::new(agent.registry.clone(), Arc::new(Nft::new(None)));
     let mut policy_error = None;
     if let Err(e) = crate::policy::engine::enable_bridge_netfilter() {
         tracing::error!("{e}");

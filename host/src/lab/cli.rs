@@ -46,6 +46,9 @@ enum LabCommand {
     Probe(ProbeArgs),
     /// Probe every ordered pair of pods and print the reachability matrix.
     Matrix(MatrixArgs),
+    /// Which NetworkPolicies and rules decide a connection (exit 0 when
+    /// allowed, 1 when denied).
+    Explain(ExplainArgs),
     /// Run a command in a pod's network namespace (or `external`,
     /// `node/NAME`).
     Exec(ExecArgs),
@@ -175,6 +178,25 @@ struct MatrixArgs {
 }
 
 #[derive(Debug, Args)]
+struct ExplainArgs {
+    /// NS/POD.
+    #[arg(long)]
+    from: String,
+    /// NS/POD or an IP.
+    #[arg(long)]
+    to: String,
+    #[arg(long)]
+    port: u16,
+    #[arg(long, default_value = "TCP")]
+    protocol: Protocol,
+    /// Which family's addresses (the lab's first family by default).
+    #[arg(long, value_enum)]
+    family: Option<Family>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct ExecArgs {
     /// NS/POD, `external` or `node/NAME`.
     target: String,
@@ -274,6 +296,24 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Probe(a) => probe_cmd(&need_lab(&dir)?, a),
         LabCommand::Matrix(a) => matrix(&need_lab(&dir)?, a),
+        LabCommand::Explain(a) => {
+            let lab = need_lab(&dir)?;
+            let v4 = want_v4(&lab, a.family);
+            let allowed = super::explain::run(
+                &lab,
+                &a.from,
+                &a.to,
+                a.port,
+                &a.protocol.to_string(),
+                v4,
+                a.json,
+            )?;
+            Ok(if allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         LabCommand::Exec(a) => {
             let lab = need_lab(&dir)?;
             let ns = source_netns(&lab, &a.target)?;

@@ -20,6 +20,7 @@ pub mod apply;
 pub mod behaviour;
 pub mod cli;
 pub mod endpoints;
+pub mod explain;
 pub mod grpc_health;
 pub mod kubelet;
 pub mod layout;

@@ -16,6 +16,7 @@
 //! The boxes each policy rendered stay with their rule ids and comments:
 //! they are what `explain` reads.
 
+use super::explain::Snapshot;
 use super::merge::{self, AllowBox};
 use crate::datapath::nft::{self, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
@@ -73,7 +74,13 @@ pub struct PolicyEngine {
     index: BTreeMap<IpAddr, BTreeSet<ObjectRef>>,
     /// The policies as last given, for closed fragments and descriptions.
     policies: BTreeMap<ObjectRef, wit::Policy>,
+    /// What `explain` reads, replaced after every sync.
+    snapshot: SharedSnapshot,
 }
+
+/// The engine's last installed state, for `explain` (the admin API holds
+/// one end).
+pub type SharedSnapshot = Arc<parking_lot::RwLock<Arc<Snapshot>>>;
 
 /// Direction, monitor or not, and family suffix of an isolation set.
 type GroupKey = (String, bool, String);
@@ -163,7 +170,51 @@ impl PolicyEngine {
             boxes: BTreeMap::new(),
             index: BTreeMap::new(),
             policies: BTreeMap::new(),
+            snapshot: Default::default(),
         }
+    }
+
+    /// Where the engine publishes what it installed, for `explain`.
+    pub fn snapshot(&self) -> SharedSnapshot {
+        self.snapshot.clone()
+    }
+
+    /// Publish the installed state for `explain`.
+    fn publish(&self) {
+        let mut isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>> = BTreeMap::new();
+        for fr in self.store.installed().filter(|f| is_policy(&f.object)) {
+            for i in &fr.items {
+                let wit::PlanBody::NftElement(e) = &i.body else {
+                    continue;
+                };
+                let Some((d, rest)) = e.set.split_once('-') else {
+                    continue;
+                };
+                let monitor = if rest.starts_with("isolated") {
+                    false
+                } else if rest.starts_with("monitored") {
+                    true
+                } else {
+                    continue;
+                };
+                if let Some(wit::NftValue::Address(a)) = e.key.first() {
+                    isolating
+                        .entry((d.to_string(), monitor, crate::runtime::wit_to_ip(a)))
+                        .or_default()
+                        .push(fr.object.clone());
+                }
+            }
+        }
+        let snap = Snapshot {
+            node: self
+                .ctx
+                .as_ref()
+                .map(|c| c.node.clone())
+                .unwrap_or_default(),
+            boxes: self.boxes.clone(),
+            isolating,
+        };
+        *self.snapshot.write() = Arc::new(snap);
     }
 
     fn module_identity(&self) -> Option<String> {
@@ -645,6 +696,7 @@ impl PolicyEngine {
             }
         }
         report.apply = t.elapsed();
+        self.publish();
         report
     }
 }

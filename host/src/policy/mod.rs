@@ -6,10 +6,13 @@
 //!   policy module renders;
 //! - [`engine`]: per node, policies rendered by the policy module into the
 //!   policy table, incrementally;
+//! - [`explain`]: which policies and rules decide a connection, from the
+//!   installed plan's provenance;
 //! - [`merge`]: every policy's allow boxes of a pod, merged into the
 //!   disjoint elements an interval set can hold.
 
 pub mod engine;
+pub mod explain;
 pub mod inputs;
 pub mod merge;
 pub mod resolve;

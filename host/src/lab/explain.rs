@@ -1,0 +1,164 @@
+//! `switchyard lab explain`: which NetworkPolicies and rules decide a
+//! connection. The source pod's node judges its egress and the destination
+//! pod's node its ingress; each answers from its admin API
+//! (`/api/v1/explain`), which reads the installed plan's provenance, and
+//! the connection is allowed when both are.
+
+use super::layout::{ADMIN_PORT, Lab};
+use crate::policy::explain::{Explanation, Judgement};
+use anyhow::{Context, bail};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// A GET against a node's admin API; the body, or the API's error.
+fn get(lab: &Lab, node: &str, path: &str) -> anyhow::Result<String> {
+    let n = lab
+        .config
+        .node(node)
+        .with_context(|| format!("the lab has no node {node:?}"))?;
+    let addr = n
+        .addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(n.addresses.first())
+        .with_context(|| format!("node {node} has no address"))?;
+    let sa = SocketAddr::new(*addr, ADMIN_PORT);
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))
+        .with_context(|| format!("connecting to node {node}'s admin API at {sa}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {sa}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("node {node}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
+/// A pod's node and addresses, from the lab's status.
+fn pod(lab: &Lab, name: &str) -> anyhow::Result<(String, Vec<IpAddr>)> {
+    let (ns, n) = name
+        .split_once('/')
+        .with_context(|| format!("{name:?} is not NAMESPACE/POD"))?;
+    let cluster = lab.cluster()?;
+    let st: Option<super::kubelet::LabPodStatus> = cluster.status("Pod", ns, n);
+    let Some(st) = st else {
+        bail!("pod {ns}/{n} not found (or not started yet)");
+    };
+    let ips = st
+        .status
+        .pod_ips
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.ip.parse().ok())
+        .collect();
+    let node = st
+        .node
+        .with_context(|| format!("pod {ns}/{n} is not bound to a node"))?;
+    Ok((node, ips))
+}
+
+fn judgement_text(j: &Judgement, node: &str) -> String {
+    let mut s = format!("  {} of {} on {node}: {}", j.direction, j.pod, j.verdict);
+    match j.verdict.as_str() {
+        "not-isolated" => s.push_str(" (no policy selects the pod for this direction: allowed)"),
+        "denied" => s.push_str(&format!(
+            " (isolated by {}; no rule allows it)",
+            j.isolated_by.join(", ")
+        )),
+        _ => s.push_str(&format!(" (isolated by {})", j.isolated_by.join(", "))),
+    }
+    for m in j.allowed_by.iter().filter(|m| !m.monitor) {
+        s.push_str(&format!(
+            "\n    allowed by {} {}{}",
+            m.policy,
+            m.rule_id,
+            m.comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        ));
+    }
+    if !j.monitored_by.is_empty() {
+        s.push_str(&format!(
+            "\n    monitored by {}: {}",
+            j.monitored_by.join(", "),
+            if j.would_drop {
+                "would drop"
+            } else {
+                "would allow"
+            }
+        ));
+    }
+    s
+}
+
+/// Explain `from` (NS/POD) to `to` (NS/POD or an IP) on `port`/`protocol`.
+/// Prints the verdict, or JSON with `json`; returns whether it is allowed.
+pub fn run(
+    lab: &Lab,
+    from: &str,
+    to: &str,
+    port: u16,
+    protocol: &str,
+    v4: bool,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let (from_node, from_ips) = pod(lab, from)?;
+    let (to_node, to_ips) = match to.parse::<IpAddr>() {
+        Ok(ip) => (None, vec![ip]),
+        Err(_) => {
+            let (n, ips) = pod(lab, to)?;
+            (Some(n), ips)
+        }
+    };
+    let v4 = if to.parse::<IpAddr>().is_ok() {
+        to_ips[0].is_ipv4()
+    } else {
+        v4
+    };
+    let fam = if v4 { "IPv4" } else { "IPv6" };
+    let src = *from_ips
+        .iter()
+        .find(|a| a.is_ipv4() == v4)
+        .with_context(|| format!("pod {from} has no {fam} address"))?;
+    let dst = *to_ips
+        .iter()
+        .find(|a| a.is_ipv4() == v4)
+        .with_context(|| format!("{to} has no {fam} address"))?;
+    let path = format!("/api/v1/explain?from={src}&to={dst}&protocol={protocol}&port={port}");
+    let at_src: Explanation = serde_json::from_str(&get(lab, &from_node, &path)?)?;
+    let at_dst: Option<Explanation> = match &to_node {
+        Some(n) => Some(serde_json::from_str(&get(lab, n, &path)?)?),
+        None => None,
+    };
+    let ok = |j: &Judgement| j.verdict != "denied";
+    let allowed = ok(&at_src.egress) && at_dst.as_ref().is_none_or(|e| ok(&e.ingress));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "from": from, "to": to, "protocol": protocol, "port": port,
+                "verdict": if allowed { "allowed" } else { "denied" },
+                "egress": at_src.egress,
+                "ingress": at_dst.as_ref().map(|e| &e.ingress),
+            })
+        );
+        return Ok(allowed);
+    }
+    println!(
+        "{from} ({src}) -> {to} ({dst}) {protocol}/{port}: {}",
+        if allowed { "allowed" } else { "denied" }
+    );
+    println!("{}", judgement_text(&at_src.egress, &from_node));
+    match (&at_dst, &to_node) {
+        (Some(e), Some(n)) => println!("{}", judgement_text(&e.ingress, n)),
+        _ => println!("  ingress: {dst} is not a pod of the lab; not judged"),
+    }
+    Ok(allowed)
+}
