@@ -85,6 +85,17 @@ pub type SharedSnapshot = Arc<parking_lot::RwLock<Arc<Snapshot>>>;
 /// Direction, monitor or not, and family suffix of an isolation set.
 type GroupKey = (String, bool, String);
 
+/// One isolation element of a policy's fragment.
+struct Isolation {
+    /// `ingress` or `egress`.
+    direction: String,
+    monitor: bool,
+    /// `4` or `6`, as the set names end.
+    family: String,
+    address: wit::IpAddress,
+    object: ObjectRef,
+}
+
 /// The object of a pod address's merged boxes.
 fn merged_ref(pod: IpAddr) -> ObjectRef {
     ObjectRef::new(ObjectKind::Pod, "merged", pod.to_string())
@@ -179,9 +190,9 @@ impl PolicyEngine {
         self.snapshot.clone()
     }
 
-    /// Publish the installed state for `explain`.
-    fn publish(&self) {
-        let mut isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>> = BTreeMap::new();
+    /// Every isolation element of the installed policy fragments.
+    fn isolations(&self) -> Vec<Isolation> {
+        let mut out = vec![];
         for fr in self.store.installed().filter(|f| is_policy(&f.object)) {
             for i in &fr.items {
                 let wit::PlanBody::NftElement(e) = &i.body else {
@@ -190,20 +201,39 @@ impl PolicyEngine {
                 let Some((d, rest)) = e.set.split_once('-') else {
                     continue;
                 };
-                let monitor = if rest.starts_with("isolated") {
-                    false
-                } else if rest.starts_with("monitored") {
-                    true
+                let (monitor, f) = if let Some(f) = rest.strip_prefix("isolated") {
+                    (false, f)
+                } else if let Some(f) = rest.strip_prefix("monitored") {
+                    (true, f)
                 } else {
                     continue;
                 };
                 if let Some(wit::NftValue::Address(a)) = e.key.first() {
-                    isolating
-                        .entry((d.to_string(), monitor, crate::runtime::wit_to_ip(a)))
-                        .or_default()
-                        .push(fr.object.clone());
+                    out.push(Isolation {
+                        direction: d.to_string(),
+                        monitor,
+                        family: f.to_string(),
+                        address: *a,
+                        object: fr.object.clone(),
+                    });
                 }
             }
+        }
+        out
+    }
+
+    /// Publish the installed state for `explain`.
+    fn publish(&self) {
+        let mut isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>> = BTreeMap::new();
+        for x in self.isolations() {
+            isolating
+                .entry((
+                    x.direction,
+                    x.monitor,
+                    crate::runtime::wit_to_ip(&x.address),
+                ))
+                .or_default()
+                .push(x.object);
         }
         let snap = Snapshot {
             node: self
@@ -448,32 +478,14 @@ impl PolicyEngine {
             GroupKey,
             BTreeMap<String, (wit::IpAddress, BTreeSet<ObjectRef>)>,
         > = BTreeMap::new();
-        for fr in self.store.installed().filter(|f| is_policy(&f.object)) {
-            for i in &fr.items {
-                let wit::PlanBody::NftElement(e) = &i.body else {
-                    continue;
-                };
-                let Some((d, rest)) = e.set.split_once('-') else {
-                    continue;
-                };
-                let (monitor, f) = if let Some(f) = rest.strip_prefix("isolated") {
-                    (false, f)
-                } else if let Some(f) = rest.strip_prefix("monitored") {
-                    (true, f)
-                } else {
-                    continue;
-                };
-                let Some(wit::NftValue::Address(a)) = e.key.first() else {
-                    continue;
-                };
-                groups
-                    .entry((d.to_string(), monitor, f.to_string()))
-                    .or_default()
-                    .entry(format!("{:?}", a))
-                    .or_insert((*a, BTreeSet::new()))
-                    .1
-                    .insert(fr.object.clone());
-            }
+        for x in self.isolations() {
+            groups
+                .entry((x.direction, x.monitor, x.family))
+                .or_default()
+                .entry(format!("{:?}", x.address))
+                .or_insert((x.address, BTreeSet::new()))
+                .1
+                .insert(x.object);
         }
         let mut items = vec![];
         let mut chains = BTreeSet::new();
