@@ -690,6 +690,14 @@ spec:
         &[expect(80, "TCP", Table::all(true))],
     );
     assert!(counter() > before, "the would-be drops were not counted");
+    let (code, metrics) = c.lab.api_raw("node-1", "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains(
+            "switchyard_policy_drops_total{namespace=\"x\",policy=\"try-deny\",direction=\"ingress\",mode=\"monitor\"}"
+        ),
+        "{metrics}"
+    );
     vec![(80, "TCP")]
 }
 

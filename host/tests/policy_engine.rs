@@ -210,6 +210,24 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     assert!(!connects(&ns, "10.244.1.2", "10.244.1.3", 90));
     assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 80));
     assert!(counter(&ns, "egress.p.wide") > before);
+    // The same counter, as metrics.
+    let counters = in_netns(&ns.path, || Ok(switchyard::policy::engine::read_counters()))
+        .unwrap()
+        .unwrap();
+    let wide = counters
+        .iter()
+        .find(|c| c.policy == "wide" && c.namespace == "p" && !c.monitor)
+        .unwrap_or_else(|| panic!("{counters:?}"));
+    assert_eq!(wide.direction, "egress");
+    assert!(wide.packets > 0);
+    let text = switchyard::policy::engine::metrics_text(&counters);
+    assert!(
+        text.contains(&format!(
+            "switchyard_policy_drops_total{{namespace=\"p\",policy=\"wide\",direction=\"egress\",mode=\"enforce\"}} {}",
+            wide.packets
+        )),
+        "{text}"
+    );
 
     // A policy that could not be resolved this time stays in force.
     let mut keep_wide = BTreeSet::new();

@@ -13,6 +13,7 @@
 //! | `/api/v1/cluster` | the cluster as this node's source sees it (nodes, pods, Services, policies) |
 //! | `/api/v1/pods/{namespace}/{name}` | one pod of that view, with its probes' status |
 //! | `/api/v1/probes` | endpoint health as modules read it (the `probes` host interface) |
+//! | `/metrics` | Prometheus text: NetworkPolicy drops per policy, direction and mode |
 //! | `/api/v1/explain?from=IP&to=IP&protocol=TCP&port=80` | which NetworkPolicies and rules decide that connection on this node |
 //! | `/` | the console (`web/`, built into the binary) |
 
@@ -82,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/pods/{namespace}/{name}", get(pod))
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/explain", get(explain))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -172,6 +174,19 @@ async fn pod(
             StatusCode::NOT_FOUND,
             format!("pods \"{name}\" not found in namespace \"{namespace}\""),
         ),
+    }
+}
+
+/// Prometheus metrics: the policy table's drop counters.
+async fn metrics() -> Response {
+    match tokio::task::spawn_blocking(crate::policy::engine::read_counters).await {
+        Ok(Ok(c)) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            crate::policy::engine::metrics_text(&c),
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

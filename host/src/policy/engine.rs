@@ -121,6 +121,100 @@ pub fn enable_bridge_netfilter() -> Result<(), String> {
     Ok(())
 }
 
+/// One policy's drop counter, as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropCounter {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// Whether these are drops a monitor-mode policy would make.
+    pub monitor: bool,
+    pub namespace: String,
+    pub policy: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Read the policy table's drop counters (`nft -j list counters`) in this
+/// network namespace.
+pub fn read_counters() -> Result<Vec<DropCounter>, String> {
+    let table = skeleton::for_role(Role::NetworkPolicy).table;
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "counters", "table", "inet", table])
+        .output()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // No table yet: no policy has been loaded, so nothing was dropped.
+        if err.contains("No such file or directory") {
+            return Ok(vec![]);
+        }
+        return Err(format!("nft -j list counters: {}", err.trim()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output: {e}"))?;
+    let mut counters = vec![];
+    for o in v["nftables"].as_array().into_iter().flatten() {
+        let c = &o["counter"];
+        let Some(name) = c["name"].as_str() else {
+            continue;
+        };
+        // `<direction>[-monitor].<namespace>.<name>` (see `counter_name`).
+        let mut parts = name.splitn(3, '.');
+        let (Some(kind), Some(namespace), Some(policy)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (direction, monitor) = match kind.strip_suffix("-monitor") {
+            Some(d) => (d, true),
+            None => (kind, false),
+        };
+        counters.push(DropCounter {
+            direction: direction.into(),
+            monitor,
+            namespace: namespace.into(),
+            policy: policy.into(),
+            packets: c["packets"].as_u64().unwrap_or(0),
+            bytes: c["bytes"].as_u64().unwrap_or(0),
+        });
+    }
+    Ok(counters)
+}
+
+/// The counters in Prometheus' text format.
+pub fn metrics_text(counters: &[DropCounter]) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    for (metric, help, bytes) in [
+        (
+            "switchyard_policy_drops_total",
+            "Packets dropped (mode=enforce) or that would be dropped (mode=monitor), by the NetworkPolicies isolating the pod.",
+            false,
+        ),
+        (
+            "switchyard_policy_drop_bytes_total",
+            "Bytes of those packets.",
+            true,
+        ),
+    ] {
+        let _ = writeln!(t, "# HELP {metric} {help}");
+        let _ = writeln!(t, "# TYPE {metric} counter");
+        for c in counters {
+            let _ = writeln!(
+                t,
+                "{metric}{{namespace=\"{}\",policy=\"{}\",direction=\"{}\",mode=\"{}\"}} {}",
+                c.namespace,
+                c.policy,
+                c.direction,
+                if c.monitor { "monitor" } else { "enforce" },
+                if bytes { c.bytes } else { c.packets }
+            );
+        }
+    }
+    t
+}
+
 /// The object a policy is.
 pub fn policy_ref(p: &wit::Policy) -> ObjectRef {
     ObjectRef::new(ObjectKind::NetworkPolicy, &p.namespace, &p.name)
