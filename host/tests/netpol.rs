@@ -539,6 +539,23 @@ fn pod_selector(c: &Ctx<'_>) -> Ports {
             "{allowed}"
         );
         assert_eq!(allowed["egress"]["verdict"], "not-isolated", "{allowed}");
+        // The matrices' denied probes were logged on x/a's node, with the
+        // policy that isolates it.
+        let x_a = c
+            .lab
+            .pod_ips("x/a")
+            .into_iter()
+            .find(|i| i.contains(':') == (*family == "ipv6"))
+            .unwrap();
+        let (_, drops) = c.lab.api("node-1", "/api/v1/drops");
+        let logged = drops["drops"].as_array().unwrap().iter().any(|d| {
+            d["destination"] == x_a.as_str()
+                && d["direction"] == "ingress"
+                && d["mode"] == "enforce"
+                && d["policies"] == serde_json::json!(["x/allow-b"])
+                && d["destinationPort"] == 80
+        });
+        assert!(logged, "no logged drop to {x_a}:80 by x/allow-b: {drops}");
         let denied = explain(c, "y/c", "x/a", family);
         assert_eq!(denied["verdict"], "denied", "{denied}");
         assert_eq!(

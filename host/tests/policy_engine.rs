@@ -207,7 +207,43 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     let r = engine.sync().await;
     assert!(r.error.is_none() && !r.full, "{r:?}");
     let before = counter(&ns, "egress.p.wide");
+    // Drops are logged to NFLOG with the drop chain's name, which names the
+    // policies isolating the pod.
+    let mut nflog = in_netns(&ns.path, || {
+        switchyard::datapath::nflog::Nflog::bind(switchyard::datapath::nflog::POLICY_DROP_GROUP)
+    })
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(batch) = nflog.recv() {
+            if tx.send(batch).is_err() {
+                break;
+            }
+        }
+    });
     assert!(!connects(&ns, "10.244.1.2", "10.244.1.3", 90));
+    let logged = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a logged drop");
+    let p = &logged[0];
+    assert_eq!(
+        (
+            p.source.to_string(),
+            p.destination.to_string(),
+            p.protocol,
+            p.destination_port
+        ),
+        ("10.244.1.2".to_string(), "10.244.1.3".to_string(), 6, 90),
+        "{logged:?}"
+    );
+    let chains = engine.snapshot().read().chains.clone();
+    assert_eq!(
+        chains
+            .get(p.prefix.trim())
+            .map(|v| v.iter().map(|o| o.name.clone()).collect::<Vec<_>>()),
+        Some(vec!["wide".to_string()]),
+        "{p:?} {chains:?}"
+    );
     assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 80));
     assert!(counter(&ns, "egress.p.wide") > before);
     // The same counter, as metrics.

@@ -13,6 +13,7 @@
 //! | `/api/v1/cluster` | the cluster as this node's source sees it (nodes, pods, Services, policies) |
 //! | `/api/v1/pods/{namespace}/{name}` | one pod of that view, with its probes' status |
 //! | `/api/v1/probes` | endpoint health as modules read it (the `probes` host interface) |
+//! | `/api/v1/drops` | the latest packets NetworkPolicy dropped (or would drop, in monitor mode), with their policies |
 //! | `/metrics` | Prometheus text: NetworkPolicy drops per policy, direction and mode |
 //! | `/api/v1/explain?from=IP&to=IP&protocol=TCP&port=80` | which NetworkPolicies and rules decide that connection on this node |
 //! | `/` | the console (`web/`, built into the binary) |
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub probes: Arc<ProbeTable>,
     /// The policy engine's installed state, if this agent enforces policy.
     pub policy: Option<crate::policy::engine::SharedSnapshot>,
+    /// The latest policy drops, if this agent reads them.
+    pub drops: Option<Arc<crate::policy::droplog::DropLog>>,
 }
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
@@ -84,10 +87,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/explain", get(explain))
         .route("/metrics", get(metrics))
+        .route("/api/v1/drops", get(drops))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster, /api/v1/pods/NAMESPACE/NAME, /api/v1/probes, /api/v1/explain"})),
+                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster, /api/v1/pods/NAMESPACE/NAME, /api/v1/probes, /api/v1/explain, /api/v1/drops, /metrics"})),
             )
         })
         .with_state(state)
@@ -173,6 +177,17 @@ async fn pod(
         None => error(
             StatusCode::NOT_FOUND,
             format!("pods \"{name}\" not found in namespace \"{namespace}\""),
+        ),
+    }
+}
+
+/// The latest policy drops, oldest first.
+async fn drops(State(s): State<ApiState>) -> Response {
+    match &s.drops {
+        Some(d) => axum::Json(json!({ "drops": d.recent() })).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this agent does not read policy drop logs",
         ),
     }
 }

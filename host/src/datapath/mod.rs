@@ -8,6 +8,7 @@
 pub mod ipam;
 pub mod links;
 pub mod netlink;
+pub mod nflog;
 pub mod nft;
 pub mod nodenet;
 pub mod probes;

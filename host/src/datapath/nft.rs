@@ -170,6 +170,9 @@ fn statement(s: &NftStatement) -> String {
         NftStatement::Counter => "counter".into(),
         NftStatement::NamedCounter(c) => format!("counter name \"{c}\""),
         NftStatement::Log(p) => format!("log prefix \"{}\"", p.replace('"', "'")),
+        NftStatement::LogGroup((g, p)) => {
+            format!("log prefix \"{}\" group {g}", p.replace('"', "'"))
+        }
         NftStatement::MarkOr(bits) => format!("meta mark set meta mark | 0x{bits:x}"),
         NftStatement::Dnat(nat) => {
             let fk = family_kw(nat.family);

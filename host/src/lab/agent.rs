@@ -523,7 +523,15 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     };
     // The agent runs in the node's namespace: the policy table goes there.
     let policy = PolicyEngine::new(agent.registry.clone(), Arc::new(Nft::new(None)));
+    let drops = match crate::policy::droplog::spawn(policy.snapshot()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!("policy drops will not be logged: {e}");
+            None
+        }
+    };
     let api_state = ApiState {
+        drops,
         policy: Some(policy.snapshot()),
         registry: agent.registry.clone(),
         ledger: agent.ledger.clone(),

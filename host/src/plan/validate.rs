@@ -747,7 +747,9 @@ impl Checker<'_> {
                         return Err(format!("counter {c:?} is not defined in this fragment"));
                     }
                 }
-                NftStatement::Log(p) => printable(p, "log prefix", MAX_LOG_PREFIX)?,
+                NftStatement::Log(p) | NftStatement::LogGroup((_, p)) => {
+                    printable(p, "log prefix", MAX_LOG_PREFIX)?
+                }
                 NftStatement::Dnat(nat) => match &nat.target {
                     NftNatTarget::Address((a, _)) => {
                         if family_of(a) != nat.family {

@@ -18,6 +18,7 @@
 
 use super::explain::Snapshot;
 use super::merge::{self, AllowBox};
+use crate::datapath::nflog::POLICY_DROP_GROUP;
 use crate::datapath::nft::{self, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
 use crate::plan::{Change, Fragment, PlanStore, skeleton};
@@ -84,6 +85,18 @@ pub type SharedSnapshot = Arc<parking_lot::RwLock<Arc<Snapshot>>>;
 
 /// Direction, monitor or not, and family suffix of an isolation set.
 type GroupKey = (String, bool, String);
+
+/// The drop chain of a group of policies isolating pods in a direction
+/// and mode; its name is the log prefix of its drops.
+pub fn group_chain(direction: &str, monitor: bool, members: &BTreeSet<ObjectRef>) -> String {
+    let mut h = DefaultHasher::new();
+    (direction, monitor, members).hash(&mut h);
+    format!(
+        "{direction}-{}-{:012x}",
+        if monitor { "would-drop" } else { "drop" },
+        h.finish() & 0xffff_ffff_ffff
+    )
+}
 
 /// One isolation element of a policy's fragment.
 struct Isolation {
@@ -319,7 +332,12 @@ impl PolicyEngine {
     /// Publish the installed state for `explain`.
     fn publish(&self) {
         let mut isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>> = BTreeMap::new();
+        let mut per_pod: BTreeMap<(String, bool, String), BTreeSet<ObjectRef>> = BTreeMap::new();
         for x in self.isolations() {
+            per_pod
+                .entry((x.direction.clone(), x.monitor, format!("{:?}", x.address)))
+                .or_default()
+                .insert(x.object.clone());
             isolating
                 .entry((
                     x.direction,
@@ -329,7 +347,17 @@ impl PolicyEngine {
                 .or_default()
                 .push(x.object);
         }
+        let chains = per_pod
+            .into_iter()
+            .map(|((d, monitor, _), members)| {
+                (
+                    group_chain(&d, monitor, &members),
+                    members.into_iter().collect(),
+                )
+            })
+            .collect();
         let snap = Snapshot {
+            chains,
             node: self
                 .ctx
                 .as_ref()
@@ -586,13 +614,7 @@ impl PolicyEngine {
         let mut counters = BTreeSet::new();
         for ((d, monitor, f), pods) in &groups {
             for (pod, members) in pods.values() {
-                let mut h = DefaultHasher::new();
-                (d, monitor, members).hash(&mut h);
-                let chain = format!(
-                    "{d}-{}-{:012x}",
-                    if *monitor { "would-drop" } else { "drop" },
-                    h.finish() & 0xffff_ffff_ffff
-                );
+                let chain = group_chain(d, *monitor, members);
                 let map = format!("{d}-{}drops{f}", if *monitor { "monitor-" } else { "" });
                 items.push(element(
                     &map,
@@ -616,6 +638,15 @@ impl PolicyEngine {
                                 .collect(),
                         })
                         .collect();
+                    // The agent reads the log (datapath::nflog) and names
+                    // the policies of the chain.
+                    rules.push(wit::NftRule {
+                        matches: vec![],
+                        statements: vec![wit::NftStatement::LogGroup((
+                            POLICY_DROP_GROUP,
+                            chain.clone(),
+                        ))],
+                    });
                     if !*monitor {
                         rules.push(wit::NftRule {
                             matches: vec![],

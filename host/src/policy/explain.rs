@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub boxes: BTreeMap<ObjectRef, Arc<Vec<Provenance>>>,
     /// Which policies isolate a pod address: (direction, monitor, address).
     pub isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>>,
+    /// The policies of each drop chain, by the chain's name (the prefix
+    /// of its logged drops).
+    pub chains: BTreeMap<String, Vec<ObjectRef>>,
 }
 
 /// A rule that allows the connection.

@@ -6,11 +6,13 @@
 //!   policy module renders;
 //! - [`engine`]: per node, policies rendered by the policy module into the
 //!   policy table, incrementally;
+//! - [`droplog`]: every drop logged with the policies that made it;
 //! - [`explain`]: which policies and rules decide a connection, from the
 //!   installed plan's provenance;
 //! - [`merge`]: every policy's allow boxes of a pod, merged into the
 //!   disjoint elements an interval set can hold.
 
+pub mod droplog;
 pub mod engine;
 pub mod explain;
 pub mod inputs;
