@@ -36,6 +36,12 @@ const EXPECTED: &[(&str, &str, bool, &str)] = &[
         "ok: proxy-nftables 0.1.0 is a valid service-proxy module",
     ),
     (
+        "policy-kubernetes",
+        "network-policy",
+        true,
+        "ok: policy-kubernetes 0.1.0 is a valid network-policy module",
+    ),
+    (
         "hostile-proxy",
         "service-proxy",
         true,
