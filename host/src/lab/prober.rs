@@ -207,11 +207,15 @@ impl Prober {
             }
             let before = health_of(p);
             let last = p.workers[d.index].last_attempt();
+            let last_message = p.workers[d.index].last_message.clone();
             p.workers[d.index].finish(d.attempt, d.latency);
             // Pod status follows the health, and also each turn of a raw
-            // result (a first success under a successThreshold of 3 shows),
-            // but not every attempt: a steady pod writes nothing.
-            if health_of(p) != before || p.workers[d.index].last_attempt() != last {
+            // result (a first success under a successThreshold of 3 shows)
+            // or of its cause (refused, then timing out), but not every
+            // attempt: a steady pod writes nothing.
+            let w = &p.workers[d.index];
+            if health_of(p) != before || w.last_attempt() != last || w.last_message != last_message
+            {
                 changed.push(d.key.clone());
             }
             let key = d.key.clone();
