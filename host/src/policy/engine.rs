@@ -86,6 +86,10 @@ pub type SharedSnapshot = Arc<parking_lot::RwLock<Arc<Snapshot>>>;
 /// Direction, monitor or not, and family suffix of an isolation set.
 type GroupKey = (String, bool, String);
 
+/// Per isolation set, each isolated pod address (keyed by its text) with
+/// the policies isolating it: the groups the drop chains count for.
+type Groups = BTreeMap<GroupKey, BTreeMap<String, (wit::IpAddress, BTreeSet<ObjectRef>)>>;
+
 /// The drop chain of a group of policies isolating pods in a direction
 /// and mode; its name is the log prefix of its drops.
 pub fn group_chain(direction: &str, monitor: bool, members: &BTreeSet<ObjectRef>) -> String {
@@ -96,17 +100,6 @@ pub fn group_chain(direction: &str, monitor: bool, members: &BTreeSet<ObjectRef>
         if monitor { "would-drop" } else { "drop" },
         h.finish() & 0xffff_ffff_ffff
     )
-}
-
-/// One isolation element of a policy's fragment.
-struct Isolation {
-    /// `ingress` or `egress`.
-    direction: String,
-    monitor: bool,
-    /// `4` or `6`, as the set names end.
-    family: String,
-    address: wit::IpAddress,
-    object: ObjectRef,
 }
 
 /// The object of a pod address's merged boxes.
@@ -297,9 +290,9 @@ impl PolicyEngine {
         self.snapshot.clone()
     }
 
-    /// Every isolation element of the installed policy fragments.
-    fn isolations(&self) -> Vec<Isolation> {
-        let mut out = vec![];
+    /// The isolation elements of the installed policy fragments, grouped.
+    fn groups(&self) -> Groups {
+        let mut groups = Groups::new();
         for fr in self.store.installed().filter(|f| is_policy(&f.object)) {
             for i in &fr.items {
                 let wit::PlanBody::NftElement(e) = &i.body else {
@@ -316,46 +309,30 @@ impl PolicyEngine {
                     continue;
                 };
                 if let Some(wit::NftValue::Address(a)) = e.key.first() {
-                    out.push(Isolation {
-                        direction: d.to_string(),
-                        monitor,
-                        family: f.to_string(),
-                        address: *a,
-                        object: fr.object.clone(),
-                    });
+                    groups
+                        .entry((d.to_string(), monitor, f.to_string()))
+                        .or_default()
+                        .entry(format!("{a:?}"))
+                        .or_insert((*a, BTreeSet::new()))
+                        .1
+                        .insert(fr.object.clone());
                 }
             }
         }
-        out
+        groups
     }
 
-    /// Publish the installed state for `explain`.
-    fn publish(&self) {
+    /// Publish the installed state for `explain` and the drop log.
+    fn publish(&self, groups: &Groups) {
         let mut isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>> = BTreeMap::new();
-        let mut per_pod: BTreeMap<(String, bool, String), BTreeSet<ObjectRef>> = BTreeMap::new();
-        for x in self.isolations() {
-            per_pod
-                .entry((x.direction.clone(), x.monitor, format!("{:?}", x.address)))
-                .or_default()
-                .insert(x.object.clone());
-            isolating
-                .entry((
-                    x.direction,
-                    x.monitor,
-                    crate::runtime::wit_to_ip(&x.address),
-                ))
-                .or_default()
-                .push(x.object);
+        let mut chains: BTreeMap<String, Vec<ObjectRef>> = BTreeMap::new();
+        for ((d, monitor, _), pods) in groups {
+            for (pod, members) in pods.values() {
+                let list: Vec<ObjectRef> = members.iter().cloned().collect();
+                chains.insert(group_chain(d, *monitor, members), list.clone());
+                isolating.insert((d.clone(), *monitor, crate::runtime::wit_to_ip(pod)), list);
+            }
         }
-        let chains = per_pod
-            .into_iter()
-            .map(|((d, monitor, _), members)| {
-                (
-                    group_chain(&d, monitor, &members),
-                    members.into_iter().collect(),
-                )
-            })
-            .collect();
         let snap = Snapshot {
             chains,
             node: self
@@ -426,41 +403,9 @@ impl PolicyEngine {
         &self.errors
     }
 
-    pub fn store(&self) -> &PlanStore {
-        &self.store
-    }
-
     /// The policies as last given.
     pub fn policies(&self) -> &BTreeMap<ObjectRef, wit::Policy> {
         &self.policies
-    }
-
-    /// The boxes each policy rendered.
-    pub fn boxes(&self) -> &BTreeMap<ObjectRef, Arc<Vec<Provenance>>> {
-        &self.boxes
-    }
-
-    /// Which policies isolate `pod` in a direction (`ingress`, `egress`)
-    /// and mode, from the installed fragments.
-    pub fn isolating(&self, direction: &str, monitor: bool, pod: IpAddr) -> Vec<ObjectRef> {
-        let what = if monitor { "monitored" } else { "isolated" };
-        let f = if pod.is_ipv4() { "4" } else { "6" };
-        let set = format!("{direction}-{what}{f}");
-        let key = format!(
-            "{:?}",
-            vec![wit::NftValue::Address(crate::runtime::wit_ip(pod))]
-        );
-        self.store
-            .installed()
-            .filter(|fr| is_policy(&fr.object))
-            .filter(|fr| {
-                fr.items.iter().any(|i| match &i.body {
-                    wit::PlanBody::NftElement(e) => e.set == set && format!("{:?}", e.key) == key,
-                    _ => false,
-                })
-            })
-            .map(|fr| fr.object.clone())
-            .collect()
     }
 
     /// The closed fragment of a policy whose module failed: its pods of
@@ -594,25 +539,11 @@ impl PolicyEngine {
     /// The host's drop fragment: a chain per group of policies isolating a
     /// pod, the pod's drop map element jumping to it, and a counter per
     /// policy and direction.
-    fn drops(&self) -> Fragment {
-        // (direction, monitor, family) -> pod -> policies
-        let mut groups: BTreeMap<
-            GroupKey,
-            BTreeMap<String, (wit::IpAddress, BTreeSet<ObjectRef>)>,
-        > = BTreeMap::new();
-        for x in self.isolations() {
-            groups
-                .entry((x.direction, x.monitor, x.family))
-                .or_default()
-                .entry(format!("{:?}", x.address))
-                .or_insert((x.address, BTreeSet::new()))
-                .1
-                .insert(x.object);
-        }
+    fn drops(groups: &Groups) -> Fragment {
         let mut items = vec![];
         let mut chains = BTreeSet::new();
         let mut counters = BTreeSet::new();
-        for ((d, monitor, f), pods) in &groups {
+        for ((d, monitor, f), pods) in groups {
             for (pod, members) in pods.values() {
                 let chain = group_chain(d, *monitor, members);
                 let map = format!("{d}-{}drops{f}", if *monitor { "monitor-" } else { "" });
@@ -802,8 +733,8 @@ impl PolicyEngine {
             };
             changes.push(c);
         }
-        let drops = self.drops();
-        match self.store.rendered(drops) {
+        let groups = self.groups();
+        match self.store.rendered(Self::drops(&groups)) {
             Ok(c) => changes.push(c),
             Err(conflict) => tracing::error!(%conflict, "policy drop chains conflict"),
         }
@@ -833,7 +764,7 @@ impl PolicyEngine {
             }
         }
         report.apply = t.elapsed();
-        self.publish();
+        self.publish(&groups);
         report
     }
 }

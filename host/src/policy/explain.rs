@@ -87,10 +87,7 @@ impl Snapshot {
         packet: Option<(Protocol, u16)>,
     ) -> Judgement {
         let fam = if pod.is_ipv4() { "4" } else { "6" };
-        let peer_bits = match peer {
-            IpAddr::V4(a) => u32::from(a) as u128,
-            IpAddr::V6(a) => u128::from(a),
-        };
+        let peer_bits = merge::ip_bits(peer);
         let isolated = self
             .isolating
             .get(&(direction.to_string(), false, pod))
@@ -134,16 +131,10 @@ impl Snapshot {
             pod,
             verdict: verdict.into(),
             isolated_by: isolated.iter().map(name).collect(),
+            // A monitored pod's packet that no rule, enforcing or monitored,
+            // allows is what the monitor chain counts (unless it was dropped).
+            would_drop: !monitored.is_empty() && verdict != "denied" && allowed_by.is_empty(),
             allowed_by,
-            would_drop: !monitored.is_empty() && verdict != "denied" && {
-                // What the union of enforcing and monitored rules allows.
-                !self.boxes.values().flat_map(|v| v.iter()).any(|b| {
-                    b.pod == pod
-                        && b.set.starts_with(direction)
-                        && b.set.ends_with(fam)
-                        && merge::matches(&b.allow, peer_bits, packet)
-                })
-            },
             monitored_by: monitored.iter().map(name).collect(),
         }
     }

@@ -29,21 +29,16 @@ pub struct AllowBox {
     pub ports: Option<(Protocol, u16, u16)>,
 }
 
-fn bits(a: &IpAddress) -> u128 {
-    crate::runtime::wit_to_ip(a).to_bits_u128()
-}
-
-trait ToBits {
-    fn to_bits_u128(&self) -> u128;
-}
-
-impl ToBits for std::net::IpAddr {
-    fn to_bits_u128(&self) -> u128 {
-        match self {
-            std::net::IpAddr::V4(a) => u32::from(*a) as u128,
-            std::net::IpAddr::V6(a) => u128::from(*a),
-        }
+/// An address as a number (IPv4 in the low 32 bits), for range arithmetic.
+pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_bits() as u128,
+        std::net::IpAddr::V6(a) => a.to_bits(),
     }
+}
+
+fn bits(a: &IpAddress) -> u128 {
+    ip_bits(crate::runtime::wit_to_ip(a))
 }
 
 fn family(a: &IpAddress) -> IpFamily {
