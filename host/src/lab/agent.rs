@@ -163,6 +163,9 @@ struct NodeLoop {
     policy_unresolved: BTreeMap<String, String>,
     /// Why the policy table could not be loaded, until a full sync works.
     policy_error: Option<String>,
+    /// Pods' statuses as last read (when the status marker moved), by
+    /// namespace and name.
+    pod_statuses: BTreeMap<(String, String), k8s_openapi::api::core::v1::PodStatus>,
 }
 
 impl NodeLoop {
@@ -216,14 +219,7 @@ impl NodeLoop {
     /// The policy engine's view: every NetworkPolicy resolved against the
     /// pods (with their statuses) and namespaces.
     fn policy_inputs(&mut self, m: &Manifests) {
-        let statuses = self
-            .cluster
-            .statuses::<LabPodStatus>("Pod")
-            .into_iter()
-            .map(|(ns, name, s)| ((ns, name), s.status))
-            .collect();
-        let (policies, unresolved): (Vec<_>, BTreeMap<String, String>) =
-            crate::policy::inputs(m, &statuses);
+        let (policies, unresolved) = crate::policy::inputs(m, &self.pod_statuses);
         let keep = unresolved
             .keys()
             .filter_map(|k| k.split_once('/'))
@@ -323,6 +319,10 @@ impl NodeLoop {
                     &self.agent.probes,
                     statuses.iter().map(|(_, _, s)| &s.status),
                 );
+                self.pod_statuses = statuses
+                    .into_iter()
+                    .map(|(ns, name, s)| ((ns, name), s.status))
+                    .collect();
             }
             if !changed && last_sync.elapsed() >= RESYNC {
                 let fp = self.cluster.objects_fingerprint();
@@ -586,6 +586,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let node_loop = NodeLoop {
         policy,
         policy_unresolved: BTreeMap::new(),
+        pod_statuses: BTreeMap::new(),
         policy_error,
         proxy,
         userspace,
