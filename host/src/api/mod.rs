@@ -214,14 +214,12 @@ struct ExplainQuery {
 }
 
 impl ExplainQuery {
-    /// `from=...&to=...`; values are addresses, words and numbers, so the
-    /// only escape to undo is `%3A` (a colon some clients escape).
+    /// `from=...&to=...&protocol=...&port=...`, URL-decoded.
     fn parse(q: Option<&str>) -> ExplainQuery {
         let mut out = ExplainQuery::default();
-        for pair in q.unwrap_or_default().split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = Some(v.replace("%3A", ":").replace("%3a", ":"));
-            match k {
+        for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+            let v = Some(v.into_owned());
+            match k.as_ref() {
                 "from" => out.from = v,
                 "to" => out.to = v,
                 "protocol" => out.protocol = v,

@@ -7,8 +7,7 @@
 use super::layout::{ADMIN_PORT, Lab};
 use crate::policy::explain::{Explanation, Judgement};
 use anyhow::{Context, bail};
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// A GET against a node's admin API; the body, or the API's error.
@@ -23,21 +22,22 @@ fn get(lab: &Lab, node: &str, path: &str) -> anyhow::Result<String> {
         .find(|a| a.is_ipv4())
         .or(n.addresses.first())
         .with_context(|| format!("node {node} has no address"))?;
-    let sa = SocketAddr::new(*addr, ADMIN_PORT);
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))
-        .with_context(|| format!("connecting to node {node}'s admin API at {sa}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {sa}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+    let url = format!("http://{}{path}", SocketAddr::new(*addr, ADMIN_PORT));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&url)
+        .call()
+        .with_context(|| format!("asking node {node}'s admin API ({url})"))?;
+    let ok = resp.status() == 200;
+    let body = resp.body_mut().read_to_string()?;
+    if !ok {
         bail!("node {node}: {}", body.trim());
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 /// A pod's node and addresses, from the lab's status.
