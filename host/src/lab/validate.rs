@@ -121,28 +121,13 @@ fn is_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
 }
 
-/// IANA service names: at most 15 characters, lowercase letters, digits and
-/// '-', at least one letter, no '-' at either end or twice in a row.
+/// IANA service names (`IsValidPortName`): the first reason a name is not
+/// one, as the API server lists them.
 pub fn iana_svc_name(s: &str) -> Result<(), &'static str> {
-    if s.len() > 15 {
-        return Err("must be no more than 15 characters");
+    match port_name(s).first() {
+        Some(why) => Err(why),
+        None => Ok(()),
     }
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
-    }
-    if !s.chars().any(|c| c.is_ascii_lowercase()) {
-        return Err("must contain at least one letter (a-z)");
-    }
-    if s.starts_with('-') || s.ends_with('-') {
-        return Err("must not begin or end with a hyphen");
-    }
-    if s.contains("--") {
-        return Err("must not contain consecutive hyphens");
-    }
-    Ok(())
 }
 
 fn meta(e: &mut Errors, name: Option<&str>, namespace: Option<&str>, namespaced: bool) {
@@ -466,7 +451,7 @@ fn label_value(s: &str) -> Vec<String> {
 }
 
 /// `IsValidPortName`: every reason, in the API server's order.
-fn port_name(s: &str) -> Vec<&'static str> {
+pub fn port_name(s: &str) -> Vec<&'static str> {
     let mut out = vec![];
     if s.len() > 15 {
         out.push("must be no more than 15 characters");

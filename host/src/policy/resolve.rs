@@ -170,27 +170,6 @@ fn protocol_of(p: Option<&str>) -> Result<wit::Protocol, String> {
     }
 }
 
-/// apimachinery's `IsValidPortName` (an IANA service name), first failure.
-fn port_name_error(name: &str) -> Option<&'static str> {
-    if name.len() > 15 {
-        Some("must be no more than 15 characters")
-    } else if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
-    } else if !name.bytes().any(|b| b.is_ascii_lowercase()) {
-        Some("must contain at least one letter (a-z)")
-    } else if name.contains("--") {
-        Some("must not contain consecutive hyphens")
-    } else if name.starts_with('-') || name.ends_with('-') {
-        Some("must not begin or end with a hyphen")
-    } else {
-        None
-    }
-}
-
 /// One entry of a rule's `ports`.
 enum PortSpec {
     Range(wit::PortRange),
@@ -230,7 +209,7 @@ fn port_spec(p: &NetworkPolicyPort, at: &str) -> Result<PortSpec, String> {
                     "{at}.endPort: Invalid value: {e}: may not be specified when `port` is non-numeric"
                 ));
             }
-            if let Some(msg) = port_name_error(name) {
+            if let Err(msg) = crate::lab::validate::iana_svc_name(name) {
                 return Err(format!("{at}.port: Invalid value: {name:?}: {msg}"));
             }
             return Ok(PortSpec::Named(protocol, name.clone()));
