@@ -1,6 +1,7 @@
 //! Measurement helpers shared by the benchmark binaries: samples, percentiles,
 //! and a results file per benchmark.
 
+pub mod netns;
 pub mod proxy_input;
 
 use serde::Serialize;

@@ -64,10 +64,8 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -82,8 +80,9 @@ use switchyard::registry::source::{Fetcher, ModuleSource};
 use switchyard::registry::{ModuleSpec, Registry};
 use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{HostServices, Runtime};
-use switchyard_bench::proxy_input::v4;
-use switchyard_bench::{Summary, header, machine, write_results};
+use switchyard_bench::netns::{enter, remove_stale, run};
+use switchyard_bench::proxy_input::{node_context, v4};
+use switchyard_bench::{Summary, header, machine, netns, write_results};
 
 const DEFAULT_SIZES: [u32; 3] = [0, 100, 1000];
 const DEFAULT_ROUNDS: usize = 5;
@@ -109,25 +108,6 @@ const DENIED_PORT: u16 = 8081;
 const PEER_PORT_BASE: u32 = 10_000;
 
 // ---- the policies ----
-
-fn node_context() -> NodeContext {
-    NodeContext {
-        node: "node-1".into(),
-        zone: None,
-        node_ips: vec![v4(Ipv4Addr::new(192, 168, 0, 2))],
-        cluster_cidrs: vec![IpCidr {
-            address: v4(Ipv4Addr::new(10, 244, 0, 0)),
-            prefix_len: 16,
-        }],
-        service_cidrs: vec![IpCidr {
-            address: v4(Ipv4Addr::new(10, 96, 0, 0)),
-            prefix_len: 12,
-        }],
-        families: vec![IpFamily::Ipv4],
-        masquerade: false,
-        default_scheduler: "random".into(),
-    }
-}
 
 fn server_pod() -> Pod {
     pod("server", SERVER_IP)
@@ -303,24 +283,6 @@ fn time_merge(n: u32) -> f64 {
 
 // ---- namespaces ----
 
-fn run(cmd: &[&str]) -> anyhow::Result<String> {
-    let o = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .with_context(|| format!("running {}", cmd[0]))?;
-    ensure!(
-        o.status.success(),
-        "{}: {}",
-        cmd.join(" "),
-        String::from_utf8_lossy(&o.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-fn ns_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/netns/{name}"))
-}
-
 /// One lab's namespaces and its iperf3 server; removed on drop (an error
 /// or a panic included).
 struct Lab {
@@ -352,7 +314,7 @@ impl Lab {
         lab.wire()?;
         // br_netfilter's sysctls belong to the namespace of the thread that
         // opens them.
-        let on = in_netns(&ns_path(&lab.node), || {
+        let on = in_netns(&netns::path(&lab.node), || {
             Ok(enable_bridge_netfilter().and_then(|()| {
                 std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
                     .map_err(|e| e.to_string())
@@ -503,41 +465,6 @@ impl Drop for Lab {
             }
         }
     }
-}
-
-/// Namespaces (and the iperf3 servers in them) left by an earlier run that
-/// was killed.
-fn remove_stale() {
-    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        if let Ok(o) = Command::new("ip").args(["netns", "pids", &name]).output() {
-            for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                if let Ok(p) = p.parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-    }
-}
-
-fn enter(ns: &str) -> anyhow::Result<()> {
-    let f = File::open(ns_path(ns)).with_context(|| format!("opening netns {ns}"))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering netns {ns}"))
 }
 
 // ---- server and client ----
@@ -1467,7 +1394,7 @@ fn main() -> anyhow::Result<()> {
     if max > 0 {
         variants.push(Variant::OtherPod(max));
     }
-    remove_stale();
+    remove_stale(NS_PREFIX);
     // Each lab is deleted when dropped, also when a later one fails.
     let mut labs = vec![];
     let r = (|| {

@@ -50,10 +50,8 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -63,6 +61,7 @@ use switchyard::datapath::nft::Nft;
 use switchyard::proxy::ServiceProxy;
 use switchyard::proxy::conntrack::ConntrackTool;
 use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
+use switchyard_bench::netns::{enter, remove_stale, run};
 use switchyard_bench::proxy_input::{self, POD_PORT, SERVICE_PORT, object, service};
 use switchyard_bench::{Summary, header, machine, write_results};
 
@@ -166,20 +165,6 @@ fn ct_script() -> String {
 
 // ---- namespaces ----
 
-fn run(cmd: &[&str]) -> anyhow::Result<String> {
-    let o = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .with_context(|| format!("running {}", cmd[0]))?;
-    ensure!(
-        o.status.success(),
-        "{}: {}",
-        cmd.join(" "),
-        String::from_utf8_lossy(&o.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
 fn nft_file(ns: &str, script: &str) -> anyhow::Result<()> {
     let mut f = tempfile::NamedTempFile::new()?;
     std::io::Write::write_all(&mut f, script.as_bytes())?;
@@ -196,10 +181,6 @@ struct Lab {
 }
 
 impl Lab {
-    fn path(name: &str) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{name}"))
-    }
-
     fn create() -> anyhow::Result<Lab> {
         let pid = std::process::id();
         let mut lab = Lab {
@@ -323,30 +304,6 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
-}
-
-/// Namespaces left by an earlier run that was killed.
-fn remove_stale() {
-    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        }
-    }
-}
-
-fn enter(ns: &str) -> anyhow::Result<()> {
-    let f = File::open(Lab::path(ns)).with_context(|| format!("opening netns {ns}"))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering netns {ns}"))?;
-    Ok(())
 }
 
 // ---- server and clients ----
@@ -881,7 +838,7 @@ fn main() -> anyhow::Result<()> {
     let default = sizes == DEFAULT_SIZES && rounds == DEFAULT_ROUNDS;
     ensure!(rounds > 0, "--rounds must be at least 1");
     ensure!(sizes.iter().all(|&n| n >= 2), "sizes must be at least 2");
-    remove_stale();
+    remove_stale(NS_PREFIX);
     let lab = Lab::create()?;
     // Before any thread starts: every thread made from here on (the
     // runtime's included) is in `ours`, as an agent is in its node's.
