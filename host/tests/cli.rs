@@ -24,6 +24,18 @@ const EXPECTED: &[(&str, &str, bool, &str)] = &[
         "ok: cni-bridge 0.1.0 is a valid cni module",
     ),
     (
+        "example-egress-allowlist",
+        "network-policy",
+        true,
+        "ok: egress-allowlist 0.1.0 is a valid network-policy module",
+    ),
+    (
+        "example-namespace-isolation",
+        "network-policy",
+        true,
+        "ok: namespace-isolation 0.1.0 is a valid network-policy module",
+    ),
+    (
         "example-scheduler",
         "scheduler",
         true,

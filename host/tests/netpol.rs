@@ -683,24 +683,7 @@ spec:
         assert!(t0.elapsed() < DEADLINE, "monitor policy not applied: {e}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let counter = || -> u64 {
-        let out = c.lab.ok(&[
-            "exec",
-            "node/node-1",
-            "--",
-            "nft",
-            "list",
-            "counter",
-            "inet",
-            "switchyard-policy",
-            "ingress-monitor.x.try-deny",
-        ]);
-        out.split("packets ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no counter in {out}"))
-    };
+    let counter = || counter(c, "node-1", "ingress-monitor.x.try-deny");
     let before = counter();
     c.check(
         "monitor mode drops nothing",
@@ -711,11 +694,223 @@ spec:
     assert_eq!(code, 200, "{metrics}");
     assert!(
         metrics.contains(
-            "switchyard_policy_drops_total{namespace=\"x\",policy=\"try-deny\",direction=\"ingress\",mode=\"monitor\"}"
+            "switchyard_policy_drops_total{kind=\"NetworkPolicy\",namespace=\"x\",policy=\"try-deny\",direction=\"ingress\",mode=\"monitor\"}"
         ),
         "{metrics}"
     );
     vec![(80, "TCP")]
+}
+
+/// A NetworkModule serving only the WasmNetworkPolicies that name it, from
+/// a module built into the agent.
+fn wasm_module(name: &str, builtin: &str) -> String {
+    format!(
+        "---
+apiVersion: switchyard.dev/v1alpha1
+kind: NetworkModule
+metadata: {{name: {name}}}
+spec:
+  role: network-policy
+  referencedOnly: true
+  source: {{builtin: {builtin}}}
+"
+    )
+}
+
+/// The counter of a policy on a node (`nft list counter`), in packets.
+fn counter(c: &Ctx<'_>, node: &str, name: &str) -> u64 {
+    let out = c.lab.ok(&[
+        "exec",
+        &format!("node/{node}"),
+        "--",
+        "nft",
+        "list",
+        "counter",
+        "inet",
+        "switchyard-policy",
+        name,
+    ]);
+    out.split("packets ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
+}
+
+/// Scenario 13: The SDK example `egress-allowlist` as a WasmNetworkPolicy:
+/// x/a may connect only to y/b's addresses, on TCP 80. Then a config the
+/// module's schema refuses is reported and the policy in force stays; then
+/// monitor mode drops nothing and counts; explain names the policy and rule.
+fn wasm_egress_allowlist(c: &Ctx<'_>) -> Ports {
+    c.create(&wasm_module("egress-allowlist", "example-egress-allowlist"));
+    let cidrs: Vec<String> = c
+        .families
+        .iter()
+        .map(|f| {
+            let ip = c.ip("y/b", f);
+            format!("{ip}/{}", if ip.contains(':') { 128 } else { 32 })
+        })
+        .collect();
+    let policy = |annotations: &str, config: &str| {
+        format!(
+            "---
+apiVersion: switchyard.dev/v1alpha1
+kind: WasmNetworkPolicy
+metadata: {{name: allow-list, namespace: x{annotations}}}
+spec:
+  module: egress-allowlist
+  podSelector: {{matchLabels: {{pod: a}}}}
+  policyTypes: [Egress]
+  config: {config}
+"
+        )
+    };
+    let good = format!(
+        "{{cidrs: [{}], ports: [{{port: 80}}], allowDns: false}}",
+        cidrs.join(", ")
+    );
+    c.create(&policy("", &good));
+    let t80 = Table::all(true).deny("x/a", "*").allow("x/a", "y/b");
+    let t81 = Table::all(true).deny("x/a", "*");
+    c.check(
+        "x/a egress only to y/b on TCP 80",
+        &[
+            expect(80, "TCP", t80.clone()),
+            expect(81, "TCP", t81.clone()),
+        ],
+    );
+    for family in &c.families {
+        let e = explain(c, "x/a", "y/b", family);
+        assert_eq!(e["verdict"], "allowed", "{e}");
+        assert_eq!(
+            e["egress"]["allowedBy"][0]["policy"], "WasmNetworkPolicy x/allow-list",
+            "{e}"
+        );
+        assert!(
+            e["egress"]["allowedBy"][0]["ruleId"]
+                .as_str()
+                .unwrap()
+                .starts_with("egress/allow-list/"),
+            "{e}"
+        );
+        let e = explain(c, "x/a", "y/c", family);
+        assert_eq!(e["verdict"], "denied", "{e}");
+        assert_eq!(
+            e["egress"]["isolatedBy"],
+            serde_json::json!(["WasmNetworkPolicy x/allow-list"]),
+            "{e}"
+        );
+    }
+    // A config the module's schema refuses: the lab admits the object (the
+    // CRD cannot know the module's schema), the agent reports it, and the
+    // policy in force stays.
+    c.apply(&policy("", "{cidrs: 5}"));
+    let t0 = Instant::now();
+    loop {
+        let (_, r) = c.lab.api(node_of(0, 0), "/api/v1/node");
+        let e = r["policyErrors"]["WasmNetworkPolicy x/allow-list"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if e.contains("spec.config") && e.contains("config.cidrs") {
+            break;
+        }
+        assert!(t0.elapsed() < DEADLINE, "no config error reported: {r}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.check(
+        "a refused config keeps the policy in force",
+        &[expect(80, "TCP", t80)],
+    );
+    // Monitor mode: nothing dropped, the would-be drops counted.
+    c.apply(&policy(
+        ", annotations: {switchyard.dev/policy-mode: monitor}",
+        &good,
+    ));
+    let name = "egress-monitor-wasm.x.allow-list";
+    let t0 = Instant::now();
+    while !c
+        .lab
+        .run(&[
+            "exec",
+            "node/node-1",
+            "--",
+            "nft",
+            "list",
+            "counter",
+            "inet",
+            "switchyard-policy",
+            name,
+        ])
+        .status
+        .success()
+    {
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "the monitor counter {name} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let before = counter(c, "node-1", name);
+    c.check(
+        "monitor mode drops nothing",
+        &[expect(81, "TCP", Table::all(true))],
+    );
+    assert!(
+        counter(c, "node-1", name) > before,
+        "would-be drops not counted"
+    );
+    let (_, metrics) = c.lab.api_raw("node-1", "/metrics");
+    assert!(
+        metrics.contains(
+            "switchyard_policy_drops_total{kind=\"WasmNetworkPolicy\",namespace=\"x\",policy=\"allow-list\",direction=\"egress\",mode=\"monitor\"}"
+        ),
+        "{metrics}"
+    );
+    vec![(80, "TCP"), (81, "TCP")]
+}
+
+/// Scenario 14: The SDK example `namespace-isolation` as a WasmNetworkPolicy
+/// selecting all of x: x's pods talk only to each other, and to "DNS",
+/// which this test puts on port 81 of z/c (config `dnsPorts`, `dnsCidrs`).
+fn wasm_namespace_isolation(c: &Ctx<'_>) -> Ports {
+    c.create(&wasm_module(
+        "namespace-isolation",
+        "example-namespace-isolation",
+    ));
+    let dns: Vec<String> = c
+        .families
+        .iter()
+        .map(|f| format!("\"{}\"", c.ip("z/c", f)))
+        .collect();
+    c.create(&format!(
+        "---
+apiVersion: switchyard.dev/v1alpha1
+kind: WasmNetworkPolicy
+metadata: {{name: isolation, namespace: x}}
+spec:
+  module: namespace-isolation
+  podSelector: {{}}
+  policyTypes: [Ingress, Egress]
+  config: {{dnsPorts: [81], dnsCidrs: [{}]}}
+",
+        dns.join(", ")
+    ));
+    let island = Table::all(true)
+        .deny("x/*", "*")
+        .deny("*", "x/*")
+        .allow("x/*", "x/*");
+    let with_dns = island.clone().allow("x/*", "z/c");
+    c.check(
+        "x talks only to x, and to DNS on z/c",
+        &[
+            expect(80, "TCP", island.clone()),
+            expect(80, "UDP", island),
+            expect(81, "UDP", with_dns.clone()),
+            expect(81, "TCP", with_dns),
+        ],
+    );
+    vec![(80, "TCP"), (80, "UDP"), (81, "UDP"), (81, "TCP")]
 }
 
 /// Scenario 6: A named port: ingress to x/a on `serve-81-tcp` only, from everyone.
@@ -930,7 +1125,7 @@ spec:
 
 type Scenario = for<'a, 'b> fn(&'a Ctx<'b>) -> Ports;
 
-const SCENARIOS: [(&str, Scenario); 12] = [
+const SCENARIOS: [(&str, Scenario); 14] = [
     ("default-deny-ingress", default_deny_ingress),
     ("pod-selector", pod_selector),
     ("namespace-selector", namespace_selector),
@@ -943,6 +1138,8 @@ const SCENARIOS: [(&str, Scenario); 12] = [
     ("updates", updates),
     ("service", service),
     ("monitor", monitor),
+    ("wasm-egress-allowlist", wasm_egress_allowlist),
+    ("wasm-namespace-isolation", wasm_namespace_isolation),
 ];
 
 /// Set the pods up, check the baseline, then run every scenario (those of

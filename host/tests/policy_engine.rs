@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard::datapath::netlink::in_netns;
 use switchyard::datapath::nft::Nft;
-use switchyard::model::Role;
+use switchyard::model::{ObjectKind, ObjectRef, Role};
 use switchyard::policy::engine::PolicyEngine;
+use switchyard::policy::{PolicyInput, WasmModule};
 use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{wit_cidr, wit_ip};
 
@@ -173,7 +174,7 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
         .remove(0);
     sctp.ports[0].protocol = Protocol::Sctp;
     p2.egress.push(sctp);
-    engine.set_policies(vec![p1.clone(), p2.clone()], &keep);
+    engine.set_policies(vec![p1.clone().into(), p2.clone().into()], &keep);
     let r = engine.sync().await;
     assert!(r.error.is_none(), "{r:?}");
     assert!(engine.errors().is_empty(), "{:?}", engine.errors());
@@ -203,7 +204,7 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
 
     // Drop p2 (a delta): port 90 is no longer allowed, 80 still is; the
     // drop counts for the one policy left isolating a.
-    engine.set_policies(vec![p1.clone()], &keep);
+    engine.set_policies(vec![p1.clone().into()], &keep);
     let r = engine.sync().await;
     assert!(r.error.is_none() && !r.full, "{r:?}");
     let before = counter(&ns, "egress.p.wide");
@@ -259,7 +260,7 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     let text = switchyard::policy::engine::metrics_text(&counters);
     assert!(
         text.contains(&format!(
-            "switchyard_policy_drops_total{{namespace=\"p\",policy=\"wide\",direction=\"egress\",mode=\"enforce\"}} {}",
+            "switchyard_policy_drops_total{{kind=\"NetworkPolicy\",namespace=\"p\",policy=\"wide\",direction=\"egress\",mode=\"enforce\"}} {}",
             wide.packets
         )),
         "{text}"
@@ -275,7 +276,7 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     // Monitor mode: the same policy counts what it would drop, drops nothing.
     let mut m = p1.clone();
     m.annotations = vec![("switchyard.dev/policy-mode".into(), "monitor".into())];
-    engine.set_policies(vec![m], &keep);
+    engine.set_policies(vec![m.into()], &keep);
     let r = engine.sync().await;
     assert!(r.error.is_none(), "{r:?}");
     assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 90));
@@ -299,4 +300,106 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
         ],
     );
     assert!(!table.contains("10.244.1.2"), "{table}");
+}
+
+/// A namespace with a veth holding pod addresses 10.244.1.2-4, and TCP
+/// listeners on 10.244.1.3 at `ports`.
+fn pods_ns(name: &str, ports: &[u16]) -> Netns {
+    let ns = Netns::new(name);
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "up"]);
+    ns.ip(&["link", "set", "d1", "up"]);
+    for a in ["10.244.1.2/32", "10.244.1.3/32", "10.244.1.4/32"] {
+        ns.ip(&["addr", "add", a, "dev", "d0"]);
+    }
+    let listeners: Vec<TcpListener> = in_netns(&ns.path, || {
+        ports
+            .iter()
+            .map(|p| TcpListener::bind(("10.244.1.3", *p)))
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .unwrap();
+    for l in listeners {
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+    }
+    ns
+}
+
+/// A WasmNetworkPolicy is rendered by the module it names with its own
+/// config: before the module is loaded its pods are isolated (nothing was
+/// installed to keep); a referenced-only module never becomes the
+/// NetworkPolicy module; a config the module's schema refuses keeps what is
+/// in force; its drops count into its own counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_policies_render_with_the_module_they_name() {
+    require_root();
+    let ns = pods_ns("polwasm", &[80, 90]);
+    let e = env();
+    let mut engine = PolicyEngine::new(
+        e.registry.clone(),
+        Arc::new(Nft::new(Some(ns.path.clone()))),
+    );
+    engine.set_context(common::ctx());
+    let keep = BTreeSet::new();
+    let object = ObjectRef::new(ObjectKind::WasmNetworkPolicy, "p", "allow-list");
+    let input = |config: serde_json::Value| PolicyInput {
+        object: object.clone(),
+        policy: Policy {
+            directions: vec![PolicyDirection::Egress],
+            egress: vec![],
+            ..egress("allow-list", &[pod("a", "10.244.1.2")], "0.0.0.0/0", (1, 1))
+        },
+        module: Some(WasmModule {
+            name: "allow".into(),
+            config: Some(config),
+        }),
+    };
+    let good =
+        serde_json::json!({"cidrs": ["10.244.1.3/32"], "ports": [{"port": 80}], "allowDns": false});
+
+    // The module is not loaded: a is isolated, nothing allowed.
+    engine.set_policies(vec![input(good.clone())], &keep);
+    let r = engine.sync().await;
+    assert!(r.error.is_none(), "{r:?}");
+    let err = engine.errors().get(&object).cloned().unwrap_or_default();
+    assert!(
+        err.contains("spec.module: NetworkModule \"allow\" is not loaded"),
+        "{err}"
+    );
+    assert!(!connects(&ns, "10.244.1.2", "10.244.1.3", 80));
+    assert!(connects(&ns, "10.244.1.4", "10.244.1.3", 90));
+
+    // Loaded (referenced-only): the policy renders with its config.
+    let mut spec = builtin("allow", "example-egress-allowlist", Role::NetworkPolicy);
+    spec.referenced_only = true;
+    e.registry.apply_async(spec).await.unwrap();
+    assert!(e.registry.active_for(Role::NetworkPolicy).is_none());
+    engine.set_policies(vec![input(good.clone())], &keep);
+    let r = engine.sync().await;
+    assert!(r.error.is_none() && r.rendered == 1, "{r:?}");
+    assert!(engine.errors().is_empty(), "{:?}", engine.errors());
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 80));
+    assert!(!connects(&ns, "10.244.1.2", "10.244.1.3", 90));
+    assert!(counter(&ns, "egress-wasm.p.allow-list") >= 1);
+
+    // A config the schema refuses: reported, and the policy stays.
+    engine.set_policies(vec![input(serde_json::json!({"cidrs": 5}))], &keep);
+    engine.sync().await;
+    let err = engine.errors().get(&object).cloned().unwrap_or_default();
+    assert!(
+        err.starts_with("WasmNetworkPolicy p/allow-list: spec.config:")
+            && err.contains("config.cidrs"),
+        "{err}"
+    );
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 80));
+    assert!(!connects(&ns, "10.244.1.2", "10.244.1.3", 90));
+
+    // Gone: a connects everywhere again.
+    engine.set_policies(vec![], &keep);
+    engine.sync().await;
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 90));
 }

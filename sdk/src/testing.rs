@@ -672,6 +672,76 @@ pub fn cni_request(container_id: &str, ifname: &str, config: &str) -> crate::cni
     }
 }
 
+/// A running, ready pod with labels `labels` and addresses `ips`, on `node`.
+pub fn pod(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)], ips: &[&str]) -> Pod {
+    Pod {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        uid: format!("uid-{namespace}-{name}"),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ips: ips
+            .iter()
+            .map(|i| i.parse().expect("pod address"))
+            .collect(),
+        node: node.to_string(),
+        host_network: false,
+        ports: vec![],
+        phase: PodPhase::Running,
+        ready: true,
+    }
+}
+
+/// A policy selecting `selected` for `directions`, without rules: what a
+/// WasmNetworkPolicy with only a podSelector resolves to.
+pub fn policy(
+    namespace: &str,
+    name: &str,
+    selected: Vec<Pod>,
+    directions: &[PolicyDirection],
+) -> Policy {
+    Policy {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        annotations: vec![],
+        selected,
+        directions: directions.to_vec(),
+        ingress: vec![],
+        egress: vec![],
+    }
+}
+
+/// A fragment's set elements as text, `set key . key`, in order (for
+/// example `egress-allow4 10.244.1.5 . 10.0.0.0-10.255.255.255 . udp . 53`).
+pub fn elements(f: &PlanFragment) -> Vec<String> {
+    f.items
+        .iter()
+        .filter_map(|i| match &i.body {
+            PlanBody::NftElement(e) => Some(format!(
+                "{} {}",
+                e.set,
+                e.key
+                    .iter()
+                    .map(|v| match v {
+                        NftValue::Address(a) => a.to_string(),
+                        NftValue::AddressRange((a, b)) => format!("{a}-{b}"),
+                        NftValue::Protocol(Protocol::Tcp) => "tcp".into(),
+                        NftValue::Protocol(Protocol::Udp) => "udp".into(),
+                        NftValue::Protocol(Protocol::Sctp) => "sctp".into(),
+                        NftValue::Port(p) => p.to_string(),
+                        NftValue::PortRange((a, b)) => format!("{a}-{b}"),
+                        other => format!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" . ")
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -868,7 +868,10 @@ impl Agent {
                     let e = engine.as_mut().expect("made above");
                     nft.take();
                     let t = Instant::now();
-                    e.set_policies(policies, &BTreeSet::new());
+                    e.set_policies(
+                        policies.into_iter().map(Into::into).collect(),
+                        &BTreeSet::new(),
+                    );
                     let set_policies = t.elapsed();
                     let t = Instant::now();
                     let report = rt.block_on(e.sync());

@@ -14,7 +14,7 @@ use crate::agent::{Agent, AgentOptions, sticky_pods};
 use crate::api::{ApiState, NodeSource};
 use crate::datapath::nft::Nft;
 use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
-use crate::model::{ObjectKind, ObjectRef, Role};
+use crate::model::{ObjectRef, Role};
 use crate::policy::engine::PolicyEngine;
 use crate::probe::status::StatusReader;
 use crate::proxy::conntrack::ConntrackTool;
@@ -69,7 +69,8 @@ pub struct NodeReport {
     pub userspace: Vec<crate::proxy::userspace::PortReport>,
     /// NetworkPolicies the node's policy table holds.
     pub policies: usize,
-    /// Why a NetworkPolicy is not (fully) in force, by `namespace/name`.
+    /// Why a (Wasm)NetworkPolicy is not (fully) in force, by object
+    /// (`NetworkPolicy prod/web`).
     pub policy_errors: BTreeMap<String, String>,
 }
 
@@ -160,7 +161,7 @@ struct NodeLoop {
     /// NetworkPolicy: the node's policy table.
     policy: PolicyEngine,
     /// Policies that could not be resolved, by `namespace/name`.
-    policy_unresolved: BTreeMap<String, String>,
+    policy_unresolved: BTreeMap<ObjectRef, String>,
     /// Why the policy table could not be loaded, until a full sync works.
     policy_error: Option<String>,
     /// Pods' statuses as last read (when the status marker moved), by
@@ -220,13 +221,9 @@ impl NodeLoop {
     /// pods (with their statuses) and namespaces.
     fn policy_inputs(&mut self, m: &Manifests) {
         let (policies, unresolved) = crate::policy::inputs(m, &self.pod_statuses);
-        let keep = unresolved
-            .keys()
-            .filter_map(|k| k.split_once('/'))
-            .map(|(ns, name)| ObjectRef::new(ObjectKind::NetworkPolicy, ns, name))
-            .collect();
+        let keep = unresolved.keys().cloned().collect();
         for (p, e) in &unresolved {
-            tracing::warn!(policy = %p, "NetworkPolicy cannot be resolved: {e}");
+            tracing::warn!(policy = %p, "cannot be resolved: {e}");
         }
         self.policy_unresolved = unresolved;
         self.policy.set_policies(policies, &keep);
@@ -264,11 +261,13 @@ impl NodeLoop {
         rep.service_errors = errors;
         rep.userspace = self.userspace.report();
         rep.policies = self.policy.policies().len();
-        let mut perrors = self.policy_unresolved.clone();
-        for (o, e) in self.policy.errors() {
-            perrors.insert(format!("{}/{}", o.namespace, o.name), e.clone());
-        }
-        rep.policy_errors = perrors;
+        // The engine's error of an object, if any, wins (it comes later).
+        rep.policy_errors = self
+            .policy_unresolved
+            .iter()
+            .chain(self.policy.errors())
+            .map(|(o, e)| (o.to_string(), e.clone()))
+            .collect();
     }
 
     fn proxy_sync(&mut self) {

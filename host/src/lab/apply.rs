@@ -10,7 +10,9 @@
 use super::kubelet::LabPodStatus;
 use super::layout::Lab;
 use super::validate;
-use crate::model::crd::{API_VERSION, ClusterNetworkSpec, NetworkModuleSpec};
+use crate::model::crd::{
+    API_VERSION, ClusterNetworkSpec, NetworkModuleSpec, WasmNetworkPolicySpec,
+};
 use crate::source::cluster_dir::ClusterDir;
 use crate::source::local::Manifests;
 use anyhow::Context;
@@ -18,7 +20,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodCondition, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Read;
@@ -42,6 +44,7 @@ pub enum Kind {
     Service,
     EndpointSlice,
     NetworkPolicy,
+    WasmNetworkPolicy,
     Pod,
 }
 
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::WasmNetworkPolicy => "WasmNetworkPolicy",
             Kind::Pod => "Pod",
         }
     }
@@ -68,6 +72,7 @@ impl Kind {
             Kind::Service => "service",
             Kind::EndpointSlice => "endpointslice.discovery.k8s.io",
             Kind::NetworkPolicy => "networkpolicy.networking.k8s.io",
+            Kind::WasmNetworkPolicy => "wasmnetworkpolicy.switchyard.dev",
             Kind::Pod => "pod",
         }
     }
@@ -81,6 +86,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
             Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
+            Kind::WasmNetworkPolicy => "wasmnetworkpolicies.switchyard.dev",
             Kind::Pod => "pods",
         }
     }
@@ -88,7 +94,11 @@ impl Kind {
     fn namespaced(self) -> bool {
         matches!(
             self,
-            Kind::Service | Kind::EndpointSlice | Kind::NetworkPolicy | Kind::Pod
+            Kind::Service
+                | Kind::EndpointSlice
+                | Kind::NetworkPolicy
+                | Kind::WasmNetworkPolicy
+                | Kind::Pod
         )
     }
 
@@ -100,6 +110,7 @@ impl Kind {
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Kind::EndpointSlice),
             ("networking.k8s.io/v1", "NetworkPolicy") => Some(Kind::NetworkPolicy),
             (API_VERSION, "NetworkModule") => Some(Kind::NetworkModule),
+            (API_VERSION, "WasmNetworkPolicy") => Some(Kind::WasmNetworkPolicy),
             (API_VERSION, "ClusterNetwork") => Some(Kind::ClusterNetwork),
             _ => None,
         }
@@ -220,7 +231,7 @@ fn identify(doc: Doc) -> Result<Object, String> {
         .to_string();
     let Some(k) = Kind::of(api_version, kind) else {
         return Err(format!(
-            "error: resource mapping not found for name: {name:?} from {:?}: no matches for kind {kind:?} in version {api_version:?} (the lab serves v1 Namespace, Pod and Service, discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, and {API_VERSION} NetworkModule and ClusterNetwork)",
+            "error: resource mapping not found for name: {name:?} from {:?}: no matches for kind {kind:?} in version {api_version:?} (the lab serves v1 Namespace, Pod and Service, discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, and {API_VERSION} NetworkModule, ClusterNetwork and WasmNetworkPolicy)",
             doc.origin
         ));
     };
@@ -429,6 +440,41 @@ impl<'a> Admission<'a> {
                 keep_identity(&mut p.metadata, old.as_ref().map(|x| &x.metadata));
                 let verb = verb(old.as_ref(), &p);
                 self.write(o, &p, verb, None)
+            }
+            Kind::WasmNetworkPolicy => {
+                let mut v = o.doc.value.clone();
+                let meta: ObjectMeta = v
+                    .get("metadata")
+                    .cloned()
+                    .map(serde_yaml::from_value)
+                    .transpose()
+                    .map_err(|e| {
+                        format!("WasmNetworkPolicy {:?} is invalid: metadata: {e}", o.name)
+                    })?
+                    .unwrap_or_default();
+                let spec: WasmNetworkPolicySpec = v
+                    .get("spec")
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!(
+                            "WasmNetworkPolicy {:?} is invalid: spec: Required value",
+                            o.name
+                        )
+                    })
+                    .and_then(|s| {
+                        serde_yaml::from_value(s).map_err(|e| {
+                            format!("WasmNetworkPolicy {:?} is invalid: spec: {e}", o.name)
+                        })
+                    })?;
+                let mut meta = meta;
+                meta.namespace = Some(o.namespace.clone());
+                validate::wasm_network_policy(&meta, &spec)?;
+                if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
+                    m.insert("namespace".into(), o.namespace.clone().into());
+                }
+                let old: Option<serde_yaml::Value> = self.existing(o);
+                let verb = verb(old.as_ref(), &v);
+                self.write(o, &v, verb, None)
             }
             Kind::NetworkModule => {
                 let spec: NetworkModuleSpec = o
@@ -1050,6 +1096,14 @@ pub fn delete(lab: &Lab, docs: Vec<Doc>) -> anyhow::Result<(Vec<String>, Vec<Str
                         .iter()
                         .filter(|s| s.metadata.namespace.as_deref() == Some(&o.name))
                         .filter_map(|s| s.metadata.name.clone())
+                        .collect(),
+                ),
+                (
+                    Kind::WasmNetworkPolicy,
+                    m.wasm_network_policies
+                        .iter()
+                        .filter(|w| w.namespace() == o.name)
+                        .map(|w| w.name().to_string())
                         .collect(),
                 ),
                 (

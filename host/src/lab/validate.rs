@@ -6,7 +6,7 @@
 use crate::probe::ProbeKind;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -741,29 +741,58 @@ pub fn network_policy(p: &NetworkPolicy) -> Result<(), String> {
     let mut e = Errors::default();
     let name = p.metadata.name.as_deref().unwrap_or_default();
     object_meta(&mut e, &p.metadata);
-    let Some(spec) = &p.spec else {
-        e.required("spec");
-        return e.message("NetworkPolicy", name).map_or(Ok(()), Err);
-    };
+    match &p.spec {
+        None => e.required("spec"),
+        Some(spec) => network_policy_spec(&mut e, spec),
+    }
+    e.message("NetworkPolicy", name).map_or(Ok(()), Err)
+}
+
+/// A WasmNetworkPolicy: its NetworkPolicy fields as a NetworkPolicy's, a
+/// module name, and a config object (the module checks its schema).
+pub fn wasm_network_policy(
+    meta: &ObjectMeta,
+    spec: &crate::model::crd::WasmNetworkPolicySpec,
+) -> Result<(), String> {
+    let mut e = Errors::default();
+    let name = meta.name.as_deref().unwrap_or_default();
+    object_meta(&mut e, meta);
+    if spec.module.is_empty() {
+        e.required("spec.module");
+    } else {
+        for why in dns1123_subdomain(&spec.module) {
+            e.invalid("spec.module", quote(&spec.module), &why);
+        }
+    }
+    if let Some(c) = &spec.config
+        && !c.is_object()
+    {
+        e.invalid("spec.config", c, "must be an object");
+    }
+    network_policy_spec(&mut e, &spec.network_policy_spec());
+    e.message("WasmNetworkPolicy", name).map_or(Ok(()), Err)
+}
+
+fn network_policy_spec(e: &mut Errors, spec: &NetworkPolicySpec) {
     if let Some(s) = &spec.pod_selector {
-        label_selector(&mut e, s, "spec.podSelector");
+        label_selector(e, s, "spec.podSelector");
     }
     for (i, rule) in spec.ingress.iter().flatten().enumerate() {
         let at = format!("spec.ingress[{i}]");
         for (j, port) in rule.ports.iter().flatten().enumerate() {
-            network_policy_port(&mut e, port, &format!("{at}.ports[{j}]"));
+            network_policy_port(e, port, &format!("{at}.ports[{j}]"));
         }
         for (j, peer) in rule.from.iter().flatten().enumerate() {
-            network_policy_peer(&mut e, peer, &format!("{at}.from[{j}]"));
+            network_policy_peer(e, peer, &format!("{at}.from[{j}]"));
         }
     }
     for (i, rule) in spec.egress.iter().flatten().enumerate() {
         let at = format!("spec.egress[{i}]");
         for (j, port) in rule.ports.iter().flatten().enumerate() {
-            network_policy_port(&mut e, port, &format!("{at}.ports[{j}]"));
+            network_policy_port(e, port, &format!("{at}.ports[{j}]"));
         }
         for (j, peer) in rule.to.iter().flatten().enumerate() {
-            network_policy_peer(&mut e, peer, &format!("{at}.to[{j}]"));
+            network_policy_peer(e, peer, &format!("{at}.to[{j}]"));
         }
     }
     let types = spec.policy_types.as_deref().unwrap_or_default();
@@ -782,7 +811,6 @@ pub fn network_policy(p: &NetworkPolicy) -> Result<(), String> {
             }
         }
     }
-    e.message("NetworkPolicy", name).map_or(Ok(()), Err)
 }
 
 /// Label key and value rules (the same as the SDK's, for the host).
@@ -874,6 +902,30 @@ mod tests {
 
     fn np(y: &str) -> NetworkPolicy {
         serde_yaml::from_str(y).unwrap()
+    }
+
+    #[test]
+    fn wasm_network_policies_are_checked_as_network_policies_plus_module_and_config() {
+        let check = |spec: &str| {
+            let meta: ObjectMeta = serde_yaml::from_str("{name: w, namespace: shop}").unwrap();
+            let spec: crate::model::crd::WasmNetworkPolicySpec =
+                serde_yaml::from_str(spec).unwrap();
+            wasm_network_policy(&meta, &spec)
+        };
+        assert_eq!(
+            check("{module: egress-allowlist, podSelector: {}, config: {cidrs: []}}"),
+            Ok(())
+        );
+        assert_eq!(
+            check("{module: Egress_Allowlist, config: [1], policyTypes: [Sideways]}").unwrap_err(),
+            format!(
+                "WasmNetworkPolicy \"w\" is invalid: [spec.module: Invalid value: \"Egress_Allowlist\": {DNS1123_SUBDOMAIN}, spec.config: Invalid value: [1]: must be an object, spec.policyTypes[0]: Unsupported value: \"Sideways\": supported values: \"Ingress\", \"Egress\"]"
+            )
+        );
+        assert_eq!(
+            check("{module: \"\", egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}").unwrap_err(),
+            "WasmNetworkPolicy \"w\" is invalid: [spec.module: Required value, spec.egress[0].to[0].ipBlock.except[0]: Invalid value: \"11.0.0.0/8\": must be a strict subset of `cidr`]"
+        );
     }
 
     /// The message for a policy named `x` in `default` with this spec.

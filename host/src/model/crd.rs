@@ -5,6 +5,10 @@ use super::{FailurePolicy, Role};
 use crate::registry::ModuleSpec;
 use crate::registry::source::ModuleSource;
 use crate::runtime::Limits;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -77,6 +81,11 @@ pub struct NetworkModuleSpec {
     /// Run beside the active module and compare plans without applying.
     #[serde(default)]
     pub shadow: bool,
+    /// Serve only the objects that name this module (WasmNetworkPolicies),
+    /// never the role itself: a policy written with the SDK must not
+    /// replace the NetworkPolicy implementation by outranking it.
+    #[serde(default)]
+    pub referenced_only: bool,
 }
 
 impl NetworkModuleSpec {
@@ -99,6 +108,7 @@ impl NetworkModuleSpec {
         spec.failure_policy = self.failure_policy;
         spec.priority = self.priority;
         spec.generation = generation;
+        spec.referenced_only = self.referenced_only;
         if let Some(l) = &self.limits {
             spec.limits = l.over(Limits::for_role(self.role));
         }
@@ -260,5 +270,70 @@ impl ClusterNetworkSpec {
             self.model,
             NetworkModel::Overlay | NetworkModel::Island
         ))
+    }
+}
+
+/// `WasmNetworkPolicy.spec` (namespaced): a network policy rendered by a
+/// module written with the SDK, with its own config.
+///
+/// The host resolves the same fields a NetworkPolicy has (`podSelector`,
+/// `policyTypes`, `ingress`, `egress`: selectors to pods and addresses,
+/// named ports to numbers) and hands them to the module with `config`; the
+/// module decides what they mean. `policyTypes` is what `FailClosed`
+/// isolates when the module fails, and defaults as a NetworkPolicy's does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WasmNetworkPolicySpec {
+    /// The NetworkModule (role `network-policy`) that renders this policy.
+    pub module: String,
+    /// The module's config for this policy, checked against the schema the
+    /// module describes. The NetworkModule's own config when absent.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// The pods of the policy's namespace it applies to (all when empty).
+    #[serde(default)]
+    pub pod_selector: LabelSelector,
+    #[serde(default)]
+    pub policy_types: Option<Vec<String>>,
+    /// Peers and ports, resolved by the host as a NetworkPolicy's are.
+    #[serde(default)]
+    pub ingress: Option<Vec<NetworkPolicyIngressRule>>,
+    #[serde(default)]
+    pub egress: Option<Vec<NetworkPolicyEgressRule>>,
+}
+
+impl WasmNetworkPolicySpec {
+    /// The NetworkPolicy fields, for validation and resolution.
+    pub fn network_policy_spec(&self) -> NetworkPolicySpec {
+        NetworkPolicySpec {
+            pod_selector: Some(self.pod_selector.clone()),
+            policy_types: self.policy_types.clone(),
+            ingress: self.ingress.clone(),
+            egress: self.egress.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::source::local::Manifests;
+
+    /// The example resources in `crds/examples` are what the agent reads
+    /// and what the lab admits.
+    #[test]
+    fn the_examples_parse_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
+        let m = Manifests::load_dir(&dir).unwrap();
+        assert!(m.ignored.is_empty(), "{:?}", m.ignored);
+        assert_eq!(m.modules.len(), 2);
+        for n in &m.modules {
+            let spec = n.spec.to_module_spec(&n.name, n.generation).unwrap();
+            assert!(spec.referenced_only, "{}", n.name);
+        }
+        assert_eq!(m.wasm_network_policies.len(), 2);
+        for w in &m.wasm_network_policies {
+            crate::lab::validate::wasm_network_policy(&w.metadata, &w.spec).unwrap();
+            assert!(m.modules.iter().any(|n| n.name == w.spec.module));
+        }
     }
 }

@@ -57,7 +57,7 @@ impl DropLog {
             .get(&chain)
             .into_iter()
             .flatten()
-            .map(|o| format!("{}/{}", o.namespace, o.name))
+            .map(super::display_name)
             .collect();
         tracing::info!(
             target: "switchyard::policy::drop",

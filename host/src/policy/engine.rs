@@ -15,8 +15,15 @@
 //!
 //! The boxes each policy rendered stay with their rule ids and comments:
 //! they are what `explain` reads.
+//!
+//! NetworkPolicies are rendered by the active `network-policy` module;
+//! each WasmNetworkPolicy by the module it names, with its own config
+//! (checked against the module's schema first). Both kinds share the sets,
+//! the merge and the drop chains; a WasmNetworkPolicy's counters carry
+//! `-wasm` (`egress-wasm.NS.NAME`).
 
 use super::explain::Snapshot;
+use super::inputs::PolicyInput;
 use super::merge::{self, AllowBox};
 use crate::datapath::nflog::POLICY_DROP_GROUP;
 use crate::datapath::nft::{self, NftRunner};
@@ -63,7 +70,7 @@ pub struct PolicyEngine {
     runner: Arc<dyn NftRunner>,
     store: PlanStore,
     inputs: HashMap<ObjectRef, u64>,
-    dirty: BTreeMap<ObjectRef, Option<wit::Policy>>,
+    dirty: BTreeMap<ObjectRef, Option<PolicyInput>>,
     ctx: Option<wit::NodeContext>,
     needs_full: bool,
     errors: BTreeMap<ObjectRef, String>,
@@ -74,7 +81,7 @@ pub struct PolicyEngine {
     /// Which policies have boxes for a pod address.
     index: BTreeMap<IpAddr, BTreeSet<ObjectRef>>,
     /// The policies as last given, for closed fragments and descriptions.
-    policies: BTreeMap<ObjectRef, wit::Policy>,
+    policies: BTreeMap<ObjectRef, PolicyInput>,
     /// What `explain` reads, replaced after every sync.
     snapshot: SharedSnapshot,
 }
@@ -131,6 +138,8 @@ pub fn enable_bridge_netfilter() -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DropCounter {
+    /// NetworkPolicy or WasmNetworkPolicy.
+    pub kind: ObjectKind,
     /// `ingress` or `egress`.
     pub direction: String,
     /// Whether these are drops a monitor-mode policy would make.
@@ -165,18 +174,27 @@ pub fn read_counters() -> Result<Vec<DropCounter>, String> {
         let Some(name) = c["name"].as_str() else {
             continue;
         };
-        // `<direction>[-monitor].<namespace>.<name>` (see `counter_name`).
+        // `<direction>[-monitor][-wasm].<namespace>.<name>` (see `counter_name`).
         let mut parts = name.splitn(3, '.');
         let (Some(kind), Some(namespace), Some(policy)) =
             (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
+        let (kind, wasm) = match kind.strip_suffix("-wasm") {
+            Some(k) => (k, true),
+            None => (kind, false),
+        };
         let (direction, monitor) = match kind.strip_suffix("-monitor") {
             Some(d) => (d, true),
             None => (kind, false),
         };
         counters.push(DropCounter {
+            kind: if wasm {
+                ObjectKind::WasmNetworkPolicy
+            } else {
+                ObjectKind::NetworkPolicy
+            },
             direction: direction.into(),
             monitor,
             namespace: namespace.into(),
@@ -209,7 +227,8 @@ pub fn metrics_text(counters: &[DropCounter]) -> String {
         for c in counters {
             let _ = writeln!(
                 t,
-                "{metric}{{namespace=\"{}\",policy=\"{}\",direction=\"{}\",mode=\"{}\"}} {}",
+                "{metric}{{kind=\"{:?}\",namespace=\"{}\",policy=\"{}\",direction=\"{}\",mode=\"{}\"}} {}",
+                c.kind,
                 c.namespace,
                 c.policy,
                 c.direction,
@@ -221,9 +240,20 @@ pub fn metrics_text(counters: &[DropCounter]) -> String {
     t
 }
 
-/// The object a policy is.
+/// The object a NetworkPolicy is.
 pub fn policy_ref(p: &wit::Policy) -> ObjectRef {
     ObjectRef::new(ObjectKind::NetworkPolicy, &p.namespace, &p.name)
+}
+
+impl From<wit::Policy> for PolicyInput {
+    /// A NetworkPolicy, rendered by the policy module.
+    fn from(policy: wit::Policy) -> Self {
+        PolicyInput {
+            object: policy_ref(&policy),
+            policy,
+            module: None,
+        }
+    }
 }
 
 fn is_policy(o: &ObjectRef) -> bool {
@@ -240,15 +270,24 @@ pub fn is_allow_set(set: &str) -> bool {
         .is_some_and(|m| m.interval())
 }
 
-/// The counter a policy's drops (or would-be drops) in a direction go to.
+/// The counter a policy's drops (or would-be drops) in a direction go to:
+/// `<direction>[-monitor][-wasm].<namespace>.<name>`, `-wasm` for a
+/// WasmNetworkPolicy.
 pub fn counter_name(direction: &str, monitor: bool, object: &ObjectRef) -> String {
     let m = if monitor { "-monitor" } else { "" };
-    format!("{direction}{m}.{}.{}", object.namespace, object.name)
+    let w = if object.kind == ObjectKind::WasmNetworkPolicy {
+        "-wasm"
+    } else {
+        ""
+    };
+    format!("{direction}{m}{w}.{}.{}", object.namespace, object.name)
 }
 
-fn fingerprint(ctx: &wit::NodeContext, p: &wit::Policy) -> u64 {
+/// What a policy's render depends on: the node, the resolved policy, and
+/// for a WasmNetworkPolicy its module's version and config.
+fn fingerprint(ctx: &wit::NodeContext, p: &PolicyInput, module_digest: Option<&str>) -> u64 {
     let mut h = DefaultHasher::new();
-    format!("{ctx:?}{p:?}").hash(&mut h);
+    format!("{ctx:?}{:?}{:?}{module_digest:?}", p.policy, p.module).hash(&mut h);
     h.finish()
 }
 
@@ -362,7 +401,7 @@ impl PolicyEngine {
     /// Every policy in the cluster, resolved. Marks what changed. Policies
     /// in `keep` could not be resolved this time: what is installed for
     /// them stays in force.
-    pub fn set_policies(&mut self, all: Vec<wit::Policy>, keep: &BTreeSet<ObjectRef>) {
+    pub fn set_policies(&mut self, all: Vec<PolicyInput>, keep: &BTreeSet<ObjectRef>) {
         let Some(ctx) = self.ctx.clone() else { return };
         let module = self.module_identity();
         if module.is_some() && self.rendered_by.is_some() && module != self.rendered_by {
@@ -373,9 +412,15 @@ impl PolicyEngine {
         }
         let mut seen = BTreeSet::new();
         for p in all {
-            let r = policy_ref(&p);
+            let r = p.object.clone();
             seen.insert(r.clone());
-            let f = fingerprint(&ctx, &p);
+            let digest = p
+                .module
+                .as_ref()
+                .and_then(|m| self.registry.binding(&m.name))
+                .and_then(|b| b.active())
+                .map(|a| a.digest().to_string());
+            let f = fingerprint(&ctx, &p, digest.as_deref());
             if self.inputs.get(&r) != Some(&f) {
                 self.inputs.insert(r.clone(), f);
                 self.dirty.insert(r, Some(p));
@@ -404,7 +449,7 @@ impl PolicyEngine {
     }
 
     /// The policies as last given.
-    pub fn policies(&self) -> &BTreeMap<ObjectRef, wit::Policy> {
+    pub fn policies(&self) -> &BTreeMap<ObjectRef, PolicyInput> {
         &self.policies
     }
 
@@ -610,6 +655,132 @@ impl PolicyEngine {
         }
     }
 
+    /// What a render came to: the policy's fragment and boxes, or its
+    /// failure policy's fragment.
+    #[allow(clippy::too_many_arguments)]
+    fn outcome(
+        &mut self,
+        object: &ObjectRef,
+        p: &PolicyInput,
+        r: Result<Fragment, String>,
+        failure_policy: FailurePolicy,
+        module: &str,
+        changes: &mut Vec<Change>,
+        touched: &mut BTreeSet<IpAddr>,
+    ) {
+        match r {
+            Ok(fragment) => {
+                let (rest, boxes) = Self::split(fragment);
+                match self.store.rendered(rest) {
+                    Ok(c) => {
+                        self.errors.remove(object);
+                        changes.push(c);
+                        touched.extend(self.set_boxes(object, Some(boxes)));
+                    }
+                    Err(conflict) => {
+                        self.errors.insert(object.clone(), conflict.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(policy = %object, error = %e, "rendering a policy");
+                self.errors.insert(object.clone(), e.clone());
+                let closed = self.closed(object, &p.policy, module);
+                changes.push(self.store.failed(object, e, failure_policy, Some(closed)));
+                // Keep the last good boxes only when its fragment stays.
+                if failure_policy != FailurePolicy::KeepLastGood {
+                    touched.extend(self.set_boxes(object, None));
+                }
+            }
+        }
+    }
+
+    /// Render WasmNetworkPolicies with the module they name, each with its
+    /// config. A module that is missing, of another role, or refuses a
+    /// policy's config fails the policy: its module's failure policy (or,
+    /// without a module, KeepLastGood: closed if nothing was installed)
+    /// decides what stays.
+    async fn render_wasm(
+        &mut self,
+        ctx: &wit::NodeContext,
+        name: &str,
+        batch: Vec<(ObjectRef, PolicyInput)>,
+        changes: &mut Vec<Change>,
+        touched: &mut BTreeSet<IpAddr>,
+    ) {
+        let active = self.registry.binding(name).and_then(|b| b.active());
+        let module_error = match &active {
+            None => Some(format!(
+                "spec.module: NetworkModule {name:?} is not loaded on this node"
+            )),
+            Some(a) if a.spec.role != Role::NetworkPolicy => Some(format!(
+                "spec.module: NetworkModule {name:?} has role {}, not network-policy",
+                a.spec.role
+            )),
+            Some(_) => None,
+        };
+        let (active, failure_policy) = match (active, module_error) {
+            (Some(a), None) => {
+                let fp = a.spec.failure_policy;
+                (a, fp)
+            }
+            (_, e) => {
+                let e = e.unwrap_or_default();
+                for (object, p) in batch {
+                    let err = format!("{object}: {e}");
+                    self.outcome(
+                        &object,
+                        &p,
+                        Err(err),
+                        FailurePolicy::KeepLastGood,
+                        name,
+                        changes,
+                        touched,
+                    );
+                }
+                return;
+            }
+        };
+        let mut calls = vec![];
+        let mut objects = vec![];
+        for (object, p) in batch {
+            let config = match p.module.as_ref().and_then(|m| m.config.as_ref()) {
+                None => Ok(None),
+                Some(c) => crate::registry::check_config(name, &active.info.config_schema, c)
+                    .map(|()| Some(c.to_string()))
+                    .map_err(|e| format!("{object}: spec.config: {e}")),
+            };
+            match config {
+                Ok(config) => {
+                    calls.push((p.policy.clone(), config));
+                    objects.push((object, p));
+                }
+                Err(e) => self.outcome(&object, &p, Err(e), failure_policy, name, changes, touched),
+            }
+        }
+        if calls.is_empty() {
+            return;
+        }
+        let results = self
+            .registry
+            .render_policies(name, ctx.clone(), ObjectKind::WasmNetworkPolicy, calls)
+            .await;
+        match results {
+            Ok(results) => {
+                for ((object, p), r) in objects.iter().zip(results) {
+                    let r = r.map_err(|e| e.to_string());
+                    self.outcome(object, p, r, failure_policy, name, changes, touched);
+                }
+            }
+            Err(e) => {
+                for (object, p) in objects {
+                    let r = Err(e.to_string());
+                    self.outcome(&object, &p, r, failure_policy, name, changes, touched);
+                }
+            }
+        }
+    }
+
     /// Render what changed and apply the delta (or the whole table, the
     /// first time and after a failure).
     pub async fn sync(&mut self) -> SyncReport {
@@ -617,31 +788,32 @@ impl PolicyEngine {
         let Some(ctx) = self.ctx.clone() else {
             return report;
         };
-        let Some(active) = self.registry.active_for(Role::NetworkPolicy) else {
-            return report;
-        };
-        let binding = active.spec.name.clone();
-        let failure_policy = active.spec.failure_policy;
-        let identity = format!("{} {}", active.bound.module.digest, active.config);
+        // The module rendering NetworkPolicies; WasmNetworkPolicies name
+        // their own.
+        let active = self.registry.active_for(Role::NetworkPolicy);
         // What to go back to if a new module cannot be called at all.
         let mut previous = None;
-        if self.rebuild {
-            // Every policy is in this batch: render into an empty store,
-            // and replace the table in one transaction.
-            self.rebuild = false;
-            previous = Some((
-                std::mem::take(&mut self.store),
-                std::mem::take(&mut self.boxes),
-                std::mem::take(&mut self.index),
-                self.needs_full,
-            ));
-            self.needs_full = true;
+        if let Some(active) = &active {
+            let identity = format!("{} {}", active.bound.module.digest, active.config);
+            if self.rebuild {
+                // Every policy is in this batch: render into an empty store,
+                // and replace the table in one transaction.
+                self.rebuild = false;
+                previous = Some((
+                    std::mem::take(&mut self.store),
+                    std::mem::take(&mut self.boxes),
+                    std::mem::take(&mut self.index),
+                    self.needs_full,
+                ));
+                self.needs_full = true;
+            }
+            self.rendered_by = Some(identity);
         }
-        self.rendered_by = Some(identity);
         let dirty = std::mem::take(&mut self.dirty);
         let mut changes: Vec<Change> = vec![];
         let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
         let mut batch = vec![];
+        let mut wasm: BTreeMap<String, Vec<(ObjectRef, PolicyInput)>> = BTreeMap::new();
         for (object, input) in dirty {
             match input {
                 None => {
@@ -652,73 +824,73 @@ impl PolicyEngine {
                 }
                 Some(p) => {
                     self.policies.insert(object.clone(), p.clone());
-                    batch.push((object, p));
-                }
-            }
-        }
-        report.rendered = batch.len();
-        let t = Instant::now();
-        let inputs: Vec<wit::Policy> = batch.iter().map(|(_, p)| p.clone()).collect();
-        let results = if inputs.is_empty() {
-            Ok(vec![])
-        } else {
-            self.registry
-                .render_policies(&binding, ctx.clone(), ObjectKind::NetworkPolicy, inputs)
-                .await
-        };
-        report.render = t.elapsed();
-        match results {
-            Ok(results) => {
-                for ((object, p), r) in batch.iter().zip(results) {
-                    match r {
-                        Ok(fragment) => {
-                            let (rest, boxes) = Self::split(fragment);
-                            match self.store.rendered(rest) {
-                                Ok(c) => {
-                                    self.errors.remove(object);
-                                    changes.push(c);
-                                    touched.extend(self.set_boxes(object, Some(boxes)));
-                                }
-                                Err(conflict) => {
-                                    self.errors.insert(object.clone(), conflict.to_string());
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let e = e.to_string();
-                            tracing::warn!(policy = %object, error = %e, "rendering a policy");
-                            self.errors.insert(object.clone(), e.clone());
-                            let closed = self.closed(object, p, &binding);
-                            changes.push(self.store.failed(
-                                object,
-                                e,
-                                failure_policy,
-                                Some(closed),
-                            ));
-                            // Keep the last good boxes only when its fragment stays.
-                            if failure_policy != FailurePolicy::KeepLastGood {
-                                touched.extend(self.set_boxes(object, None));
-                            }
+                    match (&p.module, &active) {
+                        (Some(m), _) => wasm.entry(m.name.clone()).or_default().push((object, p)),
+                        (None, Some(_)) => batch.push((object, p)),
+                        // No policy module yet: wait for one.
+                        (None, None) => {
+                            self.dirty.insert(object, Some(p));
                         }
                     }
                 }
             }
-            Err(e) => {
-                for (object, p) in batch {
-                    self.errors.insert(object.clone(), e.to_string());
-                    self.inputs.remove(&object);
-                    self.dirty.insert(object, Some(p));
+        }
+        report.rendered = batch.len() + wasm.values().map(Vec::len).sum::<usize>();
+        let t = Instant::now();
+        if let Some(active) = &active
+            && !batch.is_empty()
+        {
+            let binding = active.spec.name.clone();
+            let failure_policy = active.spec.failure_policy;
+            let inputs: Vec<(wit::Policy, Option<String>)> = batch
+                .iter()
+                .map(|(_, p)| (p.policy.clone(), None))
+                .collect();
+            let results = self
+                .registry
+                .render_policies(&binding, ctx.clone(), ObjectKind::NetworkPolicy, inputs)
+                .await;
+            match results {
+                Ok(results) => {
+                    for ((object, p), r) in batch.iter().zip(results) {
+                        let r = r.map_err(|e| e.to_string());
+                        self.outcome(
+                            object,
+                            p,
+                            r,
+                            failure_policy,
+                            &binding,
+                            &mut changes,
+                            &mut touched,
+                        );
+                    }
                 }
-                if let Some((store, boxes, index, needs_full)) = previous.take() {
-                    self.store = store;
-                    self.boxes = boxes;
-                    self.index = index;
-                    self.needs_full = needs_full;
-                    self.rebuild = true;
-                    return report;
+                Err(e) => {
+                    for (object, p) in batch {
+                        self.errors.insert(object.clone(), e.to_string());
+                        self.inputs.remove(&object);
+                        self.dirty.insert(object, Some(p));
+                    }
+                    if let Some((store, boxes, index, needs_full)) = previous.take() {
+                        self.store = store;
+                        self.boxes = boxes;
+                        self.index = index;
+                        self.needs_full = needs_full;
+                        self.rebuild = true;
+                        // The WasmNetworkPolicies of this batch wait too.
+                        for (object, p) in wasm.into_values().flatten() {
+                            self.dirty.insert(object, Some(p));
+                        }
+                        return report;
+                    }
                 }
             }
         }
+        for (name, items) in wasm {
+            self.render_wasm(&ctx, &name, items, &mut changes, &mut touched)
+                .await;
+        }
+        report.render = t.elapsed();
         report.merged = touched.len();
         for pod in touched {
             let c = match self.merged(pod) {

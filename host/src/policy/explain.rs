@@ -75,7 +75,7 @@ pub struct Explanation {
 }
 
 fn name(o: &ObjectRef) -> String {
-    format!("{}/{}", o.namespace, o.name)
+    super::display_name(o)
 }
 
 impl Snapshot {

@@ -20,4 +20,15 @@ pub mod merge;
 pub mod resolve;
 pub mod selector;
 
-pub use inputs::inputs;
+pub use inputs::{PolicyInput, WasmModule, inputs};
+
+use crate::model::{ObjectKind, ObjectRef};
+
+/// How explain, the drop log and the API name a policy: `ns/name` for a
+/// NetworkPolicy, `WasmNetworkPolicy ns/name` for the other kind.
+pub fn display_name(o: &ObjectRef) -> String {
+    match o.kind {
+        ObjectKind::NetworkPolicy => format!("{}/{}", o.namespace, o.name),
+        _ => o.to_string(),
+    }
+}

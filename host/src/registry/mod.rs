@@ -46,6 +46,9 @@ pub struct ModuleSpec {
     pub priority: i32,
     /// The NetworkModule's metadata.generation, reported back as observedGeneration.
     pub generation: i64,
+    /// Serves only the objects that name it (WasmNetworkPolicies), never
+    /// its role: [`Registry::active_for`] passes it over.
+    pub referenced_only: bool,
 }
 
 impl ModuleSpec {
@@ -61,6 +64,7 @@ impl ModuleSpec {
             plan_limits: PlanLimits::default(),
             priority: 0,
             generation: 1,
+            referenced_only: false,
         }
     }
 }
@@ -500,13 +504,13 @@ impl Registry {
     }
 
     /// The version serving `role`: the ready binding with the highest
-    /// priority (ties by name).
+    /// priority (ties by name), among those not referenced-only.
     pub fn active_for(&self, role: Role) -> Option<Arc<Active>> {
         self.bindings
             .read()
             .values()
             .filter_map(|b| b.active())
-            .filter(|a| a.spec.role == role)
+            .filter(|a| a.spec.role == role && !a.spec.referenced_only)
             .max_by(|a, b| {
                 a.spec
                     .priority
@@ -615,19 +619,19 @@ impl Registry {
     }
 
     /// Render policies with the policy module `name` (one instance for the
-    /// batch). `kind` is the kind of object they are (NetworkPolicy or
-    /// WasmNetworkPolicy).
+    /// batch), each with its config (the module's own when `None`). `kind`
+    /// is the kind of object they are (NetworkPolicy or WasmNetworkPolicy).
     pub async fn render_policies(
         self: &Arc<Self>,
         name: &str,
         ctx: wit::NodeContext,
         kind: crate::model::ObjectKind,
-        batch: Vec<wit::Policy>,
+        batch: Vec<(wit::Policy, Option<String>)>,
     ) -> Result<Vec<Result<Fragment, CallError>>, CallError> {
         self.with_session(name, Role::NetworkPolicy, move |active, s| {
             batch
                 .iter()
-                .map(|p| render_policy_one(active, s, &ctx, p, kind))
+                .map(|(p, config)| render_policy_one(active, s, &ctx, p, config.as_deref(), kind))
                 .collect()
         })
         .await
@@ -714,8 +718,8 @@ fn render_one(
         &service.namespace,
         &service.name,
     );
-    render_with(active, s, object, "render-service", |s, config| {
-        s.render_service(ctx, service, endpoints, config)
+    render_with(active, s, object, "render-service", |s| {
+        s.render_service(ctx, service, endpoints, &active.config)
     })
 }
 
@@ -724,10 +728,12 @@ fn render_policy_one(
     s: &mut Session,
     ctx: &wit::NodeContext,
     policy: &wit::Policy,
+    config: Option<&str>,
     kind: crate::model::ObjectKind,
 ) -> Result<Fragment, CallError> {
     let object = ObjectRef::new(kind, &policy.namespace, &policy.name);
-    render_with(active, s, object, "render-policy", |s, config| {
+    let config = config.unwrap_or(&active.config);
+    render_with(active, s, object, "render-policy", |s| {
         s.render_policy(ctx, policy, config)
     })
 }
@@ -738,13 +744,10 @@ fn render_with(
     s: &mut Session,
     object: ObjectRef,
     function: &str,
-    call: impl FnOnce(
-        &mut Session,
-        &str,
-    ) -> Result<Result<wit::PlanFragment, wit::ModuleError>, CallError>,
+    call: impl FnOnce(&mut Session) -> Result<Result<wit::PlanFragment, wit::ModuleError>, CallError>,
 ) -> Result<Fragment, CallError> {
     let t = Instant::now();
-    let r = match call(s, &active.config) {
+    let r = match call(s) {
         Ok(Ok(frag)) => match plan::validate(
             frag,
             active.spec.role,

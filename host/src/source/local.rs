@@ -2,7 +2,9 @@
 //! that runs without Kubernetes (and for the lab). The same YAML goes to a
 //! cluster.
 
-use crate::model::crd::{API_VERSION, ClusterNetworkSpec, NetworkModuleSpec};
+use crate::model::crd::{
+    API_VERSION, ClusterNetworkSpec, NetworkModuleSpec, WasmNetworkPolicySpec,
+};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -34,6 +36,28 @@ pub struct ClusterNetwork {
     pub spec: ClusterNetworkSpec,
 }
 
+/// A WasmNetworkPolicy from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WasmNetworkPolicy {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub spec: WasmNetworkPolicySpec,
+}
+
+impl WasmNetworkPolicy {
+    /// The policy's namespace (`default` when unset).
+    pub fn namespace(&self) -> &str {
+        self.metadata
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+}
+
 /// Everything the directory holds that the agent understands.
 #[derive(Debug, Default, Clone)]
 pub struct Manifests {
@@ -43,6 +67,7 @@ pub struct Manifests {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub network_policies: Vec<NetworkPolicy>,
+    pub wasm_network_policies: Vec<WasmNetworkPolicy>,
     pub modules: Vec<NetworkModule>,
     pub cluster_networks: Vec<ClusterNetwork>,
     /// Kinds this agent does not read (yet), by `kind/name`.
@@ -62,6 +87,12 @@ struct Header {
 struct ModuleDoc {
     metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     spec: NetworkModuleSpec,
+}
+
+#[derive(Deserialize)]
+struct WasmNetworkPolicyDoc {
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: WasmNetworkPolicySpec,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +159,14 @@ impl Manifests {
                     serde_yaml::from_value(value)
                         .map_err(|e| err(format!("NetworkPolicy: {e}")))?,
                 ),
+                (API_VERSION, "WasmNetworkPolicy") => {
+                    let d: WasmNetworkPolicyDoc = serde_yaml::from_value(value)
+                        .map_err(|e| err(format!("WasmNetworkPolicy: {e}")))?;
+                    self.wasm_network_policies.push(WasmNetworkPolicy {
+                        metadata: d.metadata,
+                        spec: d.spec,
+                    });
+                }
                 (API_VERSION, "ClusterNetwork") => {
                     let d: ClusterNetworkDoc = serde_yaml::from_value(value)
                         .map_err(|e| err(format!("ClusterNetwork: {e}")))?;
