@@ -11,7 +11,7 @@ use super::kubelet::LabPodStatus;
 use super::layout::Lab;
 use super::validate;
 use crate::model::crd::{
-    API_VERSION, ClusterNetworkSpec, NetworkModuleSpec, WasmNetworkPolicySpec,
+    self, API_VERSION, ClusterNetworkSpec, NetworkModuleSpec, WasmNetworkPolicySpec,
 };
 use crate::source::cluster_dir::ClusterDir;
 use crate::source::local::Manifests;
@@ -207,6 +207,27 @@ struct Object {
     namespace: String,
     name: String,
     doc: Doc,
+}
+
+/// The CEL rules of our CRD `T` on the object, as the API server runs
+/// them (the spec was decoded and checked before).
+fn cel<T>(o: &Object) -> Result<(), String>
+where
+    T: kube::CustomResourceExt
+        + kube::Resource<DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let mut v = o.doc.value.clone();
+    // The lab fills the namespace in, as kubectl does.
+    if !o.namespace.is_empty()
+        && let Some(m) = v.get_mut("metadata").and_then(|m| m.as_mapping_mut())
+    {
+        m.insert("namespace".into(), o.namespace.clone().into());
+    }
+    let obj: T = serde_yaml::from_value(v)
+        .map_err(|e| format!("{} {:?} is invalid: {e}", T::kind(&()), o.name))?;
+    crd::check_cel(&obj)
 }
 
 fn identify(doc: Doc) -> Result<Object, String> {
@@ -469,6 +490,7 @@ impl<'a> Admission<'a> {
                 let mut meta = meta;
                 meta.namespace = Some(o.namespace.clone());
                 validate::wasm_network_policy(&meta, &spec)?;
+                cel::<crd::WasmNetworkPolicy>(o)?;
                 if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
                     m.insert("namespace".into(), o.namespace.clone().into());
                 }
@@ -493,6 +515,7 @@ impl<'a> Admission<'a> {
                             format!("NetworkModule {:?} is invalid: spec: {e}", o.name)
                         })
                     })?;
+                cel::<crd::NetworkModule>(o)?;
                 spec.to_module_spec(&o.name, 1)
                     .map_err(|e| format!("NetworkModule {:?} is invalid: {e}", o.name))?;
                 let old: Option<serde_yaml::Value> = self.existing(o);
@@ -506,6 +529,7 @@ impl<'a> Admission<'a> {
                         format!("ClusterNetwork {:?} is invalid: spec: {e}", o.name)
                     })?,
                 };
+                cel::<crd::ClusterNetwork>(o)?;
                 if o.name == "default" {
                     let c = &self.lab.config;
                     if spec.model != c.model {

@@ -1,5 +1,15 @@
 //! Our custom resources (group `switchyard.dev`, version `v1alpha1`), as the
 //! agent reads them from manifests or the API server.
+//!
+//! The CRDs are generated from these types (`switchyard crds`, checked in as
+//! `crds/*.yaml`): the OpenAPI schema from the fields and their bounds, and
+//! CEL rules (`x_kube(validation)`) where a schema cannot say it (exactly one
+//! source, the singleton name, CIDR syntax). The lab's admission evaluates
+//! the same CEL rules ([`check_cel`]), so a manifest the lab takes is one
+//! the API server takes.
+
+// kube's derive repeats `type_ = ...` across printcolumn(...) entries.
+#![allow(clippy::duplicated_attributes)]
 
 use super::{FailurePolicy, Role};
 use crate::registry::ModuleSpec;
@@ -8,7 +18,9 @@ use crate::runtime::Limits;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -16,29 +28,97 @@ pub const GROUP: &str = "switchyard.dev";
 pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 
 /// Where a module's bytes come from: exactly one of `builtin`, `url` or `file`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("[has(self.builtin), has(self.url), has(self.file)].filter(x, x).size() == 1").message("exactly one of builtin, url and file must be set"),
+    validation = Rule::new("!has(self.url) || has(self.sha256)").message("sha256 is required with url"),
+)]
 pub struct ModuleSourceSpec {
     /// A module compiled into the agent, by name (`cni-bridge`, `proxy-nftables`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<String>,
     /// An http(s) URL; `sha256` is required with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A file on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
     /// The module's sha256 (64 hex digits, optionally `sha256:`-prefixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(sha256:)?[0-9a-f]{64}$"))]
     pub sha256: Option<String>,
 }
 
 /// `NetworkModule.spec.limits`: each field set replaces the role's default.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitsSpec {
+    /// Wall time of one call.
+    #[schemars(range(min = 1, max = 600000))]
     pub deadline_ms: Option<u64>,
+    /// Linear memory of one instance (the agent caps it further).
+    #[schemars(range(min = 65536))]
     pub memory_bytes: Option<usize>,
+    /// Instructions per call, when the agent meters fuel.
+    #[schemars(range(min = 1))]
     pub fuel: Option<u64>,
+    #[schemars(range(min = 1))]
     pub max_output_bytes: Option<usize>,
     pub max_log_bytes: Option<usize>,
     pub max_log_records: Option<usize>,
+}
+
+/// A config object of any shape: the module's own schema checks it.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// How many nodes report what, in a status written by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    /// Nodes the object is for.
+    pub desired: u32,
+    /// Nodes where it is in force.
+    pub ready: u32,
+    /// Nodes that report a failure (see `conditions` and `lastError`).
+    pub degraded: u32,
+}
+
+/// `NetworkModule.status`, written by the agents' elected leader from every
+/// node's load results.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkModuleStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and `Degraded`, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The sha256 of the module the nodes run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCounts>,
+    /// The last load error a node reported, with the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The status of a ClusterNetwork or a WasmNetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCounts>,
 }
 
 impl LimitsSpec {
@@ -60,20 +140,55 @@ impl LimitsSpec {
 }
 
 /// `NetworkModule.spec`: one module bound to a role.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "NetworkModule",
+    status = "NetworkModuleStatus",
+    shortname = "nmod",
+    category = "switchyard",
+    derive = "PartialEq",
+    doc = "A WebAssembly module bound to a role (cni, service-proxy, scheduler, network-policy) on the nodes it selects.",
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "string",
+        json_path = ".status.nodes.ready",
+        description = "nodes where it serves"
+    ),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.digest",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkModuleSpec {
     pub role: Role,
     pub source: ModuleSourceSpec,
     /// The module's config, checked against the schema it describes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
     pub config: Option<serde_json::Value>,
     #[serde(default)]
     pub failure_policy: FailurePolicy,
     /// Among modules of one role on a node, the highest priority serves.
     #[serde(default)]
     pub priority: i32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
     /// Nodes the module is for (all when empty).
     #[serde(default)]
@@ -124,7 +239,7 @@ impl NetworkModuleSpec {
 }
 
 /// The network model of a cluster (`ClusterNetwork.spec.model`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkModel {
     /// Pod addresses are routable on the underlay; no masquerade.
@@ -167,12 +282,14 @@ impl std::str::FromStr for NetworkModel {
 }
 
 /// VXLAN settings of the overlay model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VxlanSpec {
     #[serde(default = "default_vni")]
+    #[schemars(range(min = 1, max = 16777215))]
     pub vni: u32,
     #[serde(default = "default_vxlan_port")]
+    #[schemars(range(min = 1))]
     pub port: u16,
 }
 
@@ -194,11 +311,12 @@ impl Default for VxlanSpec {
 }
 
 /// How Services are proxied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxySpec {
     /// `nftables`, `ipvs` or `userspace`.
     #[serde(default = "default_proxy_mode")]
+    #[x_kube(validation = Rule::new("self in ['nftables', 'ipvs', 'userspace']").message("must be nftables, ipvs or userspace"))]
     pub mode: String,
     /// Scheduler for Services without the `switchyard.dev/scheduler` annotation.
     #[serde(default = "default_scheduler")]
@@ -223,7 +341,7 @@ impl Default for ProxySpec {
 }
 
 /// DNS settings handed to pods.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DnsSpec {
     #[serde(default)]
@@ -233,21 +351,43 @@ pub struct DnsSpec {
 }
 
 /// `ClusterNetwork.spec` (the singleton `default`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    CustomResource, Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema,
+)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "ClusterNetwork",
+    status = "ObjectStatus",
+    shortname = "cnet",
+    category = "switchyard",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "The cluster's pod network: CIDRs, network model, VXLAN, masquerade, MTU, proxy mode and DNS. A singleton named default.",
+    validation = Rule::new("self.metadata.name == 'default'").message("the ClusterNetwork is a singleton: its name must be default"),
+    printcolumn(name = "Model", type_ = "string", json_path = ".spec.model"),
+    printcolumn(name = "Pod CIDRs", type_ = "string", json_path = ".spec.podCIDRs"),
+    printcolumn(name = "Proxy", type_ = "string", json_path = ".spec.proxy.mode"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterNetworkSpec {
     #[serde(default)]
     pub model: NetworkModel,
     /// The cluster's pod CIDRs, at most one per family.
     #[serde(default, rename = "podCIDRs")]
+    #[x_kube(validation = Rule::new("self.size() <= 2 && self.all(c, isCIDR(c))").message("at most two CIDRs (one per family), each a valid CIDR"))]
     pub pod_cidrs: Vec<String>,
     /// The cluster's Service CIDRs, at most one per family.
     #[serde(default, rename = "serviceCIDRs")]
+    #[x_kube(validation = Rule::new("self.size() <= 2 && self.all(c, isCIDR(c))").message("at most two CIDRs (one per family), each a valid CIDR"))]
     pub service_cidrs: Vec<String>,
     /// Prefix length of each node's pod CIDR, per family (24 and 64 by default).
     #[serde(default)]
+    #[schemars(range(min = 8, max = 30))]
     pub node_mask_v4: Option<u8>,
     #[serde(default)]
+    #[schemars(range(min = 48, max = 126))]
     pub node_mask_v6: Option<u8>,
     #[serde(default)]
     pub vxlan: Option<VxlanSpec>,
@@ -256,6 +396,7 @@ pub struct ClusterNetworkSpec {
     #[serde(default)]
     pub masquerade: Option<bool>,
     #[serde(default)]
+    #[schemars(range(min = 1280, max = 9216))]
     pub mtu: Option<u32>,
     #[serde(default)]
     pub proxy: ProxySpec,
@@ -281,25 +422,107 @@ impl ClusterNetworkSpec {
 /// named ports to numbers) and hands them to the module with `config`; the
 /// module decides what they mean. `policyTypes` is what `FailClosed`
 /// isolates when the module fails, and defaults as a NetworkPolicy's does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "WasmNetworkPolicy",
+    namespaced,
+    status = "ObjectStatus",
+    shortname = "wnp",
+    category = "switchyard",
+    derive = "PartialEq",
+    doc = "A network policy rendered by a module written with the Switchyard SDK, applied to the pods it selects, with its config.",
+    printcolumn(name = "Module", type_ = "string", json_path = ".spec.module"),
+    printcolumn(
+        name = "Pod-Selector",
+        type_ = "string",
+        json_path = ".spec.podSelector",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".metadata.annotations.switchyard\\.dev/policy-mode"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WasmNetworkPolicySpec {
     /// The NetworkModule (role `network-policy`) that renders this policy.
+    #[schemars(length(min = 1, max = 253))]
     pub module: String,
     /// The module's config for this policy, checked against the schema the
     /// module describes. The NetworkModule's own config when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
     pub config: Option<serde_json::Value>,
     /// The pods of the policy's namespace it applies to (all when empty).
     #[serde(default)]
     pub pod_selector: LabelSelector,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 2 && self.all(t, t in ['Ingress', 'Egress'])").message("at most Ingress and Egress"))]
     pub policy_types: Option<Vec<String>>,
     /// Peers and ports, resolved by the host as a NetworkPolicy's are.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Vec<NetworkPolicyIngressRule>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<NetworkPolicyEgressRule>>,
+}
+
+impl WasmNetworkPolicy {
+    /// The policy's namespace (`default` when unset).
+    pub fn namespace(&self) -> &str {
+        self.metadata
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// The CEL rules of `T`'s CRD (`x-kubernetes-validations`), evaluated on
+/// `obj` as the API server does on create; the error is in its words
+/// (`NetworkModule "m" is invalid: spec.source: Invalid value: "object":
+/// exactly one of builtin, url and file must be set`).
+pub fn check_cel<T>(obj: &T) -> Result<(), String>
+where
+    T: kube::CustomResourceExt + kube::Resource<DynamicType = ()> + Serialize,
+{
+    let Err(errors) = kube::core::cel::validate_cel(obj) else {
+        return Ok(());
+    };
+    let list: Vec<String> = errors
+        .as_slice()
+        .iter()
+        .map(|e| {
+            let path = if e.field_path.is_empty() {
+                "<nil>"
+            } else {
+                e.field_path.as_str()
+            };
+            format!("{path}: Invalid value: \"object\": {}", e.message)
+        })
+        .collect();
+    let kind = T::kind(&());
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    Err(match list.as_slice() {
+        [one] => format!("{kind} {name:?} is invalid: {one}"),
+        many => format!("{kind} {name:?} is invalid: [{}]", many.join(", ")),
+    })
 }
 
 impl WasmNetworkPolicySpec {
@@ -317,6 +540,64 @@ impl WasmNetworkPolicySpec {
 #[cfg(test)]
 mod tests {
     use crate::source::local::Manifests;
+
+    fn cel<T>(yaml: &str) -> Result<(), String>
+    where
+        T: kube::CustomResourceExt
+            + kube::Resource<DynamicType = ()>
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        super::check_cel(&serde_yaml::from_str::<T>(yaml).unwrap())
+    }
+
+    /// The CRDs' CEL rules hold what a schema cannot say, and the lab runs
+    /// them as the API server does.
+    #[test]
+    fn cel_rules_refuse_what_the_schema_cannot() {
+        use super::{ClusterNetwork, NetworkModule, WasmNetworkPolicy};
+        let module = |source: &str| {
+            cel::<NetworkModule>(&format!(
+                "apiVersion: switchyard.dev/v1alpha1\nkind: NetworkModule\nmetadata: {{name: m}}\nspec: {{role: cni, source: {source}}}"
+            ))
+        };
+        assert_eq!(module("{builtin: cni-bridge}"), Ok(()));
+        assert_eq!(
+            module("{builtin: cni-bridge, file: /m.wasm}").unwrap_err(),
+            "NetworkModule \"m\" is invalid: spec.source: Invalid value: \"object\": exactly one of builtin, url and file must be set"
+        );
+        assert!(
+            module("{url: 'https://example.com/m.wasm'}")
+                .unwrap_err()
+                .ends_with("sha256 is required with url")
+        );
+        let network = |name: &str, cidrs: &str| {
+            cel::<ClusterNetwork>(&format!(
+                "apiVersion: switchyard.dev/v1alpha1\nkind: ClusterNetwork\nmetadata: {{name: {name}}}\nspec: {{podCIDRs: {cidrs}}}"
+            ))
+        };
+        assert_eq!(network("default", "['10.244.0.0/16', 'fd00::/48']"), Ok(()));
+        assert_eq!(
+            network("other", "[]").unwrap_err(),
+            "ClusterNetwork \"other\" is invalid: <nil>: Invalid value: \"object\": the ClusterNetwork is a singleton: its name must be default"
+        );
+        assert!(
+            network("default", "['10.244.0.0/33']")
+                .unwrap_err()
+                .contains("spec.podCIDRs: Invalid value: \"object\": at most two CIDRs")
+        );
+        let policy = |types: &str| {
+            cel::<WasmNetworkPolicy>(&format!(
+                "apiVersion: switchyard.dev/v1alpha1\nkind: WasmNetworkPolicy\nmetadata: {{name: w, namespace: x}}\nspec: {{module: m, policyTypes: {types}}}"
+            ))
+        };
+        assert_eq!(policy("[Egress]"), Ok(()));
+        assert!(
+            policy("[Sideways]")
+                .unwrap_err()
+                .contains("at most Ingress and Egress")
+        );
+    }
 
     /// The example resources in `crds/examples` are what the agent reads
     /// and what the lab admits.

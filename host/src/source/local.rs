@@ -2,9 +2,7 @@
 //! that runs without Kubernetes (and for the lab). The same YAML goes to a
 //! cluster.
 
-use crate::model::crd::{
-    API_VERSION, ClusterNetworkSpec, NetworkModuleSpec, WasmNetworkPolicySpec,
-};
+use crate::model::crd::{API_VERSION, ClusterNetworkSpec, NetworkModuleSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -36,27 +34,7 @@ pub struct ClusterNetwork {
     pub spec: ClusterNetworkSpec,
 }
 
-/// A WasmNetworkPolicy from a manifest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WasmNetworkPolicy {
-    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    pub spec: WasmNetworkPolicySpec,
-}
-
-impl WasmNetworkPolicy {
-    /// The policy's namespace (`default` when unset).
-    pub fn namespace(&self) -> &str {
-        self.metadata
-            .namespace
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .unwrap_or("default")
-    }
-
-    pub fn name(&self) -> &str {
-        self.metadata.name.as_deref().unwrap_or_default()
-    }
-}
+pub use crate::model::crd::WasmNetworkPolicy;
 
 /// Everything the directory holds that the agent understands.
 #[derive(Debug, Default, Clone)]
@@ -87,12 +65,6 @@ struct Header {
 struct ModuleDoc {
     metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     spec: NetworkModuleSpec,
-}
-
-#[derive(Deserialize)]
-struct WasmNetworkPolicyDoc {
-    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    spec: WasmNetworkPolicySpec,
 }
 
 #[derive(Deserialize)]
@@ -160,12 +132,10 @@ impl Manifests {
                         .map_err(|e| err(format!("NetworkPolicy: {e}")))?,
                 ),
                 (API_VERSION, "WasmNetworkPolicy") => {
-                    let d: WasmNetworkPolicyDoc = serde_yaml::from_value(value)
-                        .map_err(|e| err(format!("WasmNetworkPolicy: {e}")))?;
-                    self.wasm_network_policies.push(WasmNetworkPolicy {
-                        metadata: d.metadata,
-                        spec: d.spec,
-                    });
+                    self.wasm_network_policies.push(
+                        serde_yaml::from_value(value)
+                            .map_err(|e| err(format!("WasmNetworkPolicy: {e}")))?,
+                    );
                 }
                 (API_VERSION, "ClusterNetwork") => {
                     let d: ClusterNetworkDoc = serde_yaml::from_value(value)
