@@ -15,6 +15,9 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack golang-go golang-github-appc-cni-dev containernetworking-plugins chromium)
 # Node.js and npm build the console (web/); a machine may have its own.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
+# kubectl (kubernetes-client) renders deploy/'s kustomization (host/tests/manifests.rs);
+# a machine may have its own (another package's /usr/bin/kubectl would conflict).
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

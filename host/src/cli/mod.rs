@@ -1,5 +1,7 @@
 //! The `switchyard` command line.
 
+mod crds;
+mod install;
 mod module;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,12 @@ enum Command {
     Agent(AgentArgs),
     /// A multi-node cluster on this machine, built from network namespaces.
     Lab(crate::lab::cli::LabArgs),
+    /// Print the CustomResourceDefinitions of switchyard.dev (or write them
+    /// into a directory).
+    Crds(crds::CrdsArgs),
+    /// Install the CNI plugin and its network configuration on this node
+    /// (the DaemonSet's init container).
+    InstallCni(install::InstallCniArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,7 +76,8 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Agent(_) => "info",
-        Command::Module(_) | Command::Lab(_) => "warn",
+        Command::Module(_) | Command::Lab(_) | Command::Crds(_) => "warn",
+        Command::InstallCni(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,6 +91,8 @@ pub fn run() -> ExitCode {
         Command::Module(m) => module::run(m),
         Command::Agent(a) => agent(a),
         Command::Lab(l) => crate::lab::cli::run(l),
+        Command::Crds(c) => crds::run(c),
+        Command::InstallCni(a) => install::run(a),
     };
     match r {
         Ok(code) => code,
