@@ -26,6 +26,7 @@ pub struct Env {
 }
 
 pub mod agent;
+pub mod apiserver;
 pub mod lab;
 pub mod netns;
 
