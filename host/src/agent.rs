@@ -1,6 +1,6 @@
 //! `switchyard agent`: the node agent. Without Kubernetes it runs from a
 //! directory of manifests (`--local`) and a data directory; in a cluster it
-//! runs as a DaemonSet (the kube source comes with the Kubernetes issue).
+//! runs as a DaemonSet, following the API server ([`crate::cluster`]).
 
 use crate::cni::{CniService, StickyPods, journal::Journal, store::AttachmentStore};
 use crate::datapath::ipam::{Ledger, PoolConfig};
@@ -168,13 +168,19 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 impl Agent {
     /// Open the data directory, load modules and reconcile; not yet serving.
     pub async fn start(options: AgentOptions) -> anyhow::Result<Agent> {
-        let data = &options.data_dir;
-        std::fs::create_dir_all(data)
-            .with_context(|| format!("creating the data directory {}", data.display()))?;
         let manifests = match &options.local {
             Some(dir) => Manifests::load_dir(dir)?,
             None => Manifests::default(),
         };
+        Self::start_with(options, &manifests).await
+    }
+
+    /// Start from the cluster as `manifests` show it (the kube source's
+    /// first snapshot, or a manifest directory).
+    pub async fn start_with(options: AgentOptions, manifests: &Manifests) -> anyhow::Result<Agent> {
+        let data = &options.data_dir;
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("creating the data directory {}", data.display()))?;
         let node = manifests.node(&options.node);
         let mut cidrs: Vec<IpNet> = node
             .and_then(|n| n.spec.as_ref())
@@ -224,7 +230,7 @@ impl Agent {
             .unwrap_or(2);
         let registry = Registry::new(runtime, fetcher, services, cpus);
 
-        let specs = desired_modules(&manifests, &options.node).map_err(anyhow::Error::msg)?;
+        let specs = desired_modules(manifests, &options.node).map_err(anyhow::Error::msg)?;
         let binding = specs[0].name.clone();
         let mut applied = HashMap::new();
         for spec in specs {
@@ -236,7 +242,7 @@ impl Agent {
             applied.insert(spec.name.clone(), spec);
         }
 
-        let sticky = Arc::new(StickyPods::new(sticky_pods(&manifests)));
+        let sticky = Arc::new(StickyPods::new(sticky_pods(manifests)));
         let store =
             AttachmentStore::open(&data.join("attachments.redb")).map_err(anyhow::Error::msg)?;
         let journal = Journal::new(&data.join("journal"))?;

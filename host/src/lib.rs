@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod cni;
 pub mod datapath;
 pub mod lab;
@@ -34,6 +35,7 @@ pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod source;
+pub mod status;
 
 /// Paths of the modules built from `plugins-wasm/` by this crate's build script.
 pub mod modules {

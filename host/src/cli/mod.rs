@@ -148,8 +148,23 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let agent = crate::agent::Agent::start(options).await?;
-        agent.run().await
+        if options.local.is_some() {
+            let agent = crate::agent::Agent::start(options).await?;
+            return agent.run().await;
+        }
+        // In a cluster: the in-cluster service account, or $KUBECONFIG.
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no Kubernetes API to follow ({e}); run in a cluster, set KUBECONFIG, or give --local DIR"
+            )
+        })?;
+        crate::cluster::run(
+            options,
+            client,
+            crate::cluster::ClusterOptions::default(),
+            crate::agent::shutdown_signal(),
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

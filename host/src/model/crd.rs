@@ -89,8 +89,38 @@ pub struct NodeCounts {
     pub degraded: u32,
 }
 
-/// `NetworkModule.status`, written by the agents' elected leader from every
-/// node's load results.
+/// Where a module stands on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ModuleState {
+    /// The NetworkModule's current generation serves.
+    Ready,
+    /// The current generation could not be loaded; the last good version
+    /// (if any) keeps serving.
+    Degraded,
+}
+
+/// One node's load result for a NetworkModule, written by that node's agent
+/// with server-side apply (field manager `switchyard-agent/<node>`): each
+/// agent owns its own entry of the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeModuleResult {
+    pub node: String,
+    pub state: ModuleState,
+    /// The generation this result is for.
+    pub observed_generation: i64,
+    /// The sha256 of the version serving on the node, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `Loaded`, or why not (`FetchFailed`, `DigestMismatch`, ...).
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// `NetworkModule.status`: every node's load result (`nodeResults`, one
+/// entry per node, written by that node) and their summary (conditions,
+/// counts, digest, last error), written by the agents' elected leader.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkModuleStatus {
@@ -107,6 +137,9 @@ pub struct NetworkModuleStatus {
     /// The last load error a node reported, with the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub node_results: Vec<NodeModuleResult>,
 }
 
 /// The status of a ClusterNetwork or a WasmNetworkPolicy.

@@ -39,6 +39,8 @@ struct Collection {
 #[derive(Default)]
 struct Inner {
     rv: u64,
+    /// Leases and Events, by object path (`.../leases/<name>`).
+    singles: BTreeMap<String, Value>,
     /// By collection path (`/api/v1/pods`).
     collections: BTreeMap<String, Collection>,
     refused: BTreeSet<String>,
@@ -220,6 +222,11 @@ impl FakeApiServer {
         self.inner.lock().seen.clone()
     }
 
+    /// A Lease or Event by its path.
+    pub fn single(&self, path: &str) -> Option<Value> {
+        self.inner.lock().singles.get(path).cloned()
+    }
+
     /// The stored object.
     pub fn object(
         &self,
@@ -324,9 +331,82 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
         let Some(obj) = c.objects.get_mut(&(ns, name.to_string())) else {
             return status(404, "NotFound", &format!("{name} not found"));
         };
-        let patch: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        obj["status"] = patch["status"].clone();
-        return ok_json(obj);
+        // Server-side apply, as far as status goes: `nodeResults` is a
+        // list-map keyed by node (entries merge), other fields are set.
+        let patch: Value = serde_json::from_str(&body)
+            .or_else(|_| serde_yaml::from_str(&body))
+            .unwrap_or(Value::Null);
+        if !obj["status"].is_object() {
+            obj["status"] = json!({});
+        }
+        for (k, v) in patch["status"].as_object().into_iter().flatten() {
+            if k == "nodeResults" {
+                let mut list: Vec<Value> = obj["status"][k].as_array().cloned().unwrap_or_default();
+                for entry in v.as_array().into_iter().flatten() {
+                    list.retain(|e| e["node"] != entry["node"]);
+                    list.push(entry.clone());
+                }
+                obj["status"][k] = json!(list);
+            } else {
+                obj["status"][k] = v.clone();
+            }
+        }
+        let obj = obj.clone();
+        // Watchers see the status change, as they would.
+        g.rv += 1;
+        let c = g.collections.get_mut(&coll).unwrap();
+        c.watchers
+            .retain(|w| w.send(json!({"type": "MODIFIED", "object": obj})).is_ok());
+        return ok_json(&obj);
+    }
+    // Leases (get, create, replace with a resourceVersion precondition) and
+    // Events (create, patch).
+    if path.contains("/leases") || path.contains("/events") {
+        match method.as_str() {
+            "GET" => {
+                return match g.singles.get(&path) {
+                    Some(o) => ok_json(o),
+                    None => status(404, "NotFound", &format!("{path} not found")),
+                };
+            }
+            "POST" => {
+                let mut o: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("generated")
+                    .to_string();
+                let at = format!("{path}/{name}");
+                if g.singles.contains_key(&at) {
+                    return status(409, "AlreadyExists", &format!("{name} already exists"));
+                }
+                g.rv += 1;
+                o["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+                g.singles.insert(at, o.clone());
+                return Response::builder()
+                    .status(201)
+                    .header("content-type", "application/json")
+                    .body(Body::from(o.to_string()))
+                    .unwrap();
+            }
+            "PUT" | "PATCH" => {
+                let mut o: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let held = g.singles.get(&path).cloned();
+                if method == "PUT"
+                    && held.as_ref().map(|h| &h["metadata"]["resourceVersion"])
+                        != Some(&o["metadata"]["resourceVersion"])
+                {
+                    return status(409, "Conflict", "the object has been modified");
+                }
+                if method == "PATCH" {
+                    o = held.unwrap_or(o);
+                }
+                g.rv += 1;
+                o["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+                g.singles.insert(path.clone(), o.clone());
+                return ok_json(&o);
+            }
+            _ => {}
+        }
     }
     status(
         404,

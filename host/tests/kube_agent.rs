@@ -1,0 +1,204 @@
+//! The agent in cluster mode against a scripted API server on loopback:
+//! it loads the NetworkModules the API server holds, writes its node's
+//! result into each one's status with server-side apply, takes the status
+//! Lease and summarizes; a NetworkModule swap changes the module serving on
+//! the node; a bad version is reported (status, conditions, an Event) while
+//! the old one keeps serving.
+
+mod common;
+
+use common::apiserver::FakeApiServer;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard::agent::{Agent, AgentOptions};
+use switchyard::cluster::{self, ClusterOptions};
+use switchyard::model::Role;
+use switchyard::source::kube;
+
+const V: &str = "switchyard.dev/v1alpha1";
+
+fn fixtures() -> Vec<Value> {
+    serde_json::from_str(include_str!("fixtures/kube/objects.json")).unwrap()
+}
+
+/// Wait (at most 20 s) until `ok` holds.
+async fn until(what: &str, ok: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not within 20 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn module(name: &str, generation: i64, priority: i32, source: Value) -> Value {
+    json!({"apiVersion": V, "kind": "NetworkModule",
+        "metadata": {"name": name, "uid": format!("uid-{name}"), "generation": generation,
+            "creationTimestamp": "2026-11-24T10:00:00Z"},
+        "spec": {"role": "service-proxy", "source": source, "priority": priority}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_swaps_and_failures_reach_status_and_events() {
+    let api = FakeApiServer::start().await;
+    for o in fixtures() {
+        api.apply_silently(o);
+    }
+    let client = api.client();
+    let mut rx = kube::start(client.clone());
+    let first = cluster::first_snapshot(&mut rx).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = AgentOptions {
+        data_dir: dir.path().join("data"),
+        local: None,
+        node: "node-1".into(),
+        cni_socket: dir.path().join("cni.sock"),
+        pod_cidrs: vec![],
+        fuel: false,
+        sticky_ttl: Duration::from_secs(600),
+    };
+    let agent = Arc::new(Agent::start_with(options, &first).await.unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let follow = tokio::spawn(cluster::follow(
+        agent.clone(),
+        client,
+        rx,
+        ClusterOptions {
+            namespace: "switchyard-system".into(),
+            lease_seconds: 15,
+            interval: Duration::from_millis(200),
+            admin: None,
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let status = |name: &str| {
+        api.object(V, "NetworkModule", "", name)
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+
+    // The fixture's module serves; this node's entry says so, written with
+    // server-side apply under the node's own field manager.
+    until("node-1's Ready entry for proxy", || {
+        let s = status("proxy");
+        s["nodeResults"][0]["node"] == "node-1"
+            && s["nodeResults"][0]["state"] == "Ready"
+            && s["nodeResults"][0]["observedGeneration"] == 2
+    })
+    .await;
+    let digest = status("proxy")["nodeResults"][0]["digest"].clone();
+    assert!(digest.as_str().is_some_and(|d| d.len() == 64), "{digest}");
+    let apply = api
+        .seen()
+        .into_iter()
+        .find(|r| {
+            r.method == "PATCH"
+                && r.path == "/apis/switchyard.dev/v1alpha1/networkmodules/proxy/status"
+        })
+        .unwrap();
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    assert!(
+        apply
+            .query
+            .contains("fieldManager=switchyard-agent%2Fnode-1"),
+        "{}",
+        apply.query
+    );
+    assert!(apply.query.contains("force=true"), "{}", apply.query);
+
+    // The only agent takes the Lease and summarizes.
+    until("the leader's summary of proxy", || {
+        let s = status("proxy");
+        s["conditions"][0]["type"] == "Ready"
+            && s["conditions"][0]["status"] == "True"
+            && s["nodes"] == json!({"desired": 1, "ready": 1, "degraded": 0})
+            && s["observedGeneration"] == 2
+            && s["digest"] == digest
+    })
+    .await;
+    let lease = api
+        .single("/apis/coordination.k8s.io/v1/namespaces/switchyard-system/leases/switchyard-status-leader")
+        .expect("the Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "node-1");
+    assert!(
+        api.seen().iter().any(|r| r.method == "PATCH"
+            && r.path.ends_with("/networkmodules/proxy/status")
+            && r.query.contains("fieldManager=switchyard-status-leader")),
+        "the summary was not applied under the leader's field manager"
+    );
+
+    // A swap: a NetworkModule of the same role with a higher priority now
+    // serves Services on the node.
+    api.apply(module(
+        "proxy-v2",
+        1,
+        20,
+        json!({"builtin": "proxy-nftables"}),
+    ));
+    until("proxy-v2 serving", || {
+        agent
+            .registry
+            .active_for(Role::ServiceProxy)
+            .is_some_and(|a| a.spec.name == "proxy-v2")
+    })
+    .await;
+
+    // A bad version: reported, and the last good one keeps serving.
+    api.apply(module(
+        "proxy-v2",
+        2,
+        20,
+        json!({"file": "/nonexistent/proxy.wasm"}),
+    ));
+    until("node-1's Degraded entry for proxy-v2", || {
+        let s = status("proxy-v2");
+        s["nodeResults"][0]["state"] == "Degraded"
+            && s["nodeResults"][0]["observedGeneration"] == 2
+            && s["nodeResults"][0]["reason"] == "FetchFailed"
+    })
+    .await;
+    let serving = agent.registry.active_for(Role::ServiceProxy).unwrap();
+    assert_eq!(serving.spec.name, "proxy-v2");
+    assert_eq!(
+        serving.spec.generation, 1,
+        "the old version must keep serving"
+    );
+    until("the Degraded condition of proxy-v2", || {
+        let s = status("proxy-v2");
+        let degraded = s["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Degraded")
+            .cloned()
+            .unwrap_or(Value::Null);
+        degraded["status"] == "True"
+            && degraded["reason"] == "FetchFailed"
+            && s["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("/nonexistent/proxy.wasm"))
+    })
+    .await;
+    let event = api
+        .seen()
+        .into_iter()
+        .find(|r| {
+            r.method == "POST" && r.path.ends_with("/events") && r.body.contains("ModuleLoadFailed")
+        })
+        .expect("an Event for the failure");
+    let ev: Value = serde_json::from_str(&event.body).unwrap();
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["regarding"]["name"], "proxy-v2");
+    assert!(ev["note"].as_str().unwrap().contains("FetchFailed"), "{ev}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), follow)
+        .await
+        .expect("follow stops")
+        .unwrap();
+}
