@@ -108,30 +108,7 @@ fn counter(ns: &Netns, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     require_root();
-    let ns = Netns::new("poleng");
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-    ns.ip(&["link", "set", "d0", "up"]);
-    ns.ip(&["link", "set", "d1", "up"]);
-    for a in ["10.244.1.2/32", "10.244.1.3/32", "10.244.1.4/32"] {
-        ns.ip(&["addr", "add", a, "dev", "d0"]);
-    }
-    let listeners: Vec<TcpListener> = in_netns(&ns.path, || {
-        [80u16, 81, 90]
-            .iter()
-            .map(|p| TcpListener::bind(("10.244.1.3", *p)))
-            .collect::<std::io::Result<Vec<_>>>()
-    })
-    .unwrap();
-    let _accept: Vec<_> = listeners
-        .into_iter()
-        .map(|l| {
-            std::thread::spawn(move || {
-                for s in l.incoming() {
-                    drop(s);
-                }
-            })
-        })
-        .collect();
+    let ns = pods_ns("poleng", &[80, 81, 90]);
 
     let e = env();
     e.registry

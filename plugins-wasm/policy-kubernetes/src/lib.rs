@@ -208,8 +208,8 @@ switchyard_sdk::export_network_policy!(PolicyKubernetes);
 mod tests {
     use super::*;
     use switchyard_sdk::types::{
-        AddressSet, ContainerPort, IpCidr, NamedPort, NftValue, PlanBody, Pod, PodPhase,
-        PolicyPeer, PortRange, PortTarget,
+        AddressSet, ContainerPort, IpCidr, NamedPort, Pod, PodPhase, PolicyPeer, PortRange,
+        PortTarget,
     };
 
     fn ctx() -> NodeContext {
@@ -259,29 +259,9 @@ mod tests {
         }
     }
 
+    /// The fragment's elements as text (`set key . key`).
     fn keys(f: &PlanFragment) -> Vec<String> {
-        f.items
-            .iter()
-            .map(|i| match &i.body {
-                PlanBody::NftElement(e) => format!(
-                    "{} {}",
-                    e.set,
-                    e.key
-                        .iter()
-                        .map(|v| match v {
-                            NftValue::Address(a) => a.to_string(),
-                            NftValue::AddressRange((a, b)) => format!("{a}-{b}"),
-                            NftValue::Protocol(p) => proto(*p).to_lowercase(),
-                            NftValue::Port(p) => p.to_string(),
-                            NftValue::PortRange((a, b)) => format!("{a}-{b}"),
-                            other => format!("{other:?}"),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" . ")
-                ),
-                other => format!("{other:?}"),
-            })
-            .collect()
+        switchyard_sdk::testing::elements(f)
     }
 
     #[test]
