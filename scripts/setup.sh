@@ -11,8 +11,9 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages the build, the tests and the lab use: iproute2 and
 # nftables for the datapath and the lab, Go and libcni for the libcni test,
-# the reference CNI plugins as a peer, chromium for the console test.
-PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack golang-go golang-github-appc-cni-dev containernetworking-plugins chromium)
+# the reference CNI plugins as a peer, chromium for the console test,
+# docker-registry (the CNCF distribution) as the OCI registry of host/tests/oci.rs.
+PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack golang-go golang-github-appc-cni-dev containernetworking-plugins chromium docker-registry)
 # Node.js and npm build the console (web/); a machine may have its own.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 # kubectl (kubernetes-client) renders deploy/'s kustomization (host/tests/manifests.rs);

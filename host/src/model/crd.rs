@@ -27,11 +27,11 @@ use std::collections::BTreeMap;
 pub const GROUP: &str = "switchyard.dev";
 pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 
-/// Where a module's bytes come from: exactly one of `builtin`, `url` or `file`.
+/// Where a module's bytes come from: exactly one of `builtin`, `url`, `file` or `oci`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
-    validation = Rule::new("[has(self.builtin), has(self.url), has(self.file)].filter(x, x).size() == 1").message("exactly one of builtin, url and file must be set"),
+    validation = Rule::new("[has(self.builtin), has(self.url), has(self.file), has(self.oci)].filter(x, x).size() == 1").message("exactly one of builtin, url, file and oci must be set"),
     validation = Rule::new("!has(self.url) || has(self.sha256)").message("sha256 is required with url"),
 )]
 pub struct ModuleSourceSpec {
@@ -44,6 +44,11 @@ pub struct ModuleSourceSpec {
     /// A file on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// An OCI artifact pulled by digest (`REGISTRY/REPOSITORY@sha256:<hex>`;
+    /// a tag alone is refused); its manifest must have exactly one Wasm layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^@\s]+/[^@\s]+@sha256:[0-9a-f]{64}$"))]
+    pub oci: Option<String>,
     /// The module's sha256 (64 hex digits, optionally `sha256:`-prefixed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(sha256:)?[0-9a-f]{64}$"))]
@@ -240,13 +245,14 @@ impl NetworkModuleSpec {
     /// The registry's view of this NetworkModule.
     pub fn to_module_spec(&self, name: &str, generation: i64) -> Result<ModuleSpec, String> {
         let s = &self.source;
-        let source = match (&s.builtin, &s.url, &s.file) {
-            (Some(b), None, None) => ModuleSource::Builtin(b.clone()),
-            (None, Some(u), None) => ModuleSource::Url(u.clone()),
-            (None, None, Some(f)) => ModuleSource::File(f.into()),
+        let source = match (&s.builtin, &s.url, &s.file, &s.oci) {
+            (Some(b), None, None, None) => ModuleSource::Builtin(b.clone()),
+            (None, Some(u), None, None) => ModuleSource::Url(u.clone()),
+            (None, None, Some(f), None) => ModuleSource::File(f.into()),
+            (None, None, None, Some(o)) => ModuleSource::Oci(o.clone()),
             _ => {
                 return Err(format!(
-                    "NetworkModule {name:?} is invalid: spec.source: exactly one of builtin, url and file must be set"
+                    "NetworkModule {name:?} is invalid: spec.source: exactly one of builtin, url, file and oci must be set"
                 ));
             }
         };
@@ -530,7 +536,7 @@ impl WasmNetworkPolicy {
 /// The CEL rules of `T`'s CRD (`x-kubernetes-validations`), evaluated on
 /// `obj` as the API server does on create; the error is in its words
 /// (`NetworkModule "m" is invalid: spec.source: Invalid value: "object":
-/// exactly one of builtin, url and file must be set`).
+/// exactly one of builtin, url, file and oci must be set`).
 pub fn check_cel<T>(obj: &T) -> Result<(), String>
 where
     T: kube::CustomResourceExt + kube::Resource<DynamicType = ()> + Serialize,
@@ -595,9 +601,12 @@ mod tests {
             ))
         };
         assert_eq!(module("{builtin: cni-bridge}"), Ok(()));
+        let oci = format!("127.0.0.1:5000/m@sha256:{}", "a".repeat(64));
+        assert_eq!(module(&format!("{{oci: '{oci}'}}")), Ok(()));
+        assert!(module(&format!("{{oci: '{oci}', builtin: cni-bridge}}")).is_err());
         assert_eq!(
             module("{builtin: cni-bridge, file: /m.wasm}").unwrap_err(),
-            "NetworkModule \"m\" is invalid: spec.source: Invalid value: \"object\": exactly one of builtin, url and file must be set"
+            "NetworkModule \"m\" is invalid: spec.source: Invalid value: \"object\": exactly one of builtin, url, file and oci must be set"
         );
         assert!(
             module("{url: 'https://example.com/m.wasm'}")

@@ -1,6 +1,7 @@
 //! Where module bytes come from: a file, an http(s) URL (with a required
-//! sha256), or the agent's built-in modules. Fetched modules are cached on
-//! disk by digest, so a node downloads a module once.
+//! sha256), an OCI artifact pulled by digest, or the agent's built-in
+//! modules. Fetched modules are cached on disk by digest, so a node
+//! downloads a module once.
 
 use crate::runtime::{LoadError, sha256_hex};
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub enum ModuleSource {
     Url(String),
     /// A module compiled into the agent (`plugins-wasm/<name>`).
     Builtin(String),
+    /// An OCI artifact pulled by digest: `REGISTRY/REPOSITORY@sha256:<hex>`.
+    /// Its manifest must have exactly one Wasm layer.
+    Oci(String),
 }
 
 impl std::fmt::Display for ModuleSource {
@@ -25,6 +29,7 @@ impl std::fmt::Display for ModuleSource {
             ModuleSource::File(p) => write!(f, "file {}", p.display()),
             ModuleSource::Url(u) => write!(f, "{u}"),
             ModuleSource::Builtin(n) => write!(f, "built-in module {n}"),
+            ModuleSource::Oci(r) => write!(f, "OCI artifact {r}"),
         }
     }
 }
@@ -141,6 +146,10 @@ impl Fetcher {
                 self.store(want, &b);
                 b
             }
+            ModuleSource::Oci(reference) => {
+                let r = OciReference::parse(reference).map_err(fetch_err)?;
+                self.fetch_oci(&r).map_err(fetch_err)?.to_vec()
+            }
         };
         if let Some(want) = want {
             let got = sha256_hex(&bytes);
@@ -156,14 +165,22 @@ impl Fetcher {
     }
 
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
+        self.cache_file(digest, "wasm")
+    }
+
+    fn cache_file(&self, digest: &str, ext: &str) -> Option<PathBuf> {
         self.cache_dir
             .as_ref()
-            .map(|d| d.join(format!("sha256-{digest}.wasm")))
+            .map(|d| d.join(format!("sha256-{digest}.{ext}")))
     }
 
     /// A cached module, if present and intact.
     fn cached(&self, digest: &str) -> Option<Arc<[u8]>> {
-        let p = self.cache_path(digest)?;
+        self.cached_at(self.cache_path(digest)?, digest)
+    }
+
+    /// A cached file, if present and hashing to `digest`.
+    fn cached_at(&self, p: PathBuf, digest: &str) -> Option<Arc<[u8]>> {
         let b = std::fs::read(&p).ok()?;
         if sha256_hex(&b) == digest {
             Some(b.into())
@@ -175,9 +192,12 @@ impl Fetcher {
     }
 
     fn store(&self, digest: &str, bytes: &[u8]) {
-        let Some(p) = self.cache_path(digest) else {
-            return;
-        };
+        if let Some(p) = self.cache_path(digest) {
+            self.store_at(p, digest, bytes);
+        }
+    }
+
+    fn store_at(&self, p: PathBuf, digest: &str, bytes: &[u8]) {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(p.parent().expect("cache files live in a directory"))?;
             let tmp = p.with_extension(format!("tmp{}", std::process::id()));
@@ -213,6 +233,281 @@ impl Fetcher {
                     self.max_bytes
                 )
             })
+    }
+
+    /// The Wasm layer of an OCI artifact: its manifest and the layer are
+    /// verified against their digests and cached by digest, so a second
+    /// load does not contact the registry.
+    fn fetch_oci(&self, r: &OciReference) -> Result<Arc<[u8]>, String> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        let manifest = match self
+            .cache_file(&r.digest, "manifest.json")
+            .and_then(|p| self.cached_at(p, &r.digest))
+        {
+            Some(m) => m,
+            None => {
+                let url = r.url(&format!("manifests/sha256:{}", r.digest));
+                let m = oci_get(
+                    &url,
+                    Some(OCI_MANIFEST_ACCEPT),
+                    OCI_MAX_MANIFEST_BYTES.min(self.max_bytes),
+                    deadline,
+                )
+                .map_err(|e| format!("fetching manifest sha256:{}: {e}", r.digest))?;
+                let got = sha256_hex(&m);
+                if got != r.digest {
+                    return Err(format!(
+                        "the registry's manifest hashes to sha256:{got}, not to the referenced sha256:{}",
+                        r.digest
+                    ));
+                }
+                m.into()
+            }
+        };
+        let layer = wasm_layer(&manifest)?;
+        if let Some(b) = self.cached(&layer) {
+            self.store_manifest(&r.digest, &manifest);
+            return Ok(b);
+        }
+        let url = r.url(&format!("blobs/sha256:{layer}"));
+        let b = oci_get(&url, None, self.max_bytes, deadline)
+            .map_err(|e| format!("fetching the Wasm layer sha256:{layer}: {e}"))?;
+        let got = sha256_hex(&b);
+        if got != layer {
+            return Err(format!(
+                "the registry's Wasm layer hashes to sha256:{got}, not to the layer digest sha256:{layer}"
+            ));
+        }
+        self.store(&layer, &b);
+        self.store_manifest(&r.digest, &manifest);
+        Ok(b.into())
+    }
+
+    fn store_manifest(&self, digest: &str, manifest: &[u8]) {
+        if let Some(p) = self.cache_file(digest, "manifest.json")
+            && !p.is_file()
+        {
+            self.store_at(p, digest, manifest);
+        }
+    }
+}
+
+/// Manifest media types asked for: OCI, then Docker v2 schema 2.
+const OCI_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// Registries refuse manifests larger than 4 MiB; so does the agent.
+const OCI_MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Layer media types that hold a Wasm module.
+pub const WASM_LAYER_MEDIA_TYPES: [&str; 3] = [
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+    "application/vnd.module.wasm.content.layer.v1+wasm",
+];
+
+/// A parsed `REGISTRY/REPOSITORY[:TAG]@sha256:<hex>` reference (a tag, if
+/// present, is ignored: artifacts are pulled by digest only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciReference {
+    /// `host[:port]`.
+    pub registry: String,
+    pub repository: String,
+    /// The manifest's sha256, 64 lowercase hex digits.
+    pub digest: String,
+}
+
+impl OciReference {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = |problem: &str| {
+            format!(
+                "invalid OCI reference {s:?}: {problem} (expected REGISTRY/REPOSITORY@sha256:<64 hex digits>)"
+            )
+        };
+        let Some((name, digest)) = s.split_once('@') else {
+            return Err(bad(
+                "it has no digest; modules are pulled by digest only, a tag alone is refused",
+            ));
+        };
+        let Some(hex) = digest.strip_prefix("sha256:") else {
+            return Err(bad("the digest must start with \"sha256:\""));
+        };
+        if hex.len() != 64 || !hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+            return Err(bad("the digest must be 64 lowercase hexadecimal digits"));
+        }
+        let Some((registry, path)) = name.split_once('/') else {
+            return Err(bad("it names no registry"));
+        };
+        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+            return Err(bad(&format!(
+                "{registry:?} is not a registry host (a registry has a dot or a port, or is localhost)"
+            )));
+        }
+        let host_ok = |h: &str| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        };
+        if !host_ok(registry) {
+            return Err(bad(&format!("{registry:?} is not a valid registry host")));
+        }
+        // A tag before the digest is allowed and ignored.
+        let repository = match path.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => repo,
+            _ => path,
+        };
+        let component_ok = |c: &str| {
+            let b = c.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|&x| {
+                    x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-')
+                })
+        };
+        if !repository.split('/').all(component_ok) {
+            return Err(bad(&format!(
+                "repository {repository:?} must be lowercase letters, digits and . _ - separated by /"
+            )));
+        }
+        Ok(OciReference {
+            registry: registry.into(),
+            repository: repository.into(),
+            digest: hex.into(),
+        })
+    }
+
+    /// Loopback registries are spoken to over http, others over https.
+    pub fn scheme(&self) -> &'static str {
+        let host = match self.registry.rsplit_once(':') {
+            Some((h, port)) if !port.contains(']') => h,
+            _ => &self.registry,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback { "http" } else { "https" }
+    }
+
+    /// `<scheme>://<registry>/v2/<repository>/<rest>`.
+    pub fn url(&self, rest: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{rest}",
+            self.scheme(),
+            self.registry,
+            self.repository
+        )
+    }
+}
+
+/// The digest (hex) of the one Wasm layer of an image manifest.
+fn wasm_layer(manifest: &[u8]) -> Result<String, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Manifest {
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Descriptor {
+        media_type: String,
+        digest: String,
+    }
+    let m: Manifest = serde_json::from_slice(manifest)
+        .map_err(|e| format!("the manifest is not an image manifest: {e}"))?;
+    if m.manifests.is_some() {
+        return Err(format!(
+            "the digest names an image index ({}), not an image manifest; reference the manifest of the Wasm artifact",
+            m.media_type.as_deref().unwrap_or("no mediaType")
+        ));
+    }
+    let wasm: Vec<&Descriptor> = m
+        .layers
+        .iter()
+        .filter(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
+        .collect();
+    let [layer] = wasm.as_slice() else {
+        let found: Vec<&str> = m.layers.iter().map(|l| l.media_type.as_str()).collect();
+        return Err(format!(
+            "the manifest must have exactly one Wasm layer ({}), but it has {} (layer media types: {})",
+            WASM_LAYER_MEDIA_TYPES.join(", "),
+            wasm.len(),
+            if found.is_empty() {
+                "none".to_string()
+            } else {
+                found.join(", ")
+            }
+        ));
+    };
+    match layer.digest.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) => {
+            Ok(hex.into())
+        }
+        _ => Err(format!(
+            "the Wasm layer's digest {:?} is not a sha256 digest",
+            layer.digest
+        )),
+    }
+}
+
+/// GET from a registry, at most `limit` bytes, before `deadline`.
+fn oci_get(
+    url: &str,
+    accept: Option<&str>,
+    limit: u64,
+    deadline: std::time::Instant,
+) -> Result<Vec<u8>, String> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Err("the fetch timed out".into());
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(left))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    if let Some(a) = accept {
+        req = req.header("Accept", a);
+    }
+    let mut resp = req.call().map_err(|e| format!("GET {url} failed: {e}"))?;
+    let status = resp.status();
+    if status != 200 {
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .unwrap_or_default();
+        let detail = registry_error(&body);
+        let hint = match status.as_u16() {
+            401 | 403 => "; the registry requires authentication, which is not supported",
+            404 => "; no such manifest or blob in this repository",
+            _ => "",
+        };
+        return Err(format!(
+            "GET {url}: the registry answered {status}{detail}{hint}"
+        ));
+    }
+    resp.body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| format!("reading {url} failed (limit {limit} bytes): {e}"))
+}
+
+/// The first error of a registry's error body, as ` (CODE: message)`.
+fn registry_error(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let e = &v["errors"][0];
+    match (e["code"].as_str(), e["message"].as_str()) {
+        (Some(c), Some(m)) => format!(" ({c}: {m})"),
+        (Some(c), None) => format!(" ({c})"),
+        _ => String::new(),
     }
 }
 
@@ -275,5 +570,82 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("a sha256 is required"), "{e}");
+    }
+
+    #[test]
+    fn oci_references_are_pulled_by_digest_only() {
+        let d = "ab".repeat(32);
+        let r =
+            OciReference::parse(&format!("127.0.0.1:5000/switchyard/sched@sha256:{d}")).unwrap();
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "switchyard/sched");
+        assert_eq!(r.digest, d);
+        assert_eq!(
+            r.url("manifests/x"),
+            "http://127.0.0.1:5000/v2/switchyard/sched/manifests/x"
+        );
+        let r = OciReference::parse(&format!("ghcr.io/o/m:v1@sha256:{d}")).unwrap();
+        assert_eq!(r.repository, "o/m");
+        assert_eq!(r.scheme(), "https");
+        assert_eq!(
+            OciReference::parse(&format!("localhost/m@sha256:{d}"))
+                .unwrap()
+                .scheme(),
+            "http"
+        );
+        for (bad, problem) in [
+            ("ghcr.io/o/m:v1", "a tag alone is refused"),
+            ("ghcr.io/o/m@sha256:abc", "64 lowercase hexadecimal"),
+            (&format!("ghcr.io/o/m@sha512:{d}") as &str, "\"sha256:\""),
+            (&format!("o/m@sha256:{d}"), "not a registry host"),
+            (&format!("m@sha256:{d}"), "names no registry"),
+            (&format!("ghcr.io/O/m@sha256:{d}"), "lowercase letters"),
+        ] {
+            let e = OciReference::parse(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains(problem), "{bad}: {e}");
+        }
+        let e = Fetcher::default()
+            .fetch("m", &ModuleSource::Oci("ghcr.io/o/m:v1".into()), None)
+            .unwrap_err();
+        assert!(matches!(e, LoadError::Fetch { .. }), "{e}");
+        assert!(e.to_string().contains("OCI artifact ghcr.io/o/m:v1"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_needs_exactly_one_wasm_layer() {
+        let layer =
+            |t: &str, d: &str| format!(r#"{{"mediaType":"{t}","digest":"sha256:{d}","size":1}}"#);
+        let manifest =
+            |layers: &[String]| format!(r#"{{"schemaVersion":2,"layers":[{}]}}"#, layers.join(","));
+        let d = "0".repeat(64);
+        assert_eq!(
+            wasm_layer(
+                manifest(&[
+                    layer("text/plain", &"1".repeat(64)),
+                    layer("application/wasm", &d)
+                ])
+                .as_bytes()
+            ),
+            Ok(d.clone())
+        );
+        let e = wasm_layer(
+            manifest(&[layer("application/vnd.oci.image.layer.v1.tar+gzip", &d)]).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("has 0") && e.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
+            "{e}"
+        );
+        let two = [
+            layer("application/wasm", &d),
+            layer("application/vnd.wasm.content.layer.v1+wasm", &d),
+        ];
+        assert!(
+            wasm_layer(manifest(&two).as_bytes())
+                .unwrap_err()
+                .contains("has 2")
+        );
+        let e = wasm_layer(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#).unwrap_err();
+        assert!(e.contains("image index"), "{e}");
     }
 }

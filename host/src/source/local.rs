@@ -322,7 +322,7 @@ metadata: {name: web}
         assert!(
             spec.to_module_spec("m", 1)
                 .unwrap_err()
-                .contains("exactly one of builtin, url and file")
+                .contains("exactly one of builtin, url, file and oci")
         );
     }
 }
