@@ -1,4 +1,4 @@
-//! `switchyard agent` in a cluster: the kube source in, modules and status
+//! `switchyard agent --kube`, in a cluster: the kube source in, modules and status
 //! out.
 //!
 //! The agent starts from the first complete snapshot of the cluster (see

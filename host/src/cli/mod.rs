@@ -64,6 +64,11 @@ struct AgentArgs {
     /// networking, the node's pods and the admin API.
     #[arg(long, conflicts_with = "local")]
     lab: Option<std::path::PathBuf>,
+    /// Follow the Kubernetes API server (the in-cluster service account, or
+    /// $KUBECONFIG): NetworkModules, status, Events. Without it (and
+    /// without --local or --lab) the agent serves CNI from its flags alone.
+    #[arg(long, conflicts_with_all = ["local", "lab"])]
+    kube: bool,
     /// Enter this network namespace (a name under /var/run/netns, or a path)
     /// before anything else, as a host-network DaemonSet pod runs in its node's.
     #[arg(long)]
@@ -147,15 +152,16 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let kube = a.kube;
     rt.block_on(async move {
-        if options.local.is_some() {
+        if !kube {
             let agent = crate::agent::Agent::start(options).await?;
             return agent.run().await;
         }
         // In a cluster: the in-cluster service account, or $KUBECONFIG.
         let client = kube::Client::try_default().await.map_err(|e| {
             anyhow::anyhow!(
-                "no Kubernetes API to follow ({e}); run in a cluster, set KUBECONFIG, or give --local DIR"
+                "--kube: no Kubernetes API to follow ({e}); run in a cluster or set KUBECONFIG"
             )
         })?;
         crate::cluster::run(
