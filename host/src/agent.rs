@@ -7,7 +7,7 @@ use crate::datapath::ipam::{Ledger, PoolConfig};
 use crate::datapath::netlink::NetlinkLinks;
 use crate::datapath::probes::ProbeTable;
 use crate::model::{FailurePolicy, Role};
-use crate::registry::source::{Fetcher, ModuleSource};
+use crate::registry::source::{Blob, Fetcher, ModuleSource};
 use crate::registry::{ModuleSpec, Registry};
 use crate::runtime::{HostServices, Runtime, RuntimeConfig};
 use crate::source::local::{Manifests, sticky_owner};
@@ -133,7 +133,17 @@ pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSp
         if m.spec.role == Role::Cni && i > 0 {
             continue;
         }
-        specs.push(m.spec.to_module_spec(&m.name, m.generation)?);
+        let mut spec = m.spec.to_module_spec(&m.name, m.generation)?;
+        // A ConfigMap source loads the bytes the cluster holds now.
+        if let ModuleSource::ConfigMap { name, key, bytes } = &mut spec.source {
+            *bytes = manifests
+                .config_maps
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name.as_str()))
+                .and_then(|c| c.binary_data.as_ref()?.get(key.as_str()))
+                .map(|b| Blob(Arc::from(b.0.as_slice())));
+        }
+        specs.push(spec);
     }
     // Services are proxied by the built-in nftables module unless a
     // NetworkModule serves the role here, or the cluster asks for another

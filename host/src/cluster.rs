@@ -63,7 +63,7 @@ pub async fn run(
     cluster: ClusterOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut rx = kube::start(client.clone());
+    let mut rx = kube::start(client.clone(), &cluster.namespace);
     let first = first_snapshot(&mut rx).await?;
     let agent = Arc::new(Agent::start_with(options, &first).await?);
     let (stop_tx, stop_rx) = watch::channel(false);

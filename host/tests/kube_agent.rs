@@ -48,7 +48,7 @@ async fn module_swaps_and_failures_reach_status_and_events() {
         api.apply_silently(o);
     }
     let client = api.client();
-    let mut rx = kube::start(client.clone());
+    let mut rx = kube::start(client.clone(), "switchyard-system");
     let first = cluster::first_snapshot(&mut rx).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let options = AgentOptions {
@@ -195,6 +195,67 @@ async fn module_swaps_and_failures_reach_status_and_events() {
     assert_eq!(ev["type"], "Warning");
     assert_eq!(ev["regarding"]["name"], "proxy-v2");
     assert!(ev["note"].as_str().unwrap().contains("FetchFailed"), "{ev}");
+
+    // A module kept in a ConfigMap of the agents' namespace: loaded from
+    // the bytes the cluster holds, reported with their digest.
+    let wasm = std::fs::read(
+        switchyard::modules::ALL
+            .iter()
+            .find(|(n, _)| *n == "example-scheduler")
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&wasm))
+    };
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("modules".into()),
+            namespace: Some("switchyard-system".into()),
+            ..Default::default()
+        },
+        binary_data: Some(
+            [(
+                "least-latency.wasm".to_string(),
+                k8s_openapi::ByteString(wasm),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let mut cm = serde_json::to_value(&cm).unwrap();
+    cm["apiVersion"] = json!("v1");
+    cm["kind"] = json!("ConfigMap");
+    api.apply(cm);
+    let scheduler = |key: &str| {
+        let mut m = module(
+            "sched",
+            1,
+            0,
+            json!({"configMap": {"name": "modules", "key": key}}),
+        );
+        m["spec"]["role"] = json!("scheduler");
+        m
+    };
+    api.apply(scheduler("least-latency.wasm"));
+    until("the scheduler from the ConfigMap", || {
+        let s = status("sched");
+        s["nodeResults"][0]["state"] == "Ready" && s["nodeResults"][0]["digest"] == digest
+    })
+    .await;
+    let mut missing = scheduler("nope.wasm");
+    missing["metadata"]["generation"] = json!(2);
+    api.apply(missing);
+    until("a missing ConfigMap key reported", || {
+        let s = status("sched");
+        s["nodeResults"][0]["state"] == "Degraded"
+            && s["nodeResults"][0]["message"].as_str().is_some_and(|m| {
+                m.contains("no ConfigMap \"modules\" with binaryData key \"nope.wasm\"")
+            })
+    })
+    .await;
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(5), follow)

@@ -63,7 +63,7 @@ async fn snapshots_follow_lists_watches_and_relists() {
     }
     // One kind cannot be listed yet: no snapshot, however long it takes.
     api.refuse("switchyard.dev/v1alpha1", "WasmNetworkPolicy");
-    let mut rx = kube::start(api.client());
+    let mut rx = kube::start(api.client(), "switchyard-system");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         rx.borrow().generation,

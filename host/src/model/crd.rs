@@ -31,7 +31,7 @@ pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
-    validation = Rule::new("[has(self.builtin), has(self.url), has(self.file), has(self.oci)].filter(x, x).size() == 1").message("exactly one of builtin, url, file and oci must be set"),
+    validation = Rule::new("[has(self.builtin), has(self.url), has(self.file), has(self.oci), has(self.configMap)].filter(x, x).size() == 1").message("exactly one of builtin, url, file, oci and configMap must be set"),
     validation = Rule::new("!has(self.url) || has(self.sha256)").message("sha256 is required with url"),
 )]
 pub struct ModuleSourceSpec {
@@ -49,10 +49,24 @@ pub struct ModuleSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[^@\s]+/[^@\s]+@sha256:[0-9a-f]{64}$"))]
     pub oci: Option<String>,
+    /// A key of a ConfigMap's `binaryData`, in the agents' namespace (the
+    /// only one they may read ConfigMaps in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapModule>,
     /// The module's sha256 (64 hex digits, optionally `sha256:`-prefixed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(sha256:)?[0-9a-f]{64}$"))]
     pub sha256: Option<String>,
+}
+
+/// A module kept in a ConfigMap's `binaryData`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapModule {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// `NetworkModule.spec.limits`: each field set replaces the role's default.
@@ -245,14 +259,19 @@ impl NetworkModuleSpec {
     /// The registry's view of this NetworkModule.
     pub fn to_module_spec(&self, name: &str, generation: i64) -> Result<ModuleSpec, String> {
         let s = &self.source;
-        let source = match (&s.builtin, &s.url, &s.file, &s.oci) {
-            (Some(b), None, None, None) => ModuleSource::Builtin(b.clone()),
-            (None, Some(u), None, None) => ModuleSource::Url(u.clone()),
-            (None, None, Some(f), None) => ModuleSource::File(f.into()),
-            (None, None, None, Some(o)) => ModuleSource::Oci(o.clone()),
+        let source = match (&s.builtin, &s.url, &s.file, &s.oci, &s.config_map) {
+            (Some(b), None, None, None, None) => ModuleSource::Builtin(b.clone()),
+            (None, Some(u), None, None, None) => ModuleSource::Url(u.clone()),
+            (None, None, Some(f), None, None) => ModuleSource::File(f.into()),
+            (None, None, None, Some(o), None) => ModuleSource::Oci(o.clone()),
+            (None, None, None, None, Some(c)) => ModuleSource::ConfigMap {
+                name: c.name.clone(),
+                key: c.key.clone(),
+                bytes: None,
+            },
             _ => {
                 return Err(format!(
-                    "NetworkModule {name:?} is invalid: spec.source: exactly one of builtin, url, file and oci must be set"
+                    "NetworkModule {name:?} is invalid: spec.source: exactly one of builtin, url, file, oci and configMap must be set"
                 ));
             }
         };
@@ -536,7 +555,7 @@ impl WasmNetworkPolicy {
 /// The CEL rules of `T`'s CRD (`x-kubernetes-validations`), evaluated on
 /// `obj` as the API server does on create; the error is in its words
 /// (`NetworkModule "m" is invalid: spec.source: Invalid value: "object":
-/// exactly one of builtin, url, file and oci must be set`).
+/// exactly one of builtin, url, file, oci and configMap must be set`).
 pub fn check_cel<T>(obj: &T) -> Result<(), String>
 where
     T: kube::CustomResourceExt + kube::Resource<DynamicType = ()> + Serialize,
@@ -606,7 +625,7 @@ mod tests {
         assert!(module(&format!("{{oci: '{oci}', builtin: cni-bridge}}")).is_err());
         assert_eq!(
             module("{builtin: cni-bridge, file: /m.wasm}").unwrap_err(),
-            "NetworkModule \"m\" is invalid: spec.source: Invalid value: \"object\": exactly one of builtin, url, file and oci must be set"
+            "NetworkModule \"m\" is invalid: spec.source: Invalid value: \"object\": exactly one of builtin, url, file, oci and configMap must be set"
         );
         assert!(
             module("{url: 'https://example.com/m.wasm'}")

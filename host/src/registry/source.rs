@@ -21,6 +21,25 @@ pub enum ModuleSource {
     /// An OCI artifact pulled by digest: `REGISTRY/REPOSITORY@sha256:<hex>`.
     /// Its manifest must have exactly one Wasm layer.
     Oci(String),
+    /// A key of a ConfigMap's `binaryData` in the agents' namespace. The
+    /// source of the cluster fills `bytes` in from its view of the
+    /// ConfigMap (see `agent::desired_modules`); `None` when it has none.
+    ConfigMap {
+        name: String,
+        key: String,
+        #[serde(skip)]
+        bytes: Option<Blob>,
+    },
+}
+
+/// Module bytes carried in a spec; debug-printed by size only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Blob(pub Arc<[u8]>);
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 impl std::fmt::Display for ModuleSource {
@@ -30,6 +49,9 @@ impl std::fmt::Display for ModuleSource {
             ModuleSource::Url(u) => write!(f, "{u}"),
             ModuleSource::Builtin(n) => write!(f, "built-in module {n}"),
             ModuleSource::Oci(r) => write!(f, "OCI artifact {r}"),
+            ModuleSource::ConfigMap { name, key, .. } => {
+                write!(f, "ConfigMap {name} key {key}")
+            }
         }
     }
 }
@@ -150,6 +172,28 @@ impl Fetcher {
                 let r = OciReference::parse(reference).map_err(fetch_err)?;
                 self.fetch_oci(&r).map_err(fetch_err)?.to_vec()
             }
+            ModuleSource::ConfigMap { name, key, bytes } => match bytes.as_ref().map(|b| &b.0) {
+                Some(b) if b.len() as u64 > self.max_bytes => {
+                    return Err(fetch_err(format!(
+                        "{} bytes, more than the {} a module may have",
+                        b.len(),
+                        self.max_bytes
+                    )));
+                }
+                Some(b) => {
+                    // Kept by digest too: the node has it if the ConfigMap goes.
+                    let digest = sha256_hex(b);
+                    if self.cached(&digest).is_none() {
+                        self.store(&digest, b);
+                    }
+                    b.to_vec()
+                }
+                None => {
+                    return Err(fetch_err(format!(
+                        "no ConfigMap {name:?} with binaryData key {key:?} in the agents' namespace"
+                    )));
+                }
+            },
         };
         if let Some(want) = want {
             let got = sha256_hex(&bytes);

@@ -18,7 +18,7 @@
 use super::local::{ClusterNetwork, Manifests, NetworkModule};
 use crate::model::crd;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
@@ -54,6 +54,7 @@ struct Stores {
     modules: Store<crd::NetworkModule>,
     networks: Store<crd::ClusterNetwork>,
     wasm_policies: Store<crd::WasmNetworkPolicy>,
+    config_maps: Store<ConfigMap>,
 }
 
 fn owned<K>(s: &Store<K>) -> Vec<K>
@@ -98,6 +99,7 @@ impl Stores {
             endpoint_slices: owned(&self.slices),
             network_policies: owned(&self.policies),
             wasm_network_policies: owned(&self.wasm_policies),
+            config_maps: owned(&self.config_maps),
             modules,
             cluster_networks,
             ignored: vec![],
@@ -110,8 +112,15 @@ fn reflect<K>(client: &Client, dirty: Arc<Notify>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
+    reflect_api(Api::all(client.clone()), dirty)
+}
+
+/// Watch what `api` lists into a store; every change pokes `dirty`.
+fn reflect_api<K>(api: Api<K>, dirty: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
-    let api: Api<K> = Api::all(client.clone());
     let kind = K::kind(&());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -131,10 +140,11 @@ where
     reader
 }
 
-/// Start the reflectors and the snapshot builder. The receiver sees the
-/// first snapshot once every kind has been listed, then one per settled
-/// burst of changes.
-pub fn start(client: Client) -> watch::Receiver<Snapshot> {
+/// Start the reflectors and the snapshot builder. ConfigMaps (module
+/// sources) are watched in `namespace` only, the agents' own. The receiver
+/// sees the first snapshot once every kind has been listed, then one per
+/// settled burst of changes.
+pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
     let dirty = Arc::new(Notify::new());
     let stores = Stores {
         pods: reflect(&client, dirty.clone()),
@@ -146,6 +156,7 @@ pub fn start(client: Client) -> watch::Receiver<Snapshot> {
         modules: reflect(&client, dirty.clone()),
         networks: reflect(&client, dirty.clone()),
         wasm_policies: reflect(&client, dirty.clone()),
+        config_maps: reflect_api(Api::namespaced(client.clone(), namespace), dirty.clone()),
     };
     let (tx, rx) = watch::channel(Snapshot::default());
     tokio::spawn(async move {
@@ -162,6 +173,7 @@ pub fn start(client: Client) -> watch::Receiver<Snapshot> {
             s.networks.wait_until_ready(),
             s.wasm_policies.wait_until_ready(),
         );
+        let config_maps = s.config_maps.wait_until_ready().await;
         if [
             ready.0.is_err(),
             ready.1.is_err(),
@@ -172,6 +184,7 @@ pub fn start(client: Client) -> watch::Receiver<Snapshot> {
             ready.6.is_err(),
             ready.7.is_err(),
             ready.8.is_err(),
+            config_maps.is_err(),
         ]
         .contains(&true)
         {

@@ -3,7 +3,7 @@
 //! cluster.
 
 use crate::model::crd::{API_VERSION, ClusterNetworkSpec, NetworkModuleSpec};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
@@ -45,6 +45,9 @@ pub struct Manifests {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// ConfigMaps that may hold modules (the kube source watches only the
+    /// agents' namespace).
+    pub config_maps: Vec<ConfigMap>,
     pub wasm_network_policies: Vec<WasmNetworkPolicy>,
     pub modules: Vec<NetworkModule>,
     pub cluster_networks: Vec<ClusterNetwork>,
@@ -119,6 +122,9 @@ impl Manifests {
                     .push(serde_yaml::from_value(value).map_err(|e| err(format!("Pod: {e}")))?),
                 ("v1", "Namespace") => self.namespaces.push(
                     serde_yaml::from_value(value).map_err(|e| err(format!("Namespace: {e}")))?,
+                ),
+                ("v1", "ConfigMap") => self.config_maps.push(
+                    serde_yaml::from_value(value).map_err(|e| err(format!("ConfigMap: {e}")))?,
                 ),
                 ("v1", "Service") => self
                     .services
@@ -322,7 +328,7 @@ metadata: {name: web}
         assert!(
             spec.to_module_spec("m", 1)
                 .unwrap_err()
-                .contains("exactly one of builtin, url, file and oci")
+                .contains("exactly one of builtin, url, file, oci and configMap")
         );
     }
 }

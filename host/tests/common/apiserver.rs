@@ -65,6 +65,13 @@ fn collection_of(api_version: &str, kind: &str) -> (String, String) {
         "NetworkModule" => "networkmodules",
         "ClusterNetwork" => "clusternetworks",
         "WasmNetworkPolicy" => "wasmnetworkpolicies",
+        // Watched in the agents' namespace only.
+        "ConfigMap" => {
+            return (
+                "/api/v1/namespaces/switchyard-system/configmaps".into(),
+                "ConfigMapList".into(),
+            );
+        }
         other => panic!("the fake API server does not serve {other}"),
     };
     let base = if api_version == "v1" {
@@ -76,7 +83,7 @@ fn collection_of(api_version: &str, kind: &str) -> (String, String) {
 }
 
 /// Every kind the kube source watches, with its apiVersion.
-pub const KINDS: [(&str, &str); 9] = [
+pub const KINDS: [(&str, &str); 10] = [
     ("v1", "Pod"),
     ("v1", "Namespace"),
     ("v1", "Service"),
@@ -86,6 +93,7 @@ pub const KINDS: [(&str, &str); 9] = [
     ("switchyard.dev/v1alpha1", "NetworkModule"),
     ("switchyard.dev/v1alpha1", "ClusterNetwork"),
     ("switchyard.dev/v1alpha1", "WasmNetworkPolicy"),
+    ("v1", "ConfigMap"),
 ];
 
 fn key(o: &Value) -> (String, String) {
