@@ -7,7 +7,9 @@
 //! not load leaves the last good one serving) and writes this node's result
 //! into each NetworkModule's status, with an Event on a failure
 //! ([`crate::status`]). The agents elect a leader with a Lease; it
-//! summarizes every node's results into the conditions.
+//! summarizes every node's results into the conditions. Services and
+//! NetworkPolicies (and WasmNetworkPolicies) go to the same proxy and
+//! policy engines the lab's agents run, from the same model.
 
 use crate::agent::{Agent, AgentOptions, sticky_pods};
 use crate::source::kube::{self, Snapshot};
@@ -29,6 +31,10 @@ pub struct ClusterOptions {
     pub interval: Duration,
     /// Where the admin API listens (the DaemonSet's probes ask it), if at all.
     pub admin: Option<std::net::SocketAddr>,
+    /// The network namespace (a name under /var/run/netns) whose tables the
+    /// proxy and policy engines program; the agent's own when `None` (a
+    /// host-network DaemonSet pod: the node's).
+    pub netns: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +48,7 @@ impl Default for ClusterOptions {
                 std::net::Ipv6Addr::UNSPECIFIED.into(),
                 crate::lab::layout::ADMIN_PORT,
             )),
+            netns: None,
         }
     }
 }
@@ -133,6 +140,93 @@ impl crate::api::NodeSource for ClusterSource {
     }
 }
 
+/// The node's Service proxy and policy engine, fed from the snapshots.
+struct Datapath {
+    node: String,
+    proxy: crate::proxy::ServiceProxy,
+    policy: crate::policy::engine::PolicyEngine,
+}
+
+impl Datapath {
+    fn new(agent: &Agent, netns: Option<&str>) -> Datapath {
+        use crate::datapath::nft::Nft;
+        let nft = || {
+            Arc::new(Nft::new(
+                netns.map(|n| std::path::Path::new("/var/run/netns").join(n)),
+            ))
+        };
+        if netns.is_none()
+            && let Err(e) = crate::policy::engine::enable_bridge_netfilter()
+        {
+            tracing::warn!("{e}");
+        }
+        Datapath {
+            node: agent.options.node.clone(),
+            proxy: crate::proxy::ServiceProxy::new(
+                agent.registry.clone(),
+                nft(),
+                Arc::new(crate::proxy::conntrack::ConntrackTool {
+                    netns: netns.map(str::to_string),
+                }),
+            ),
+            policy: crate::policy::engine::PolicyEngine::new(agent.registry.clone(), nft()),
+        }
+    }
+
+    /// Mark what `m` changed for both engines.
+    fn update(&mut self, m: &Manifests) {
+        let net = m.cluster_network().cloned().unwrap_or_default();
+        if net.proxy.mode != "nftables" {
+            tracing::warn!(
+                mode = %net.proxy.mode,
+                "the cluster agent proxies with nftables; the ipvs and userspace modes run in the lab only"
+            );
+        }
+        let node = m.node(&self.node);
+        let zone = node
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(crate::lab::endpoints::ZONE_LABEL).cloned());
+        let ips: Vec<std::net::IpAddr> = node
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        let ctx = crate::proxy::convert::node_context(&self.node, zone, &ips, &net);
+        self.proxy.set_context(ctx.clone());
+        self.policy.set_context(ctx);
+        let (services, unreadable) = crate::proxy::convert::inputs(m);
+        for (s, e) in unreadable {
+            tracing::warn!(service = %s, "cannot be proxied: {e}");
+        }
+        self.proxy.set_services(services);
+        // Pods carry their own status here (no lab status directory).
+        let (policies, unresolved) = crate::policy::inputs(m, &Default::default());
+        for (p, e) in &unresolved {
+            tracing::warn!(policy = %p, "cannot be resolved: {e}");
+        }
+        let keep = unresolved.into_keys().collect();
+        self.policy.set_policies(policies, &keep);
+    }
+
+    async fn sync(&mut self) {
+        if self.proxy.pending() {
+            let r = self.proxy.sync().await;
+            if let Some(e) = r.error {
+                tracing::error!(error = %e, "the proxy's table could not be loaded");
+            }
+        }
+        if self.policy.pending() {
+            let r = self.policy.sync().await;
+            if let Some(e) = r.error {
+                tracing::error!(error = %e, "the policy table could not be loaded");
+            }
+        }
+    }
+}
+
 /// How many nodes of `m` a NetworkModule selects.
 fn selected_nodes(m: &Manifests, module: &crate::model::crd::NetworkModule) -> u32 {
     m.nodes
@@ -163,6 +257,7 @@ pub async fn follow(
     let mut current: Arc<Manifests> = rx.borrow_and_update().manifests.clone();
     let mut leading = false;
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut datapath = Datapath::new(&agent, cluster.netns.as_deref());
     // The first snapshot was not applied yet if the agent started from it
     // (start_with loads the modules, but the sync also records them).
     let mut dirty = true;
@@ -180,7 +275,9 @@ pub async fn follow(
             for p in problems {
                 tracing::warn!("{p}");
             }
+            datapath.update(&current);
         }
+        datapath.sync().await;
         for p in writer.publish(&current, &agent.registry.status()).await {
             tracing::warn!("{p}");
         }

@@ -3,11 +3,14 @@
 //! result into each one's status with server-side apply, takes the status
 //! Lease and summarizes; a NetworkModule swap changes the module serving on
 //! the node; a bad version is reported (status, conditions, an Event) while
-//! the old one keeps serving.
+//! the old one keeps serving. The Service and the NetworkPolicy it lists
+//! reach the proxy and policy tables (in a network namespace of the test's
+//! own). Needs root.
 
 mod common;
 
 use common::apiserver::FakeApiServer;
+use common::netns::{Netns, require_root, sh};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +46,16 @@ fn module(name: &str, generation: i64, priority: i32, source: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_swaps_and_failures_reach_status_and_events() {
+    require_root();
+    let ns = Netns::new("kagent");
+    let table = |name: &str| {
+        sh(
+            "ip",
+            &[
+                "netns", "exec", &ns.name, "nft", "list", "table", "inet", name,
+            ],
+        )
+    };
     let api = FakeApiServer::start().await;
     for o in fixtures() {
         api.apply_silently(o);
@@ -71,6 +84,7 @@ async fn module_swaps_and_failures_reach_status_and_events() {
             lease_seconds: 15,
             interval: Duration::from_millis(200),
             admin: None,
+            netns: Some(ns.name.clone()),
         },
         async {
             let _ = stopped.await;
@@ -110,6 +124,27 @@ async fn module_swaps_and_failures_reach_status_and_events() {
         apply.query
     );
     assert!(apply.query.contains("force=true"), "{}", apply.query);
+
+    // The Service and the NetworkPolicy of the API server are in the
+    // node's tables: the ClusterIP to its endpoint, the selected pod
+    // isolated.
+    until("the Service in the proxy table", || {
+        let t = table("switchyard-proxy");
+        t.contains("10.96.14.3") && t.contains("10.244.1.7")
+    })
+    .await;
+    // Whether the pod's address is an element of a set of the policy table.
+    let isolated = |set: &str| {
+        let t = table("switchyard-policy");
+        t.split(&format!("set {set} {{"))
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .is_some_and(|body| body.contains("10.244.1.7"))
+    };
+    until("the NetworkPolicy in the policy table", || {
+        isolated("ingress-isolated4")
+    })
+    .await;
 
     // The only agent takes the Lease and summarizes.
     until("the leader's summary of proxy", || {
@@ -256,6 +291,27 @@ async fn module_swaps_and_failures_reach_status_and_events() {
             })
     })
     .await;
+
+    // The WasmNetworkPolicy of the fixtures names a module no NetworkModule
+    // provides: it is reported, and its pod is isolated for egress (a
+    // policy that never rendered is closed).
+    until("the unrendered WasmNetworkPolicy closed", || {
+        isolated("egress-isolated4")
+    })
+    .await;
+    // The NetworkPolicy goes: its pod is not isolated for ingress any more.
+    api.delete(
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "shop",
+        "web-from-shop",
+        false,
+    );
+    until("the pod no longer isolated for ingress", || {
+        !isolated("ingress-isolated4")
+    })
+    .await;
+    assert!(isolated("egress-isolated4"));
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(5), follow)
