@@ -3,6 +3,7 @@
 
 pub mod netns;
 pub mod proxy_input;
+pub mod tcp;
 
 use serde::Serialize;
 use std::time::{Duration, Instant};

@@ -57,15 +57,9 @@
 //! [-- [--rounds N] SIZES]`
 
 use anyhow::{Context, bail, ensure};
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, connect, listen, setsockopt,
-    socket, sockopt,
-};
-use nix::sys::time::{TimeVal, TimeValLike};
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -82,6 +76,7 @@ use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{HostServices, Runtime};
 use switchyard_bench::netns::{enter, remove_stale, run};
 use switchyard_bench::proxy_input::{node_context, v4};
+use switchyard_bench::tcp::{self, Client};
 use switchyard_bench::{Summary, header, machine, netns, write_results};
 
 const DEFAULT_SIZES: [u32; 3] = [0, 100, 1000];
@@ -479,49 +474,13 @@ impl Server {
     fn start(ns: &str) -> anyhow::Result<Server> {
         let accepted = Arc::new(AtomicU64::new(0));
         for port in [CONNECT_PORT, DENIED_PORT] {
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let ns = ns.to_string();
             let count = (port == CONNECT_PORT).then(|| accepted.clone());
-            std::thread::Builder::new()
-                .name("server".into())
-                .spawn(move || {
-                    let listener = (|| -> anyhow::Result<TcpListener> {
-                        enter(&ns)?;
-                        let fd = socket(
-                            AddressFamily::Inet,
-                            SockType::Stream,
-                            SockFlag::SOCK_CLOEXEC,
-                            None,
-                        )?;
-                        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-                        bind(
-                            fd.as_raw_fd(),
-                            &SockaddrIn::from(SocketAddrV4::new(SERVER_IP, port)),
-                        )?;
-                        // A deep accept queue: a full one drops SYNs (a 1 s retry).
-                        listen(&fd, Backlog::MAXALLOWABLE)?;
-                        Ok(TcpListener::from(fd))
-                    })();
-                    let listener = match listener {
-                        Ok(l) => {
-                            let _ = ready_tx.send(Ok(()));
-                            l
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    loop {
-                        if let Ok((conn, _)) = listener.accept() {
-                            drop(conn);
-                            if let Some(c) = &count {
-                                c.fetch_add(1, Ordering::Release);
-                            }
-                        }
-                    }
-                })?;
-            ready_rx.recv()??;
+            tcp::serve_in(ns, SocketAddrV4::new(SERVER_IP, port), move |conn, _| {
+                drop(conn);
+                if let Some(c) = &count {
+                    c.fetch_add(1, Ordering::Release);
+                }
+            })?;
         }
         Ok(Server { accepted })
     }
@@ -529,91 +488,7 @@ impl Server {
     /// Wait until the server has accepted `n` connections on the connect
     /// port in all.
     fn wait_for(&self, n: u64) -> anyhow::Result<()> {
-        let t = Instant::now();
-        while self.accepted.load(Ordering::Acquire) < n {
-            let waited = t.elapsed();
-            ensure!(
-                waited < Duration::from_secs(10),
-                "the server accepted {} connections, {n} were made",
-                self.accepted.load(Ordering::Relaxed)
-            );
-            if waited < Duration::from_millis(1) {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
-        Ok(())
-    }
-}
-
-type Reply = Result<Duration, String>;
-
-/// A thread inside the client namespace that makes connections on request.
-struct Client {
-    jobs: mpsc::Sender<(u16, Duration)>,
-    replies: mpsc::Receiver<Reply>,
-}
-
-fn connect_once(to: SocketAddrV4, timeout: Duration) -> Result<Duration, nix::Error> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // close() sends a RST: no TIME_WAIT, so no port exhaustion.
-    setsockopt(
-        &fd,
-        sockopt::Linger,
-        &nix::libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )?;
-    // A blocking connect() gives up after this (EINPROGRESS).
-    setsockopt(
-        &fd,
-        sockopt::SendTimeout,
-        &TimeVal::milliseconds(timeout.as_millis() as i64),
-    )?;
-    let addr = SockaddrIn::from(to);
-    let t = Instant::now();
-    connect(fd.as_raw_fd(), &addr)?;
-    let d = t.elapsed();
-    drop(fd);
-    Ok(d)
-}
-
-impl Client {
-    fn start(ns: &str) -> anyhow::Result<Client> {
-        let (jobs, job_rx) = mpsc::channel::<(u16, Duration)>();
-        let (reply_tx, replies) = mpsc::channel::<Reply>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ns = ns.to_string();
-        std::thread::Builder::new()
-            .name("client".into())
-            .spawn(move || {
-                if let Err(e) = enter(&ns) {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-                let _ = ready_tx.send(Ok(()));
-                for (port, timeout) in job_rx {
-                    let to = SocketAddrV4::new(SERVER_IP, port);
-                    let r = connect_once(to, timeout).map_err(|e| format!("connect to {to}: {e}"));
-                    if reply_tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        ready_rx.recv()??;
-        Ok(Client { jobs, replies })
-    }
-
-    fn connect(&self, port: u16, timeout: Duration) -> anyhow::Result<Reply> {
-        self.jobs.send((port, timeout))?;
-        Ok(self.replies.recv()?)
+        tcp::wait_for(&self.accepted, n)
     }
 }
 
@@ -948,7 +823,10 @@ impl Node {
     fn connect(&mut self) -> anyhow::Result<Duration> {
         let d = self
             .client
-            .connect(CONNECT_PORT, Duration::from_secs(1))?
+            .connect(
+                SocketAddrV4::new(SERVER_IP, CONNECT_PORT),
+                Duration::from_secs(1),
+            )?
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.v.label()))?;
         self.made += 1;
         // The server's accept runs on another thread: let it finish, so it
@@ -961,7 +839,10 @@ impl Node {
     fn reaches(&mut self, port: u16) -> anyhow::Result<bool> {
         let ok = self
             .client
-            .connect(port, Duration::from_millis(300))?
+            .connect(
+                SocketAddrV4::new(SERVER_IP, port),
+                Duration::from_millis(300),
+            )?
             .is_ok();
         if ok && port == CONNECT_PORT {
             self.made += 1;

@@ -43,18 +43,11 @@
 //! [-- [--rounds N] SIZES]`
 
 use anyhow::{Context, ensure};
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, connect, listen, setsockopt,
-    socket, sockopt,
-};
-use nix::sys::time::{TimeVal, TimeValLike};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard::datapath::nft::Nft;
@@ -63,6 +56,7 @@ use switchyard::proxy::conntrack::ConntrackTool;
 use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard_bench::netns::{enter, remove_stale, run};
 use switchyard_bench::proxy_input::{self, POD_PORT, SERVICE_PORT, object, service};
+use switchyard_bench::tcp::{self, Client};
 use switchyard_bench::{Summary, header, machine, write_results};
 
 const DEFAULT_SIZES: [u32; 2] = [1000, 10_000];
@@ -320,140 +314,26 @@ impl Server {
     fn start(ns: &str) -> anyhow::Result<Server> {
         let seen: Seen = Arc::default();
         let total = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ns = ns.to_string();
         let (s, t) = (seen.clone(), total.clone());
-        std::thread::spawn(move || {
-            let listener = (|| -> anyhow::Result<TcpListener> {
-                enter(&ns)?;
-                let fd = socket(
-                    AddressFamily::Inet,
-                    SockType::Stream,
-                    SockFlag::SOCK_CLOEXEC,
-                    None,
-                )?;
-                setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-                bind(
-                    fd.as_raw_fd(),
-                    &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, POD_PORT)),
-                )?;
-                // A deep accept queue: a full one drops SYNs (a 1 s retry).
-                listen(&fd, Backlog::MAXALLOWABLE)?;
-                Ok(TcpListener::from(fd))
-            })();
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            loop {
-                // The peer address from accept() itself: the client has
-                // usually reset the connection by now, and getpeername()
-                // would fail.
-                let Ok((conn, peer)) = listener.accept() else {
-                    continue;
-                };
-                if let (Ok(local), IpAddr::V4(p)) = (conn.local_addr(), peer.ip())
-                    && let IpAddr::V4(l) = local.ip()
-                {
-                    *s.lock().unwrap().entry((p, l)).or_default() += 1;
-                }
-                t.fetch_add(1, Ordering::Release);
+        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, POD_PORT);
+        tcp::serve_in(ns, any, move |conn, peer| {
+            if let (Ok(local), IpAddr::V4(p)) = (conn.local_addr(), peer.ip())
+                && let IpAddr::V4(l) = local.ip()
+            {
+                *s.lock().unwrap().entry((p, l)).or_default() += 1;
             }
-        });
-        ready_rx.recv()??;
+            t.fetch_add(1, Ordering::Release);
+        })?;
         Ok(Server { seen, total })
     }
 
     /// Wait until the server has accepted `n` connections in all.
     fn wait_for(&self, n: u64) -> anyhow::Result<()> {
-        let t = Instant::now();
-        while self.total.load(Ordering::Acquire) < n {
-            let waited = t.elapsed();
-            ensure!(
-                waited < Duration::from_secs(10),
-                "the server accepted {} connections, {n} were made",
-                self.total.load(Ordering::Relaxed)
-            );
-            if waited < Duration::from_millis(1) {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
-        Ok(())
+        tcp::wait_for(&self.total, n)
     }
 
     fn snapshot(&self) -> HashMap<(Ipv4Addr, Ipv4Addr), u64> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-type Reply = Result<Duration, String>;
-
-/// A thread inside one client namespace that makes connections on request.
-struct Client {
-    jobs: mpsc::Sender<SocketAddrV4>,
-    replies: mpsc::Receiver<Reply>,
-}
-
-fn connect_once(to: SocketAddrV4) -> Result<Duration, nix::Error> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // close() sends a RST: no TIME_WAIT, so no port exhaustion.
-    setsockopt(
-        &fd,
-        sockopt::Linger,
-        &nix::libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )?;
-    // A blocking connect() gives up after this (EINPROGRESS).
-    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::milliseconds(1000))?;
-    let addr = SockaddrIn::from(to);
-    let t = Instant::now();
-    connect(fd.as_raw_fd(), &addr)?;
-    let d = t.elapsed();
-    drop(fd);
-    Ok(d)
-}
-
-impl Client {
-    fn start(ns: &str) -> anyhow::Result<Client> {
-        let (jobs, job_rx) = mpsc::channel::<SocketAddrV4>();
-        let (reply_tx, replies) = mpsc::channel::<Reply>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ns = ns.to_string();
-        std::thread::spawn(move || {
-            if let Err(e) = enter(&ns) {
-                let _ = ready_tx.send(Err(e));
-                return;
-            }
-            let _ = ready_tx.send(Ok(()));
-            for to in job_rx {
-                let r = connect_once(to).map_err(|e| format!("connect to {to}: {e}"));
-                if reply_tx.send(r).is_err() {
-                    break;
-                }
-            }
-        });
-        ready_rx.recv()??;
-        Ok(Client { jobs, replies })
-    }
-
-    fn connect(&self, to: SocketAddrV4) -> anyhow::Result<Duration> {
-        self.jobs.send(to)?;
-        self.replies.recv()?.map_err(anyhow::Error::msg)
     }
 }
 
@@ -580,7 +460,8 @@ impl Bench<'_> {
     fn connect(&mut self, v: &Variant, round: usize) -> anyhow::Result<Duration> {
         let to = self.target(v, round);
         let d = self.clients[v.client]
-            .connect(to)
+            .connect(to, Duration::from_secs(1))?
+            .map_err(anyhow::Error::msg)
             .with_context(|| format!("{} ({})", v.label, self.lab.clients[v.client]))?;
         self.made += 1;
         // The server's accept runs on another thread: let it finish, so it
