@@ -143,6 +143,8 @@ impl crate::api::NodeSource for ClusterSource {
 /// The node's Service proxy and policy engine, fed from the snapshots.
 struct Datapath {
     node: String,
+    /// The proxy mode last seen, to say once that it is not served here.
+    mode: String,
     proxy: crate::proxy::ServiceProxy,
     policy: crate::policy::engine::PolicyEngine,
 }
@@ -162,6 +164,7 @@ impl Datapath {
         }
         Datapath {
             node: agent.options.node.clone(),
+            mode: "nftables".into(),
             proxy: crate::proxy::ServiceProxy::new(
                 agent.registry.clone(),
                 nft(),
@@ -176,12 +179,13 @@ impl Datapath {
     /// Mark what `m` changed for both engines.
     fn update(&mut self, m: &Manifests) {
         let net = m.cluster_network().cloned().unwrap_or_default();
-        if net.proxy.mode != "nftables" {
+        if net.proxy.mode != self.mode && net.proxy.mode != "nftables" {
             tracing::warn!(
                 mode = %net.proxy.mode,
                 "the cluster agent proxies with nftables; the ipvs and userspace modes run in the lab only"
             );
         }
+        self.mode.clone_from(&net.proxy.mode);
         let node = m.node(&self.node);
         let zone = node
             .and_then(|n| n.metadata.labels.as_ref())
@@ -258,8 +262,8 @@ pub async fn follow(
     let mut leading = false;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut datapath = Datapath::new(&agent, cluster.netns.as_deref());
-    // The first snapshot was not applied yet if the agent started from it
-    // (start_with loads the modules, but the sync also records them).
+    // The snapshot the agent started from still has to reach the datapath
+    // (its modules are loaded already: the sync finds nothing to do).
     let mut dirty = true;
     loop {
         if dirty {

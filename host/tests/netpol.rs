@@ -730,11 +730,7 @@ fn counter(c: &Ctx<'_>, node: &str, name: &str) -> u64 {
         "switchyard-policy",
         name,
     ]);
-    out.split("packets ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {out}"))
+    common::counter_packets(&out)
 }
 
 /// Scenario 13: The SDK example `egress-allowlist` as a WasmNetworkPolicy:

@@ -98,11 +98,7 @@ fn counter(ns: &Netns, name: &str) -> u64 {
             name,
         ],
     );
-    out.split("packets ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packets in {out}"))
+    common::counter_packets(&out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,27 +209,6 @@ struct Object {
     doc: Doc,
 }
 
-/// The CEL rules of our CRD `T` on the object, as the API server runs
-/// them (the spec was decoded and checked before).
-fn cel<T>(o: &Object) -> Result<(), String>
-where
-    T: kube::CustomResourceExt
-        + kube::Resource<DynamicType = ()>
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
-{
-    let mut v = o.doc.value.clone();
-    // The lab fills the namespace in, as kubectl does.
-    if !o.namespace.is_empty()
-        && let Some(m) = v.get_mut("metadata").and_then(|m| m.as_mapping_mut())
-    {
-        m.insert("namespace".into(), o.namespace.clone().into());
-    }
-    let obj: T = serde_yaml::from_value(v)
-        .map_err(|e| format!("{} {:?} is invalid: {e}", T::kind(&()), o.name))?;
-    crd::check_cel(&obj)
-}
-
 fn identify(doc: Doc) -> Result<Object, String> {
     let s = |k: &str| {
         doc.value
@@ -487,10 +466,11 @@ impl<'a> Admission<'a> {
                             format!("WasmNetworkPolicy {:?} is invalid: spec: {e}", o.name)
                         })
                     })?;
-                let mut meta = meta;
-                meta.namespace = Some(o.namespace.clone());
-                validate::wasm_network_policy(&meta, &spec)?;
-                cel::<crd::WasmNetworkPolicy>(o)?;
+                let mut policy = crd::WasmNetworkPolicy::new(&o.name, spec);
+                policy.metadata = meta;
+                policy.metadata.namespace = Some(o.namespace.clone());
+                validate::wasm_network_policy(&policy.metadata, &policy.spec)?;
+                crd::check_cel(&policy)?;
                 if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
                     m.insert("namespace".into(), o.namespace.clone().into());
                 }
@@ -515,7 +495,7 @@ impl<'a> Admission<'a> {
                             format!("NetworkModule {:?} is invalid: spec: {e}", o.name)
                         })
                     })?;
-                cel::<crd::NetworkModule>(o)?;
+                crd::check_cel(&crd::NetworkModule::new(&o.name, spec.clone()))?;
                 spec.to_module_spec(&o.name, 1)
                     .map_err(|e| format!("NetworkModule {:?} is invalid: {e}", o.name))?;
                 let old: Option<serde_yaml::Value> = self.existing(o);
@@ -529,7 +509,7 @@ impl<'a> Admission<'a> {
                         format!("ClusterNetwork {:?} is invalid: spec: {e}", o.name)
                     })?,
                 };
-                cel::<crd::ClusterNetwork>(o)?;
+                crd::check_cel(&crd::ClusterNetwork::new(&o.name, spec.clone()))?;
                 if o.name == "default" {
                     let c = &self.lab.config;
                     if spec.model != c.model {

@@ -43,7 +43,6 @@ pub struct Snapshot {
 }
 
 /// The stores of every kind the agent reads.
-#[derive(Clone)]
 struct Stores {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
@@ -107,20 +106,29 @@ impl Stores {
     }
 }
 
+/// Whether a store has listed once (false if its reflector stopped first).
+type Ready = futures::future::BoxFuture<'static, bool>;
+
 /// Watch one kind cluster-wide into a store; every change pokes `dirty`.
-fn reflect<K>(client: &Client, dirty: Arc<Notify>) -> Store<K>
+fn reflect<K>(client: &Client, dirty: &Arc<Notify>, ready: &mut Vec<Ready>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    reflect_api(Api::all(client.clone()), dirty)
+    reflect_api(Api::all(client.clone()), dirty, ready)
 }
 
-/// Watch what `api` lists into a store; every change pokes `dirty`.
-fn reflect_api<K>(api: Api<K>, dirty: Arc<Notify>) -> Store<K>
+/// Watch what `api` lists into a store; every change pokes `dirty`. Its
+/// first complete list is pushed to `ready`.
+fn reflect_api<K>(api: Api<K>, dirty: &Arc<Notify>, ready: &mut Vec<Ready>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    let listed = reader.clone();
+    ready.push(Box::pin(
+        async move { listed.wait_until_ready().await.is_ok() },
+    ));
+    let dirty = dirty.clone();
     let kind = K::kind(&());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -146,47 +154,27 @@ where
 /// settled burst of changes.
 pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
     let dirty = Arc::new(Notify::new());
+    let mut ready = vec![];
+    let r = &mut ready;
     let stores = Stores {
-        pods: reflect(&client, dirty.clone()),
-        namespaces: reflect(&client, dirty.clone()),
-        services: reflect(&client, dirty.clone()),
-        slices: reflect(&client, dirty.clone()),
-        policies: reflect(&client, dirty.clone()),
-        nodes: reflect(&client, dirty.clone()),
-        modules: reflect(&client, dirty.clone()),
-        networks: reflect(&client, dirty.clone()),
-        wasm_policies: reflect(&client, dirty.clone()),
-        config_maps: reflect_api(Api::namespaced(client.clone(), namespace), dirty.clone()),
+        pods: reflect(&client, &dirty, r),
+        namespaces: reflect(&client, &dirty, r),
+        services: reflect(&client, &dirty, r),
+        slices: reflect(&client, &dirty, r),
+        policies: reflect(&client, &dirty, r),
+        nodes: reflect(&client, &dirty, r),
+        modules: reflect(&client, &dirty, r),
+        networks: reflect(&client, &dirty, r),
+        wasm_policies: reflect(&client, &dirty, r),
+        config_maps: reflect_api(Api::namespaced(client.clone(), namespace), &dirty, r),
     };
     let (tx, rx) = watch::channel(Snapshot::default());
     tokio::spawn(async move {
-        let s = &stores;
         // Every store has listed once (the watchers retry until they do).
-        let ready = tokio::join!(
-            s.pods.wait_until_ready(),
-            s.namespaces.wait_until_ready(),
-            s.services.wait_until_ready(),
-            s.slices.wait_until_ready(),
-            s.policies.wait_until_ready(),
-            s.nodes.wait_until_ready(),
-            s.modules.wait_until_ready(),
-            s.networks.wait_until_ready(),
-            s.wasm_policies.wait_until_ready(),
-        );
-        let config_maps = s.config_maps.wait_until_ready().await;
-        if [
-            ready.0.is_err(),
-            ready.1.is_err(),
-            ready.2.is_err(),
-            ready.3.is_err(),
-            ready.4.is_err(),
-            ready.5.is_err(),
-            ready.6.is_err(),
-            ready.7.is_err(),
-            ready.8.is_err(),
-            config_maps.is_err(),
-        ]
-        .contains(&true)
+        if !futures::future::join_all(ready)
+            .await
+            .into_iter()
+            .all(|ok| ok)
         {
             tracing::error!("a reflector stopped before its first list");
             return;

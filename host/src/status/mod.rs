@@ -268,28 +268,20 @@ pub async fn summarize_all(
     let mut written = 0;
     for m in api.list(&Default::default()).await? {
         let generation = m.metadata.generation.unwrap_or(1);
-        let old = m.status.clone().unwrap_or_default();
-        let mut s = summarize(
+        let mut old = m.status.clone().unwrap_or_default();
+        let s = summarize(
             generation,
             desired(&m),
             &old.node_results,
             &old.conditions,
             &now,
         );
-        // Unchanged but for timestamps: nothing to write.
-        let same = old.observed_generation == s.observed_generation
-            && old.nodes == s.nodes
-            && old.digest == s.digest
-            && old.last_error == s.last_error
-            && old.conditions.len() == s.conditions.len()
-            && old.conditions.iter().zip(&s.conditions).all(|(a, b)| {
-                (&a.type_, &a.status, &a.reason, &a.message)
-                    == (&b.type_, &b.status, &b.reason, &b.message)
-            });
-        if same {
+        // A condition keeps its transition time while its status stays, so
+        // an unchanged summary equals what is written: nothing to write.
+        old.node_results.clear();
+        if old == s {
             continue;
         }
-        s.node_results = vec![];
         let mut body = serde_json::to_value(&s).expect("a status serializes");
         // The leader does not own any node's entry.
         if let Some(o) = body.as_object_mut() {

@@ -25,6 +25,15 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+/// The packets of `nft list counter` output.
+pub fn counter_packets(out: &str) -> u64 {
+    out.split("packets ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
+}
+
 pub mod agent;
 pub mod apiserver;
 pub mod lab;
