@@ -12,8 +12,14 @@
 //! its NetworkPolicies would be open).
 //!
 //! Pods are watched cluster-wide: NetworkPolicy peers are pods of every
-//! node. Managed fields are dropped before they are stored (about half of a
-//! pod's metadata, and nothing here reads them).
+//! node. A pod is stored trimmed to what the agent reads of it ([`trim_pod`]:
+//! name, labels, owners, our annotations, node, host network, container
+//! ports, phase, addresses, readiness), this node's as much as any other's:
+//! CNI needs nothing more (sticky addresses read owners and annotations).
+//! A second watch of this node's pods alone would add a stream to the API
+//! server and no data anyone reads. Managed fields are dropped from every
+//! kind before it is stored (about half of an object's metadata, and
+//! nothing here reads them).
 
 use super::local::{ClusterNetwork, Manifests, NetworkModule};
 use crate::model::crd;
@@ -87,6 +93,7 @@ impl Stores {
             .into_iter()
             .map(|c| ClusterNetwork {
                 name: c.name_any(),
+                generation: c.metadata.generation.unwrap_or(1),
                 spec: c.spec,
             })
             .collect();
@@ -106,6 +113,56 @@ impl Stores {
     }
 }
 
+/// Keep of a pod only what the agent reads of it: what
+/// [`crate::policy::resolve::pod`] makes a peer of, and what
+/// [`crate::source::local::sticky_owner`] decides by. Images, probes,
+/// volumes, env, resources and container statuses go: on a real pod they
+/// are most of the object.
+pub fn trim_pod(p: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus};
+    let m = &mut p.metadata;
+    m.managed_fields = None;
+    if let Some(a) = &mut m.annotations {
+        a.retain(|k, _| k.starts_with("switchyard.dev/"));
+    }
+    m.annotations = m.annotations.take().filter(|a| !a.is_empty());
+    let keep_ports = |c: &Container| Container {
+        name: c.name.clone(),
+        ports: c.ports.clone(),
+        restart_policy: c.restart_policy.clone(),
+        ..Default::default()
+    };
+    p.spec = p.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        host_network: s.host_network,
+        containers: s.containers.iter().map(keep_ports).collect(),
+        // Only sidecars (restartable init containers) serve ports.
+        init_containers: s.init_containers.map(|v| {
+            v.iter()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+                .map(keep_ports)
+                .collect()
+        }),
+        ..Default::default()
+    });
+    p.status = p.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        conditions: s.conditions.map(|c| {
+            c.into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    });
+}
+
 /// Whether a store has listed once (false if its reflector stopped first).
 type Ready = futures::future::BoxFuture<'static, bool>;
 
@@ -114,12 +171,20 @@ fn reflect<K>(client: &Client, dirty: &Arc<Notify>, ready: &mut Vec<Ready>) -> S
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    reflect_api(Api::all(client.clone()), dirty, ready)
+    reflect_api(Api::all(client.clone()), dirty, ready, |o: &mut K| {
+        o.managed_fields_mut().clear()
+    })
 }
 
-/// Watch what `api` lists into a store; every change pokes `dirty`. Its
-/// first complete list is pushed to `ready`.
-fn reflect_api<K>(api: Api<K>, dirty: &Arc<Notify>, ready: &mut Vec<Ready>) -> Store<K>
+/// Watch what `api` lists into a store, each object passed through `trim`
+/// first; every change pokes `dirty`. Its first complete list is pushed to
+/// `ready`.
+fn reflect_api<K>(
+    api: Api<K>,
+    dirty: &Arc<Notify>,
+    ready: &mut Vec<Ready>,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -132,7 +197,7 @@ where
     let kind = K::kind(&());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .modify(trim)
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -157,7 +222,7 @@ pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
     let mut ready = vec![];
     let r = &mut ready;
     let stores = Stores {
-        pods: reflect(&client, &dirty, r),
+        pods: reflect_api(Api::all(client.clone()), &dirty, r, trim_pod),
         namespaces: reflect(&client, &dirty, r),
         services: reflect(&client, &dirty, r),
         slices: reflect(&client, &dirty, r),
@@ -166,7 +231,12 @@ pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
         modules: reflect(&client, &dirty, r),
         networks: reflect(&client, &dirty, r),
         wasm_policies: reflect(&client, &dirty, r),
-        config_maps: reflect_api(Api::namespaced(client.clone(), namespace), &dirty, r),
+        config_maps: reflect_api(
+            Api::namespaced(client.clone(), namespace),
+            &dirty,
+            r,
+            |o: &mut ConfigMap| o.managed_fields_mut().clear(),
+        ),
     };
     let (tx, rx) = watch::channel(Snapshot::default());
     tokio::spawn(async move {
@@ -198,4 +268,91 @@ pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::resolve;
+    use crate::source::local::sticky_owner;
+
+    /// A pod as the API server sends it, with what a real one carries
+    /// beyond what the agent reads.
+    const POD: &str = r#"{
+      "apiVersion": "v1", "kind": "Pod",
+      "metadata": {"name": "db-0", "namespace": "shop", "uid": "0c1d", "resourceVersion": "77",
+        "labels": {"app": "db", "statefulset.kubernetes.io/pod-name": "db-0"},
+        "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-24T09:00:00Z",
+                        "switchyard.dev/sticky-ip": "true"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "5a"}],
+        "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}]},
+      "spec": {"nodeName": "node-2", "hostNetwork": false, "serviceAccountName": "db",
+        "initContainers": [
+          {"name": "migrate", "image": "db:1", "command": ["migrate"], "ports": [{"containerPort": 9000}]},
+          {"name": "proxy", "image": "envoy:1", "restartPolicy": "Always",
+           "ports": [{"name": "admin", "containerPort": 9901, "protocol": "TCP"}]}],
+        "containers": [{"name": "db", "image": "postgres:17",
+          "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data"}],
+          "ports": [{"name": "pg", "containerPort": 5432, "protocol": "TCP"},
+                    {"name": "metrics", "containerPort": 9187, "protocol": "UDP"}],
+          "readinessProbe": {"exec": {"command": ["pg_isready"]}, "periodSeconds": 5},
+          "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+          "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]},
+      "status": {"phase": "Running", "hostIP": "192.168.49.3", "podIP": "10.244.2.9",
+        "podIPs": [{"ip": "10.244.2.9"}, {"ip": "fd00:10:244:2::9"}],
+        "conditions": [{"type": "Initialized", "status": "True"},
+                       {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-24T09:01:00Z"}],
+        "containerStatuses": [{"name": "db", "ready": true, "restartCount": 0, "image": "postgres:17",
+          "imageID": "docker.io/library/postgres@sha256:00", "containerID": "containerd://ab",
+          "state": {"running": {"startedAt": "2026-11-24T09:00:30Z"}}}]}
+    }"#;
+
+    fn pods() -> Vec<Pod> {
+        let fixtures: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../../tests/fixtures/kube/objects.json")).unwrap();
+        let mut v: Vec<Pod> = fixtures
+            .into_iter()
+            .filter(|o| o["kind"] == "Pod")
+            .map(|o| serde_json::from_value(o).unwrap())
+            .collect();
+        v.push(serde_json::from_str(POD).unwrap());
+        v
+    }
+
+    #[test]
+    fn a_trimmed_pod_is_the_same_peer_and_the_same_sticky_pod() {
+        for full in pods() {
+            let mut trimmed = full.clone();
+            trim_pod(&mut trimmed);
+            assert_eq!(
+                format!("{:?}", resolve::pod(&trimmed)),
+                format!("{:?}", resolve::pod(&full)),
+                "pod {:?}",
+                full.metadata.name
+            );
+            assert_eq!(sticky_owner(&trimmed), sticky_owner(&full));
+            let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+            assert!(
+                size(&trimmed) * 2 < size(&full),
+                "{} of {} bytes kept",
+                size(&trimmed),
+                size(&full)
+            );
+        }
+        // What the rich pod keeps, concretely: its ports (the sidecar's,
+        // not the plain init container's), both addresses, readiness.
+        let mut p: Pod = serde_json::from_str(POD).unwrap();
+        trim_pod(&mut p);
+        let peer = resolve::pod(&p);
+        assert_eq!(peer.ports.len(), 3, "{:?}", peer.ports);
+        assert_eq!(peer.ips.len(), 2);
+        assert!(peer.ready);
+        assert_eq!(sticky_owner(&p).as_deref(), Some("shop/db-0"));
+        assert_eq!(
+            p.metadata.annotations.unwrap().keys().collect::<Vec<_>>(),
+            ["switchyard.dev/sticky-ip"]
+        );
+        assert!(p.metadata.managed_fields.is_none());
+    }
 }

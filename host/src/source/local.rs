@@ -31,6 +31,8 @@ pub struct NetworkModule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterNetwork {
     pub name: String,
+    /// `metadata.generation` (1 when a manifest does not say).
+    pub generation: i64,
     pub spec: ClusterNetworkSpec,
 }
 
@@ -149,8 +151,11 @@ impl Manifests {
                     let name = d.metadata.name.ok_or_else(|| {
                         err("ClusterNetwork: metadata.name: Required value".into())
                     })?;
-                    self.cluster_networks
-                        .push(ClusterNetwork { name, spec: d.spec });
+                    self.cluster_networks.push(ClusterNetwork {
+                        name,
+                        generation: d.metadata.generation.unwrap_or(1),
+                        spec: d.spec,
+                    });
                 }
                 (API_VERSION, "NetworkModule") => {
                     let d: ModuleDoc = serde_yaml::from_value(value)
