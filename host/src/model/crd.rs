@@ -161,16 +161,54 @@ pub struct NetworkModuleStatus {
     pub node_results: Vec<NodeModuleResult>,
 }
 
-/// The status of a ClusterNetwork or a WasmNetworkPolicy.
+/// One node's result for a ClusterNetwork or a WasmNetworkPolicy, written
+/// by that node's agent with server-side apply (field manager
+/// `switchyard-agent/<node>`): each agent owns its own entry of the list.
+///
+/// For a ClusterNetwork, `Ready` means the node networking of its network
+/// model (routes, VXLAN, masquerade) is applied on the node; for a
+/// WasmNetworkPolicy, that the policy is in force on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeObjectResult {
+    pub node: String,
+    /// `Ready` when the object is in force on the node at
+    /// `observedGeneration`, `Degraded` when it failed there.
+    pub state: ModuleState,
+    /// The generation this result is for.
+    pub observed_generation: i64,
+    /// `Applied` or `Enforced`, or why not (`NodeNetworkingFailed`,
+    /// `InvalidConfig`, `ModuleNotLoaded`, `NotEnforced`, ...).
+    pub reason: String,
+    /// What failed, when the node reports a failure.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// The status of a ClusterNetwork or a WasmNetworkPolicy: every node's
+/// result (`nodeResults`, one entry per node, written by that node) and
+/// their summary (conditions, counts, last error), written by the agents'
+/// elected leader.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStatus {
+    /// The generation the summary is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready` (every node the object is for reports it applied at this
+    /// generation) and `Degraded` (a node reports a failure), with the
+    /// reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeCounts>,
+    /// The failure a node reported, with the node and the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Each node's result, one entry per node, written by that node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub node_results: Vec<NodeObjectResult>,
 }
 
 impl LimitsSpec {

@@ -9,9 +9,11 @@
 //!   digest and the last error (field manager `switchyard-status-leader`).
 //!
 //! [`node_result`] and [`summarize`] are the pure parts; [`StatusWriter`]
-//! does the I/O.
+//! does the I/O. [`objects`] does the same for ClusterNetworks and
+//! WasmNetworkPolicies.
 
 pub mod lease;
+pub mod objects;
 
 use crate::model::crd::{
     ModuleState, NetworkModule, NetworkModuleStatus, NodeCounts, NodeModuleResult,
@@ -80,54 +82,74 @@ fn condition(
     }
 }
 
-/// The leader's summary of every node's entry for a NetworkModule at
-/// `generation`, meant for `desired` nodes: `Ready` when every one of them
-/// serves this generation, `Degraded` (with the first failing node's reason
-/// and message) when any reports a failure. `old` are the conditions in
-/// place, whose transition times stay when nothing changed.
-pub fn summarize(
+/// One node's entry, as a summary counts it.
+struct NodeEntry<'a> {
+    node: &'a str,
+    state: ModuleState,
+    observed_generation: i64,
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// The words of a summary's `Ready` condition.
+struct Wording {
+    /// The reason while a node reports a failure.
+    failed: &'static str,
+    /// The reason while nodes have yet to report this generation.
+    pending: &'static str,
+    /// `{ready} of {desired} nodes <verb> generation {generation}`.
+    verb: &'static str,
+}
+
+/// What every summary has: the conditions, the counts and the last error.
+struct NodeSummary {
+    conditions: Vec<Condition>,
+    nodes: NodeCounts,
+    last_error: Option<String>,
+}
+
+/// `Ready` when each of `desired` nodes reports Ready at `generation`,
+/// `Degraded` (with the first failing node's reason and message) when any
+/// reports a failure at it; entries of other generations do not count.
+fn summarize_nodes(
     generation: i64,
     desired: u32,
-    results: &[NodeModuleResult],
+    entries: &[NodeEntry<'_>],
     old: &[Condition],
     now: &Time,
-) -> NetworkModuleStatus {
-    let current: Vec<&NodeModuleResult> = results
-        .iter()
-        .filter(|r| r.observed_generation == generation)
-        .collect();
-    let ready = current
-        .iter()
-        .filter(|r| r.state == ModuleState::Ready)
+    words: &Wording,
+) -> NodeSummary {
+    let current = || {
+        entries
+            .iter()
+            .filter(|e| e.observed_generation == generation)
+    };
+    let ready = current().filter(|e| e.state == ModuleState::Ready).count() as u32;
+    let first_failed = current().find(|e| e.state == ModuleState::Degraded);
+    let degraded = current()
+        .filter(|e| e.state == ModuleState::Degraded)
         .count() as u32;
-    let failed: Vec<&&NodeModuleResult> = current
-        .iter()
-        .filter(|r| r.state == ModuleState::Degraded)
-        .collect();
-    let degraded = failed.len() as u32;
     let all_ready = desired > 0 && ready >= desired;
     let ready_reason = if all_ready {
         "AllNodesReady"
     } else if degraded > 0 {
-        "LoadFailed"
+        words.failed
     } else {
-        "Loading"
+        words.pending
     };
-    let ready_message = format!("{ready} of {desired} nodes serve generation {generation}");
-    let (degraded_reason, degraded_message, last_error) = match failed.first() {
+    let ready_message = format!(
+        "{ready} of {desired} nodes {} generation {generation}",
+        words.verb
+    );
+    let (degraded_reason, degraded_message, last_error) = match first_failed {
         Some(f) => (
-            f.reason.clone(),
+            f.reason,
             format!("node {}: {}", f.node, f.message),
             Some(format!("node {}: {}: {}", f.node, f.reason, f.message)),
         ),
-        None => ("AsExpected".into(), String::new(), None),
+        None => ("AsExpected", String::new(), None),
     };
-    let digest = current
-        .iter()
-        .filter(|r| r.state == ModuleState::Ready)
-        .find_map(|r| r.digest.clone());
-    NetworkModuleStatus {
-        observed_generation: Some(generation),
+    NodeSummary {
         conditions: vec![
             condition(
                 "Ready",
@@ -141,20 +163,60 @@ pub fn summarize(
             condition(
                 "Degraded",
                 degraded > 0,
-                &degraded_reason,
+                degraded_reason,
                 degraded_message,
                 generation,
                 now,
                 old,
             ),
         ],
-        digest,
-        nodes: Some(NodeCounts {
+        nodes: NodeCounts {
             desired,
             ready,
             degraded,
-        }),
+        },
         last_error,
+    }
+}
+
+/// The leader's summary of every node's entry for a NetworkModule at
+/// `generation`, meant for `desired` nodes: `Ready` when every one of them
+/// serves this generation, `Degraded` (with the first failing node's reason
+/// and message) when any reports a failure. `old` are the conditions in
+/// place, whose transition times stay when nothing changed.
+pub fn summarize(
+    generation: i64,
+    desired: u32,
+    results: &[NodeModuleResult],
+    old: &[Condition],
+    now: &Time,
+) -> NetworkModuleStatus {
+    let entries: Vec<NodeEntry<'_>> = results
+        .iter()
+        .map(|r| NodeEntry {
+            node: &r.node,
+            state: r.state,
+            observed_generation: r.observed_generation,
+            reason: &r.reason,
+            message: &r.message,
+        })
+        .collect();
+    let words = Wording {
+        failed: "LoadFailed",
+        pending: "Loading",
+        verb: "serve",
+    };
+    let s = summarize_nodes(generation, desired, &entries, old, now, &words);
+    let digest = results
+        .iter()
+        .filter(|r| r.observed_generation == generation && r.state == ModuleState::Ready)
+        .find_map(|r| r.digest.clone());
+    NetworkModuleStatus {
+        observed_generation: Some(generation),
+        conditions: s.conditions,
+        digest,
+        nodes: Some(s.nodes),
+        last_error: s.last_error,
         node_results: vec![],
     }
 }

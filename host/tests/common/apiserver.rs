@@ -4,8 +4,14 @@
 //! newline-delimited watch events, PATCH on `/status` is recorded and
 //! applied. The test drives it: add, change or delete objects (each a watch
 //! event), change them silently (as if the events were missed), expire the
-//! watches with `410 Gone`, or refuse a kind's LIST until told otherwise.
-//! Every request is recorded.
+//! watches with `410 Gone`, or refuse a kind's LIST and status PATCH until
+//! told otherwise. Every request is recorded.
+//!
+//! A server-side apply of a status tracks which field manager owns which
+//! field (each top-level field of `status`, each `nodeResults` entry by
+//! node): a field its manager stops applying is removed, unless another
+//! manager owns it too; an applied field is taken over (every apply here is
+//! forced).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -33,6 +39,8 @@ struct Collection {
     list_kind: String,
     api_version: String,
     objects: BTreeMap<(String, String), Value>,
+    /// The status fields each field manager applied, by object.
+    owners: BTreeMap<(String, String), BTreeMap<String, BTreeSet<String>>>,
     watchers: Vec<mpsc::UnboundedSender<Value>>,
 }
 
@@ -150,6 +158,8 @@ impl FakeApiServer {
             obj["kind"].as_str().unwrap(),
         );
         let c = g.collections.get_mut(&path).unwrap();
+        // The status is replaced with the object: nobody owns its fields.
+        c.owners.remove(&key(&obj));
         let existed = c.objects.insert(key(&obj), obj.clone()).is_some();
         if let Some(ty) = event {
             let ty = if ty == "auto" {
@@ -187,6 +197,7 @@ impl FakeApiServer {
         let rv = g.rv.to_string();
         let (path, _) = collection_of(api_version, kind);
         let c = g.collections.get_mut(&path).unwrap();
+        c.owners.remove(&(namespace.to_string(), name.to_string()));
         if let Some(mut o) = c.objects.remove(&(namespace.to_string(), name.to_string()))
             && !silently
         {
@@ -210,7 +221,8 @@ impl FakeApiServer {
         }
     }
 
-    /// Answer a kind's LIST with 500 until [`FakeApiServer::accept`].
+    /// Answer a kind's LIST and status PATCH with 500 until
+    /// [`FakeApiServer::accept`].
     pub fn refuse(&self, api_version: &str, kind: &str) {
         self.inner
             .lock()
@@ -262,6 +274,52 @@ fn status(code: u16, reason: &str, message: &str) -> Response {
         .unwrap()
 }
 
+/// A query parameter's value, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = raw.replace('+', " ").into_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The status fields a patch sets: top-level keys, and `nodeResults[<node>]`
+/// for each entry of the list-map.
+fn status_fields(patch: &Value) -> BTreeSet<String> {
+    let mut fields = BTreeSet::new();
+    for (k, v) in patch["status"].as_object().into_iter().flatten() {
+        if k == "nodeResults" {
+            for e in v.as_array().into_iter().flatten() {
+                fields.insert(format!(
+                    "nodeResults[{}]",
+                    e["node"].as_str().unwrap_or_default()
+                ));
+            }
+        } else {
+            fields.insert(k.clone());
+        }
+    }
+    fields
+}
+
 fn ok_json(v: &Value) -> Response {
     Response::builder()
         .header("content-type", "application/json")
@@ -288,7 +346,7 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
         method: method.clone(),
         path: path.clone(),
         query: query.clone(),
-        content_type,
+        content_type: content_type.clone(),
         body: body.clone(),
     });
     let watch = query
@@ -333,10 +391,14 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             }
             None => (coll.to_string(), String::new()),
         };
+        if g.refused.contains(&coll) {
+            return status(500, "InternalError", "scripted: this PATCH is refused");
+        }
         let Some(c) = g.collections.get_mut(&coll) else {
             return status(404, "NotFound", "no such collection");
         };
-        let Some(obj) = c.objects.get_mut(&(ns, name.to_string())) else {
+        let k = (ns, name.to_string());
+        let Some(obj) = c.objects.get_mut(&k) else {
             return status(404, "NotFound", &format!("{name} not found"));
         };
         // Server-side apply, as far as status goes: `nodeResults` is a
@@ -346,6 +408,42 @@ async fn handle(State(inner): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             .unwrap_or(Value::Null);
         if !obj["status"].is_object() {
             obj["status"] = json!({});
+        }
+        if content_type.starts_with("application/apply-patch") {
+            // The manager owns what it applies now (forced: taken from
+            // other managers); what it applied before and not now goes,
+            // unless another manager owns it as well.
+            let manager = query_param(&query, "fieldManager").unwrap_or_default();
+            let fields = status_fields(&patch);
+            let owners = c.owners.entry(k.clone()).or_default();
+            for (m, f) in owners.iter_mut() {
+                if *m != manager {
+                    f.retain(|x| !fields.contains(x));
+                }
+            }
+            let before = owners.insert(manager, fields.clone()).unwrap_or_default();
+            for field in before.difference(&fields) {
+                if owners.values().any(|f| f.contains(field)) {
+                    continue;
+                }
+                let Some(st) = obj["status"].as_object_mut() else {
+                    continue;
+                };
+                match field
+                    .strip_prefix("nodeResults[")
+                    .and_then(|n| n.strip_suffix(']'))
+                {
+                    Some(node) => {
+                        if let Some(list) = st.get_mut("nodeResults").and_then(Value::as_array_mut)
+                        {
+                            list.retain(|e| e["node"] != node);
+                        }
+                    }
+                    None => {
+                        st.remove(field);
+                    }
+                }
+            }
         }
         for (k, v) in patch["status"].as_object().into_iter().flatten() {
             if k == "nodeResults" {
