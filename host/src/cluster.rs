@@ -7,15 +7,24 @@
 //! not load leaves the last good one serving) and writes this node's result
 //! into each NetworkModule's status, with an Event on a failure
 //! ([`crate::status`]). The agents elect a leader with a Lease; it
-//! summarizes every node's results into the conditions. Services and
-//! NetworkPolicies (and WasmNetworkPolicies) go to the same proxy and
-//! policy engines the lab's agents run, from the same model.
+//! summarizes every node's results into the conditions. The node's
+//! datapath ([`crate::node`]: node networking for the ClusterNetwork's
+//! model over the Nodes' InternalIPs and podCIDRs, the Service proxies in
+//! the mode the ClusterNetwork names, the (Wasm)NetworkPolicy table) is the
+//! one the lab's agents run, fed from the same model. The kubelet probes
+//! pods and kube-controller-manager writes EndpointSlices: the agent reads
+//! both from the API server.
 
 use crate::agent::{Agent, AgentOptions, sticky_pods};
+use crate::model::{ObjectKind, ObjectRef};
+use crate::node::{DatapathReport, NodeDatapath, Uplink, internal_ips};
 use crate::source::kube::{self, Snapshot};
 use crate::source::local::{Manifests, node_labels};
 use crate::status::lease::LeaderLease;
+use crate::status::objects::{ObjectResult, ObjectStatusWriter, StatusObject, summarize_objects};
 use crate::status::{StatusWriter, summarize_all};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -31,9 +40,10 @@ pub struct ClusterOptions {
     pub interval: Duration,
     /// Where the admin API listens (the DaemonSet's probes ask it), if at all.
     pub admin: Option<std::net::SocketAddr>,
-    /// The network namespace (a name under /var/run/netns) whose tables the
-    /// proxy and policy engines program; the agent's own when `None` (a
-    /// host-network DaemonSet pod: the node's).
+    /// The network namespace (a name under /var/run/netns) whose links,
+    /// routes and tables the datapath programs; the agent's own when `None`
+    /// (a host-network DaemonSet pod: the node's). The userspace proxy and
+    /// the drop log run only in the agent's own.
     pub netns: Option<String>,
 }
 
@@ -73,6 +83,13 @@ pub async fn run(
     let mut rx = kube::start(client.clone(), &cluster.namespace);
     let first = first_snapshot(&mut rx).await?;
     let agent = Arc::new(Agent::start_with(options, &first).await?);
+    let dp = NodeDatapath::new(
+        &agent,
+        cluster.netns.as_deref(),
+        Uplink::Discover,
+        tokio::runtime::Handle::current(),
+    );
+    let report = Arc::new(Mutex::new(NodeView::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -87,11 +104,17 @@ pub async fn run(
             registry: agent.registry.clone(),
             ledger: agent.ledger.clone(),
             probes: agent.probes.clone(),
-            policy: None,
-            drops: None,
+            policy: Some(dp.policy_snapshot()),
+            drops: match &cluster.netns {
+                None => crate::policy::droplog::spawn(dp.policy_snapshot())
+                    .inspect_err(|e| tracing::warn!("policy drops will not be logged: {e}"))
+                    .ok(),
+                Some(_) => None,
+            },
             source: Arc::new(ClusterSource {
                 node: agent.options.node.clone(),
                 rx: rx.clone(),
+                report: report.clone(),
             }),
         };
         let stop = stopped(stop_rx.clone());
@@ -101,7 +124,15 @@ pub async fn run(
             }
         });
     }
-    let follow = tokio::spawn(follow(agent, client, rx, cluster, stopped(stop_rx)));
+    let follow = tokio::spawn(follow_with(
+        agent,
+        client,
+        rx,
+        cluster,
+        dp,
+        report,
+        stopped(stop_rx),
+    ));
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = follow.await;
@@ -109,21 +140,37 @@ pub async fn run(
     Ok(())
 }
 
+/// What the follower last knew of the node, for the admin API.
+#[derive(Debug, Clone, Default)]
+struct NodeView {
+    datapath: DatapathReport,
+    problems: Vec<String>,
+}
+
 /// The admin API's view of a cluster agent.
 struct ClusterSource {
     node: String,
     rx: watch::Receiver<Snapshot>,
+    report: Arc<Mutex<NodeView>>,
 }
 
 impl crate::api::NodeSource for ClusterSource {
     fn node(&self) -> serde_json::Value {
-        let s = self.rx.borrow();
-        serde_json::json!({
+        let generation = self.rx.borrow().generation;
+        let view = self.report.lock().clone();
+        let mut v = serde_json::json!({
             "name": self.node,
             "source": "kube",
-            "snapshot": s.generation,
-            "ready": s.generation > 0,
-        })
+            "snapshot": generation,
+            "ready": generation > 0 && view.problems.is_empty(),
+            "problems": view.problems,
+        });
+        if let (Some(o), Ok(serde_json::Value::Object(d))) =
+            (v.as_object_mut(), serde_json::to_value(&view.datapath))
+        {
+            o.extend(d);
+        }
+        v
     }
 
     fn cluster(&self) -> Option<serde_json::Value> {
@@ -140,97 +187,6 @@ impl crate::api::NodeSource for ClusterSource {
     }
 }
 
-/// The node's Service proxy and policy engine, fed from the snapshots.
-struct Datapath {
-    node: String,
-    /// The proxy mode last seen, to say once that it is not served here.
-    mode: String,
-    proxy: crate::proxy::ServiceProxy,
-    policy: crate::policy::engine::PolicyEngine,
-}
-
-impl Datapath {
-    fn new(agent: &Agent, netns: Option<&str>) -> Datapath {
-        use crate::datapath::nft::Nft;
-        let nft = || {
-            Arc::new(Nft::new(
-                netns.map(|n| std::path::Path::new("/var/run/netns").join(n)),
-            ))
-        };
-        if netns.is_none()
-            && let Err(e) = crate::policy::engine::enable_bridge_netfilter()
-        {
-            tracing::warn!("{e}");
-        }
-        Datapath {
-            node: agent.options.node.clone(),
-            mode: "nftables".into(),
-            proxy: crate::proxy::ServiceProxy::new(
-                agent.registry.clone(),
-                nft(),
-                Arc::new(crate::proxy::conntrack::ConntrackTool {
-                    netns: netns.map(str::to_string),
-                }),
-            ),
-            policy: crate::policy::engine::PolicyEngine::new(agent.registry.clone(), nft()),
-        }
-    }
-
-    /// Mark what `m` changed for both engines.
-    fn update(&mut self, m: &Manifests) {
-        let net = m.cluster_network().cloned().unwrap_or_default();
-        if net.proxy.mode != self.mode && net.proxy.mode != "nftables" {
-            tracing::warn!(
-                mode = %net.proxy.mode,
-                "the cluster agent proxies with nftables; the ipvs and userspace modes run in the lab only"
-            );
-        }
-        self.mode.clone_from(&net.proxy.mode);
-        let node = m.node(&self.node);
-        let zone = node
-            .and_then(|n| n.metadata.labels.as_ref())
-            .and_then(|l| l.get(crate::lab::endpoints::ZONE_LABEL).cloned());
-        let ips: Vec<std::net::IpAddr> = node
-            .and_then(|n| n.status.as_ref())
-            .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
-        let ctx = crate::proxy::convert::node_context(&self.node, zone, &ips, &net);
-        self.proxy.set_context(ctx.clone());
-        self.policy.set_context(ctx);
-        let (services, unreadable) = crate::proxy::convert::inputs(m);
-        for (s, e) in unreadable {
-            tracing::warn!(service = %s, "cannot be proxied: {e}");
-        }
-        self.proxy.set_services(services);
-        // Pods carry their own status here (no lab status directory).
-        let (policies, unresolved) = crate::policy::inputs(m, &Default::default());
-        for (p, e) in &unresolved {
-            tracing::warn!(policy = %p, "cannot be resolved: {e}");
-        }
-        let keep = unresolved.into_keys().collect();
-        self.policy.set_policies(policies, &keep);
-    }
-
-    async fn sync(&mut self) {
-        if self.proxy.pending() {
-            let r = self.proxy.sync().await;
-            if let Some(e) = r.error {
-                tracing::error!(error = %e, "the proxy's table could not be loaded");
-            }
-        }
-        if self.policy.pending() {
-            let r = self.policy.sync().await;
-            if let Some(e) = r.error {
-                tracing::error!(error = %e, "the policy table could not be loaded");
-            }
-        }
-    }
-}
-
 /// How many nodes of `m` a NetworkModule selects.
 fn selected_nodes(m: &Manifests, module: &crate::model::crd::NetworkModule) -> u32 {
     m.nodes
@@ -239,17 +195,83 @@ fn selected_nodes(m: &Manifests, module: &crate::model::crd::NetworkModule) -> u
         .count() as u32
 }
 
-/// Follow the cluster: modules from every snapshot, this node's status,
-/// and, while this agent holds the Lease, the summaries.
+/// This node's result for the ClusterNetwork (node networking in place at
+/// its generation) and for each WasmNetworkPolicy (in force in the policy
+/// table), for their status. Policies wait while the table has work to do.
+fn object_results(m: &Manifests, dp: &NodeDatapath) -> Vec<ObjectResult> {
+    let mut out = vec![];
+    if let Some(net) = m.cluster_networks.iter().find(|c| c.name == "default") {
+        let r = match dp.network_error() {
+            Some(e) => Err(("NodeNetworkingFailed".to_string(), e.to_string())),
+            None if dp.networked() => Ok(()),
+            None => Err((
+                "Pending".to_string(),
+                "node networking not applied yet".into(),
+            )),
+        };
+        out.push((
+            StatusObject::ClusterNetwork {
+                name: net.name.clone(),
+            },
+            net.generation,
+            r,
+        ));
+    }
+    if dp.pending() {
+        return out;
+    }
+    let errors = dp.policy_errors();
+    for w in &m.wasm_network_policies {
+        let (namespace, name) = (
+            w.metadata.namespace.clone().unwrap_or_default(),
+            w.metadata.name.clone().unwrap_or_default(),
+        );
+        let key = ObjectRef::new(ObjectKind::WasmNetworkPolicy, &namespace, &name);
+        let r = match errors.get(&key) {
+            Some(e) => Err(("NotEnforced".to_string(), e.clone())),
+            None => Ok(()),
+        };
+        out.push((
+            StatusObject::WasmNetworkPolicy { namespace, name },
+            w.metadata.generation.unwrap_or(1),
+            r,
+        ));
+    }
+    out
+}
+
+/// Follow the cluster: modules and the node's datapath from every
+/// snapshot, this node's status, and, while this agent holds the Lease,
+/// the summaries.
 pub async fn follow(
+    agent: Arc<Agent>,
+    client: ::kube::Client,
+    rx: watch::Receiver<Snapshot>,
+    cluster: ClusterOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let dp = NodeDatapath::new(
+        &agent,
+        cluster.netns.as_deref(),
+        Uplink::Discover,
+        tokio::runtime::Handle::current(),
+    );
+    let report = Arc::new(Mutex::new(NodeView::default()));
+    follow_with(agent, client, rx, cluster, dp, report, shutdown).await
+}
+
+async fn follow_with(
     agent: Arc<Agent>,
     client: ::kube::Client,
     mut rx: watch::Receiver<Snapshot>,
     cluster: ClusterOptions,
+    mut dp: NodeDatapath,
+    report: Arc<Mutex<NodeView>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let node = agent.options.node.clone();
     let mut writer = StatusWriter::new(client.clone(), &node);
+    let mut objects = ObjectStatusWriter::new(client.clone(), &node);
     let lease = LeaderLease::new(
         client.clone(),
         &cluster.namespace,
@@ -261,10 +283,11 @@ pub async fn follow(
     let mut current: Arc<Manifests> = rx.borrow_and_update().manifests.clone();
     let mut leading = false;
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut datapath = Datapath::new(&agent, cluster.netns.as_deref());
     // The snapshot the agent started from still has to reach the datapath
     // (its modules are loaded already: the sync finds nothing to do).
     let mut dirty = true;
+    let mut network_error: Option<String> = None;
+    let no_statuses = BTreeMap::new();
     loop {
         if dirty {
             dirty = false;
@@ -279,14 +302,36 @@ pub async fn follow(
             for p in problems {
                 tracing::warn!("{p}");
             }
-            datapath.update(&current);
+            let _ = dp.network(&current);
+            // Pods carry their own status here (no lab status directory).
+            dp.services(&current, &internal_ips(current.node(&node)));
+            dp.policies(&current, &no_statuses);
         }
-        datapath.sync().await;
+        if dp.network_error() != network_error.as_deref() {
+            network_error = dp.network_error().map(str::to_string);
+            match &network_error {
+                Some(e) => tracing::error!(error = %e, "node networking"),
+                None => tracing::info!("node networking in place"),
+            }
+        }
+        dp.sync().await;
+        {
+            let mut r = report.lock();
+            r.datapath = dp.report();
+            r.problems = dp.problems();
+        }
         for p in writer.publish(&current, &agent.registry.status()).await {
             tracing::warn!("{p}");
         }
+        for p in objects.publish(&object_results(&current, &dp)).await {
+            tracing::warn!("{p}");
+        }
+        let pending = dp.pending();
         tokio::select! {
             _ = &mut shutdown => return,
+            // The proxy and policy tables sync at most every
+            // MIN_SYNC_INTERVAL: come back for what waits.
+            _ = tokio::time::sleep(crate::proxy::MIN_SYNC_INTERVAL), if pending => {}
             r = rx.changed() => {
                 if r.is_err() {
                     return;
@@ -295,6 +340,11 @@ pub async fn follow(
                 dirty = true;
             }
             _ = tick.tick() => {
+                // Node networking that failed (a link not there yet, say)
+                // is tried again.
+                if dp.network_error().is_some() {
+                    let _ = dp.network(&current);
+                }
                 match lease.try_lead().await {
                     Ok(now) => {
                         if now != leading {
@@ -311,6 +361,12 @@ pub async fn follow(
                     let m = current.clone();
                     if let Err(e) = summarize_all(client.clone(), |x| selected_nodes(&m, x)).await {
                         tracing::warn!(error = %e, "summarizing NetworkModule status");
+                    }
+                    // Every node's agent networks its node and enforces
+                    // every policy.
+                    let nodes = m.nodes.len() as u32;
+                    if let Err(e) = summarize_objects(client.clone(), nodes).await {
+                        tracing::warn!(error = %e, "summarizing ClusterNetwork and WasmNetworkPolicy status");
                     }
                 }
             }

@@ -12,7 +12,11 @@
 //! - [`datapath`]: the kernel side (IPAM ledger, links, node networking,
 //!   probes, ...);
 //! - [`source`]: where the model comes from (manifest directories, the lab's
-//!   cluster directory);
+//!   cluster directory, the Kubernetes API server);
+//! - [`node`]: the node's datapath fed from any source: node networking, the
+//!   Service proxies and the policy table;
+//! - [`cluster`] and [`status`]: the agent in a cluster, and what it writes
+//!   back (status, Events, the leader Lease);
 //! - [`policy`]: NetworkPolicy resolved to pods and addresses, and the
 //!   policy table;
 //! - [`probe`]: liveness, readiness and startup probes, run as the kubelet
@@ -28,6 +32,7 @@ pub mod cni;
 pub mod datapath;
 pub mod lab;
 pub mod model;
+pub mod node;
 pub mod plan;
 pub mod policy;
 pub mod probe;

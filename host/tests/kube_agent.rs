@@ -4,8 +4,9 @@
 //! Lease and summarizes; a NetworkModule swap changes the module serving on
 //! the node; a bad version is reported (status, conditions, an Event) while
 //! the old one keeps serving. The Service and the NetworkPolicy it lists
-//! reach the proxy and policy tables (in a network namespace of the test's
-//! own). Needs root.
+//! reach the proxy and policy tables, and the Nodes and the ClusterNetwork
+//! node networking (VXLAN or routes, masquerade), all in a network
+//! namespace of the test's own. Needs root.
 
 mod common;
 
@@ -56,6 +57,27 @@ async fn module_swaps_and_failures_reach_status_and_events() {
             ],
         )
     };
+    // The node's uplink holds its InternalIP (the fixture Node's), as a
+    // cluster node's does: node networking finds it by that address.
+    let ip = |args: &[&str]| {
+        let mut a = vec!["netns", "exec", &ns.name, "ip"];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    };
+    // (A veth pair within the namespace: this kernel has no dummy links.)
+    ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0-peer",
+    ]);
+    ip(&["addr", "add", "192.168.49.2/24", "dev", "eth0"]);
+    ip(&["link", "set", "eth0-peer", "up"]);
+    ip(&["link", "set", "eth0", "up"]);
     let api = FakeApiServer::start().await;
     for o in fixtures() {
         api.apply_silently(o);
@@ -299,6 +321,35 @@ async fn module_swaps_and_failures_reach_status_and_events() {
         isolated("egress-isolated4")
     })
     .await;
+    // Its status says so: node-1's entry and the leader's summary.
+    let wnp = || {
+        api.object(V, "WasmNetworkPolicy", "shop", "restricted-egress")
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    until("the WasmNetworkPolicy's Degraded summary", || {
+        let s = wnp();
+        let degraded = s["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Degraded")
+            .cloned()
+            .unwrap_or(Value::Null);
+        s["nodeResults"][0]["node"] == "node-1"
+            && s["nodeResults"][0]["state"] == "Degraded"
+            && s["nodeResults"][0]["reason"] == "NotEnforced"
+            && degraded["status"] == "True"
+            && s["nodes"] == json!({"desired": 1, "ready": 0, "degraded": 1})
+    })
+    .await;
+    let message = wnp()["nodeResults"][0]["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("egress-allowlist")),
+        "the entry names the missing module: {message}"
+    );
     // The NetworkPolicy goes: its pod is not isolated for ingress any more.
     api.delete(
         "networking.k8s.io/v1",
@@ -312,6 +363,103 @@ async fn module_swaps_and_failures_reach_status_and_events() {
     })
     .await;
     assert!(isolated("egress-isolated4"));
+
+    // Node networking: the fixture ClusterNetwork is the overlay (VNI
+    // 4242); node-1 alone has its VXLAN device over eth0 and masquerades
+    // pods leaving the cluster.
+    let vxlan = || ip(&["-d", "-o", "link", "show", "sy-vxlan"]);
+    until("the VXLAN device", || {
+        common::netns::run(
+            "ip",
+            &["netns", "exec", &ns.name, "ip", "link", "show", "sy-vxlan"],
+        )
+        .status
+        .success()
+    })
+    .await;
+    let first = vxlan();
+    assert!(first.contains("vxlan id 4242"), "{first}");
+    assert!(first.contains("local 192.168.49.2 dev eth0"), "{first}");
+    assert!(first.contains("mtu 1450"), "{first}");
+    let cnet = || {
+        api.object(V, "ClusterNetwork", "", "default")
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    until(
+        "the ClusterNetwork Ready on node-1 and in the summary",
+        || {
+            let s = cnet();
+            s["nodeResults"][0]["node"] == "node-1"
+                && s["nodeResults"][0]["state"] == "Ready"
+                && s["nodeResults"][0]["observedGeneration"] == 1
+                && s["conditions"][0]["type"] == "Ready"
+                && s["conditions"][0]["status"] == "True"
+                && s["nodes"] == json!({"desired": 1, "ready": 1, "degraded": 0})
+        },
+    )
+    .await;
+    let node_table = table("switchyard-node");
+    assert!(
+        node_table.contains("oifname \"eth0\" ip saddr @cluster4 ip daddr != @cluster4 masquerade"),
+        "{node_table}"
+    );
+    // A second Node: a VTEP neighbour, an FDB entry to its InternalIP and
+    // an on-link route for its pod CIDR, on the same device.
+    api.apply(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-2", "uid": "node-2-uid", "labels": {"kubernetes.io/hostname": "node-2"}},
+        "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.49.3"}]}}));
+    let route = "10.244.2.0/24 via 10.244.2.0 dev sy-vxlan proto 83 onlink";
+    until("the route to node-2's pods over VXLAN", || {
+        ip(&["route", "show", "10.244.2.0/24"]).contains(route)
+    })
+    .await;
+    let fdb = sh(
+        "ip",
+        &[
+            "netns", "exec", &ns.name, "bridge", "fdb", "show", "dev", "sy-vxlan",
+        ],
+    );
+    assert!(fdb.contains("dst 192.168.49.3"), "{fdb}");
+    let index = |s: &str| s.split(':').next().unwrap().to_string();
+    assert_eq!(
+        index(&vxlan()),
+        index(&first),
+        "a new peer must not recreate the device"
+    );
+    // The flat model: the device goes, node-2's pods are routed via its
+    // InternalIP on the uplink.
+    let mut network = fixtures()
+        .into_iter()
+        .find(|o| o["kind"] == "ClusterNetwork")
+        .unwrap();
+    network["metadata"]["generation"] = json!(2);
+    network["spec"]["model"] = json!("flat");
+    api.apply(network);
+    until("the route to node-2's pods via its InternalIP", || {
+        ip(&["route", "show", "10.244.2.0/24"])
+            .contains("10.244.2.0/24 via 192.168.49.3 dev eth0 proto 83")
+    })
+    .await;
+    assert!(
+        !common::netns::run(
+            "ip",
+            &["netns", "exec", &ns.name, "ip", "link", "show", "sy-vxlan"],
+        )
+        .status
+        .success(),
+        "the VXLAN device outlived the overlay"
+    );
+    until(
+        "node-1's entry at the ClusterNetwork's generation 2",
+        || {
+            let s = cnet();
+            s["nodeResults"][0]["state"] == "Ready"
+                && s["nodeResults"][0]["observedGeneration"] == 2
+        },
+    )
+    .await;
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(5), follow)

@@ -277,9 +277,57 @@ fn neighbour(index: u32, family: AddressFamily, dst: IpAddr, mac: [u8; 6]) -> Ne
     m
 }
 
+/// Whether the VXLAN device `l` is what `v` asks for: VNI, port, local
+/// address and MTU (a device is created with them; a change recreates it).
+fn vxlan_matches(l: &LinkMessage, v: &VxlanPlan) -> bool {
+    let mut mtu = None;
+    let mut info = vec![];
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::Mtu(m) => mtu = Some(*m),
+            LinkAttribute::LinkInfo(i) => {
+                for x in i {
+                    if let LinkInfo::Data(InfoData::Vxlan(d)) = x {
+                        info.extend(d.iter().cloned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let has = |want: &InfoVxlan| info.contains(want);
+    let local = match v.local {
+        IpAddr::V4(a) => has(&InfoVxlan::Local(a)),
+        IpAddr::V6(a) => has(&InfoVxlan::Local6(a)),
+    };
+    mtu == Some(v.mtu) && has(&InfoVxlan::Id(v.vni)) && has(&InfoVxlan::Port(v.port)) && local
+}
+
+/// Remove the VXLAN device (its neighbours, FDB entries and on-link
+/// routes go with it), if there is one.
+fn remove_vxlan(nl: &mut Nl) -> Result<(), NlError> {
+    let Some(l) = nl.link(VXLAN_DEVICE)? else {
+        return Ok(());
+    };
+    let mut m = LinkMessage::default();
+    m.header.index = l.header.index;
+    match nl.request(
+        "removing the VXLAN device",
+        RouteNetlinkMessage::DelLink(m),
+        NLM_F_ACK,
+    ) {
+        Err(e) if e.errno == ENODEV => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 fn ensure_vxlan(nl: &mut Nl, uplink: &str, v: &VxlanPlan) -> Result<u32, NlError> {
     if let Some(l) = nl.link(VXLAN_DEVICE)? {
-        return Ok(l.header.index);
+        if vxlan_matches(&l, v) {
+            return Ok(l.header.index);
+        }
+        tracing::info!(vni = v.vni, port = v.port, "recreating the VXLAN device");
+        remove_vxlan(nl)?;
     }
     let uplink_index = nl.index(uplink)?;
     let mut info = vec![
@@ -309,6 +357,41 @@ fn ensure_vxlan(nl: &mut Nl, uplink: &str, v: &VxlanPlan) -> Result<u32, NlError
         NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
     )?;
     nl.index(VXLAN_DEVICE)
+}
+
+/// The link that holds one of `addresses` (a node's InternalIPs), with
+/// its MTU: where a cluster node's pod traffic leaves it. `None` when no
+/// link holds any of them.
+pub fn link_holding(
+    netns: Option<&PathBuf>,
+    addresses: &[IpAddr],
+) -> Result<Option<(String, u32)>, String> {
+    let body = || -> Result<Option<(String, u32)>, NlError> {
+        let mut nl = Nl::new()?;
+        for l in nl.links()? {
+            let held = nl.addresses(l.header.index)?;
+            if !held.iter().any(|a| addresses.contains(&a.addr())) {
+                continue;
+            }
+            let (mut name, mut mtu) = (None, 1500);
+            for a in &l.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::Mtu(m) => mtu = *m,
+                    _ => {}
+                }
+            }
+            if let Some(name) = name {
+                return Ok(Some((name, mtu)));
+            }
+        }
+        Ok(None)
+    };
+    let r = match netns {
+        Some(p) => in_netns(p, || Ok(body())).map_err(|e| e.to_string())?,
+        None => body(),
+    };
+    r.map_err(|e| e.what)
 }
 
 /// Apply a plan: VXLAN device and entries, routes (stale ones of ours
@@ -343,6 +426,9 @@ pub fn apply(netns: Option<&PathBuf>, uplink: &str, plan: &NodePlan) -> Result<(
                     NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                 )?;
             }
+        } else {
+            // Not the overlay (any more): no VXLAN device.
+            remove_vxlan(&mut nl)?;
         }
         // Routes: replace the wanted ones, remove ours that are not wanted.
         let mut wanted = BTreeSet::new();

@@ -12,16 +12,10 @@ use super::layout::{ADMIN_PORT, Lab, UPLINK};
 use super::view::{ClusterView, HEARTBEAT_TIMEOUT_SECS, LabNodeStatus, unix_now};
 use crate::agent::{Agent, AgentOptions, sticky_pods};
 use crate::api::{ApiState, NodeSource};
-use crate::datapath::nft::Nft;
-use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
-use crate::model::{ObjectRef, Role};
-use crate::policy::engine::PolicyEngine;
+use crate::model::Role;
+use crate::node::{DatapathReport, NodeDatapath, Uplink};
 use crate::probe::status::StatusReader;
-use crate::proxy::conntrack::ConntrackTool;
-use crate::proxy::userspace::UserspaceProxy;
-use crate::proxy::{MIN_SYNC_INTERVAL, ServiceProxy, convert};
 use crate::source::cluster_dir::ClusterDir;
-use crate::source::local::Manifests;
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
 use parking_lot::Mutex;
@@ -47,31 +41,17 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 pub struct NodeReport {
     pub name: String,
     pub lab: String,
-    pub model: String,
     pub addresses: Vec<String>,
     pub pod_cidrs: Vec<String>,
     pub ready: bool,
     pub problems: Vec<String>,
-    /// Routes node networking installed: `dst via gw dev`.
-    pub routes: Vec<String>,
-    /// VXLAN peers (overlay): `vtep mac underlay`.
-    pub vxlan_peers: Vec<String>,
-    pub masquerade: bool,
+    /// Node networking, the proxies and the policy table.
+    #[serde(flatten)]
+    pub datapath: DatapathReport,
     /// Pods this node runs: `namespace/name ips`.
     pub pods: Vec<String>,
-    /// Services the node's proxy programs.
-    pub services: usize,
-    /// Why a Service is not (fully) programmed, by `namespace/name`.
-    pub service_errors: BTreeMap<String, String>,
     /// Whether this agent runs the lab's EndpointSlice controller.
     pub endpoint_controller: bool,
-    /// Service ports the userspace proxy serves, with their counters.
-    pub userspace: Vec<crate::proxy::userspace::PortReport>,
-    /// NetworkPolicies the node's policy table holds.
-    pub policies: usize,
-    /// Why a (Wasm)NetworkPolicy is not (fully) in force, by object
-    /// (`NetworkPolicy prod/web`).
-    pub policy_errors: BTreeMap<String, String>,
 }
 
 struct LabSource {
@@ -89,51 +69,6 @@ impl NodeSource for LabSource {
     }
 }
 
-/// Node networking's view of the Node objects.
-pub fn node_infos(m: &Manifests) -> Vec<NodeInfo> {
-    m.nodes
-        .iter()
-        .map(|n| NodeInfo {
-            name: n.metadata.name.clone().unwrap_or_default(),
-            addresses: n
-                .status
-                .as_ref()
-                .and_then(|s| s.addresses.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect(),
-            pod_cidrs: n
-                .spec
-                .as_ref()
-                .and_then(|s| s.pod_cidrs.clone())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .collect(),
-        })
-        .collect()
-}
-
-fn describe_plan(plan: &NodePlan, r: &mut NodeReport) {
-    r.routes = plan
-        .routes
-        .iter()
-        .map(|(dst, via, dev, _)| format!("{dst} via {via} dev {dev}"))
-        .collect();
-    r.vxlan_peers = plan
-        .vxlan
-        .iter()
-        .flat_map(|v| v.peers.iter())
-        .map(|(vtep, mac, underlay)| {
-            let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{vtep} {} {underlay}", mac.join(":"))
-        })
-        .collect();
-    r.masquerade = plan.nft.contains("masquerade");
-}
-
 /// The node loop: node networking, pods, status. Runs on its own thread
 /// (it waits on processes) until `stop` is set.
 struct NodeLoop {
@@ -144,26 +79,13 @@ struct NodeLoop {
     agent: Arc<Agent>,
     report: Arc<Mutex<NodeReport>>,
     stop: Arc<AtomicBool>,
-    proxy: ServiceProxy,
-    /// Services whose scheduler is a module: proxied by the agent itself.
-    userspace: UserspaceProxy,
-    /// Services the proxy could not read, by `namespace/name`.
-    unreadable: BTreeMap<String, String>,
-    /// Where the proxy's async calls run.
+    /// Node networking, the proxies and the policy table.
+    dp: NodeDatapath,
+    /// Where the datapath's async calls run.
     rt: tokio::runtime::Handle,
-    /// Why the proxy's table could not be loaded, until a full sync works.
-    proxy_error: Option<String>,
-    /// Why the userspace proxy's redirects could not be loaded.
-    userspace_error: Option<String>,
     /// Pods' readiness from their status, for modules (pods of other
     /// nodes; this node's prober writes its own pods' ports).
     status_reader: StatusReader,
-    /// NetworkPolicy: the node's policy table.
-    policy: PolicyEngine,
-    /// Policies that could not be resolved, by `namespace/name`.
-    policy_unresolved: BTreeMap<ObjectRef, String>,
-    /// Why the policy table could not be loaded, until a full sync works.
-    policy_error: Option<String>,
     /// Pods' statuses as last read (when the status marker moved), by
     /// namespace and name.
     pod_statuses: BTreeMap<(String, String), k8s_openapi::api::core::v1::PodStatus>,
@@ -190,117 +112,27 @@ impl NodeLoop {
         false
     }
 
-    /// The proxy's view of the node and the Services.
-    fn proxy_inputs(&mut self, m: &crate::source::local::Manifests) {
-        let net = m.cluster_network().cloned().unwrap_or_default();
-        let zone = m
-            .node(&self.node)
-            .and_then(|n| n.metadata.labels.as_ref())
-            .and_then(|l| l.get(endpoints::ZONE_LABEL).cloned());
-        let ips: Vec<std::net::IpAddr> = self
-            .lab
+    /// The node's addresses, as the lab made them.
+    fn addresses(&self) -> Vec<std::net::IpAddr> {
+        self.lab
             .config
             .node(&self.node)
             .map(|n| n.addresses.clone())
-            .unwrap_or_default();
-        let ctx = convert::node_context(&self.node, zone, &ips, &net);
-        self.policy.set_context(ctx.clone());
-        self.proxy.set_context(ctx);
-        let (inputs, unreadable) = convert::inputs(m);
-        self.unreadable = unreadable;
-        let rest = self.userspace.take(inputs, &net.proxy.default_scheduler);
-        self.userspace_error = self.userspace.sync().err();
-        if let Some(e) = &self.userspace_error {
-            tracing::warn!("{e}");
-        }
-        self.proxy.set_services(rest);
-        self.publish_errors();
+            .unwrap_or_default()
     }
 
-    /// The policy engine's view: every NetworkPolicy resolved against the
-    /// pods (with their statuses) and namespaces.
-    fn policy_inputs(&mut self, m: &Manifests) {
-        let (policies, unresolved) = crate::policy::inputs(m, &self.pod_statuses);
-        let keep = unresolved.keys().cloned().collect();
-        for (p, e) in &unresolved {
-            tracing::warn!(policy = %p, "cannot be resolved: {e}");
-        }
-        self.policy_unresolved = unresolved;
-        self.policy.set_policies(policies, &keep);
-        self.publish_errors();
-    }
-
-    fn policy_sync(&mut self) {
-        let r = self.rt.block_on(self.policy.sync());
-        if r.rendered > 0 || r.full || r.error.is_some() {
-            tracing::info!(
-                rendered = r.rendered,
-                merged = r.merged,
-                full = r.full,
-                bytes = r.script_bytes,
-                render_us = r.render.as_micros() as u64,
-                apply_us = r.apply.as_micros() as u64,
-                error = r.error.as_deref().unwrap_or(""),
-                "policy synced"
-            );
-        }
-        if r.full || r.error.is_some() {
-            self.policy_error = r.error;
-        }
-        self.publish_errors();
-    }
-
-    /// Why Services are not (fully) programmed, into the node's report.
-    fn publish_errors(&mut self) {
-        let mut errors = self.unreadable.clone();
-        for (o, e) in self.proxy.errors().iter().chain(self.userspace.errors()) {
-            errors.insert(format!("{}/{}", o.namespace, o.name), e.clone());
-        }
-        let mut rep = self.report.lock();
-        rep.services = self.proxy.store().installed().count() + self.userspace.services();
-        rep.service_errors = errors;
-        rep.userspace = self.userspace.report();
-        rep.policies = self.policy.policies().len();
-        // The engine's error of an object, if any, wins (it comes later).
-        rep.policy_errors = self
-            .policy_unresolved
-            .iter()
-            .chain(self.policy.errors())
-            .map(|(o, e)| (o.to_string(), e.clone()))
-            .collect();
-    }
-
-    fn proxy_sync(&mut self) {
-        let r = self.rt.block_on(self.proxy.sync());
-        if r.rendered > 0 || r.full || r.error.is_some() {
-            tracing::info!(
-                rendered = r.rendered,
-                full = r.full,
-                bytes = r.script_bytes,
-                render_us = r.render.as_micros() as u64,
-                apply_us = r.apply.as_micros() as u64,
-                conntrack_deleted = r.conntrack_deleted,
-                error = r.error.as_deref().unwrap_or(""),
-                "proxy synced"
-            );
-        }
-        if r.full || r.error.is_some() {
-            self.proxy_error = r.error;
-        }
-        self.publish_errors();
+    fn publish_datapath(&self) {
+        self.report.lock().datapath = self.dp.report();
     }
 
     fn run(mut self) {
         let mut last_fingerprint = None;
         let mut last_marker = None;
-        let mut applied: Option<NodePlan> = None;
         let mut last_sync = Instant::now() - RESYNC;
         let mut last_beat = Instant::now() - HEARTBEAT;
         let mut problems: Vec<String> = vec![];
         let mut last_pods_marker = None;
         let mut leader = false;
-        let mut last_proxy_sync = Instant::now() - MIN_SYNC_INTERVAL;
-        let mut last_policy_sync = Instant::now() - MIN_SYNC_INTERVAL;
         while !self.stop.load(Ordering::Relaxed) {
             let marker = self.cluster.change_marker();
             let mut changed = marker != last_marker;
@@ -334,28 +166,12 @@ impl NodeLoop {
                 match self.cluster.manifests() {
                     Err(e) => problems.push(format!("reading the cluster: {e}")),
                     Ok(m) => {
-                        let net = m.cluster_network().cloned().unwrap_or_default();
-                        let plan = nodenet::plan(&self.node, UPLINK, 1500, &node_infos(&m), &net);
-                        if applied.as_ref() != Some(&plan) {
-                            match nodenet::apply(None, UPLINK, &plan) {
-                                Ok(()) => {
-                                    tracing::info!(
-                                        routes = plan.routes.len(),
-                                        vxlan = plan.vxlan.is_some(),
-                                        "node networking applied"
-                                    );
-                                    let mut r = self.report.lock();
-                                    describe_plan(&plan, &mut r);
-                                    r.model = net.model.to_string();
-                                    applied = Some(plan);
-                                }
-                                Err(e) => problems.push(format!("node networking: {e}")),
-                            }
-                        }
+                        // Its error is among the datapath's problems.
+                        let _ = self.dp.network(&m);
                         self.agent.sticky.replace(sticky_pods(&m));
                         problems.extend(self.agent.sync_modules(&m));
                         // Pods only once node networking is in place.
-                        if applied.is_some() {
+                        if self.dp.networked() {
                             problems.extend(self.kubelet.reconcile(&m.pods));
                         }
                         leader = self.leads();
@@ -368,8 +184,10 @@ impl NodeLoop {
                                 Err(e) => problems.push(format!("endpoint slices: {e}")),
                             }
                         }
-                        self.proxy_inputs(&m);
-                        self.policy_inputs(&m);
+                        let ips = self.addresses();
+                        self.dp.services(&m, &ips);
+                        self.dp.policies(&m, &self.pod_statuses);
+                        self.publish_datapath();
                     }
                 }
                 self.report.lock().endpoint_controller = leader;
@@ -384,52 +202,34 @@ impl NodeLoop {
                 if pods_changed && let Err(e) = endpoints::reconcile(&self.cluster, &m) {
                     tracing::warn!("endpoint slices: {e}");
                 }
-                self.policy_inputs(&m);
+                self.dp.policies(&m, &self.pod_statuses);
+                self.publish_datapath();
             }
-            if applied.is_some() {
+            if self.dp.networked() {
                 for p in self.kubelet.probe_tick() {
                     tracing::warn!("{p}");
                 }
-            }
-            if applied.is_some()
-                && self.proxy.pending()
-                && last_proxy_sync.elapsed() >= MIN_SYNC_INTERVAL
-            {
-                last_proxy_sync = Instant::now();
-                self.proxy_sync();
-            }
-            if applied.is_some()
-                && self.policy.pending()
-                && last_policy_sync.elapsed() >= MIN_SYNC_INTERVAL
-            {
-                last_policy_sync = Instant::now();
-                self.policy_sync();
+                if self.dp.pending() {
+                    self.rt.block_on(self.dp.sync());
+                    self.publish_datapath();
+                }
             }
             if changed || last_beat.elapsed() >= HEARTBEAT {
                 last_beat = Instant::now();
                 let cni_ready = self.agent.registry.active_for(Role::Cni).is_some();
-                let ready = applied.is_some() && cni_ready;
+                let ready = self.dp.networked() && cni_ready;
+                let datapath = self.dp.report();
                 let mut r = self.report.lock();
                 r.ready = ready;
-                r.userspace = self.userspace.report();
                 r.problems = problems.clone();
+                r.problems.extend(self.dp.problems());
                 if !cni_ready {
                     r.problems
                         .push("no CNI module is loaded (see /api/v1/modules)".into());
                 }
-                if let Some(e) = &self.proxy_error {
-                    r.problems
-                        .push(format!("the proxy's table could not be loaded: {e}"));
-                }
-                if let Some(e) = &self.userspace_error {
-                    r.problems.push(format!("the userspace proxy: {e}"));
-                }
-                if let Some(e) = &self.policy_error {
-                    r.problems
-                        .push(format!("the policy table could not be loaded: {e}"));
-                }
                 let mut status = self.status(ready, &r.problems);
-                status.service_errors = r.service_errors.clone();
+                status.service_errors = datapath.service_errors.clone();
+                r.datapath = datapath;
                 drop(r);
                 if let Err(e) = self.cluster.put_status("Node", "", &self.node, &status) {
                     tracing::warn!("writing the node's status: {e}");
@@ -510,7 +310,10 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let report = Arc::new(Mutex::new(NodeReport {
         name: node.to_string(),
         lab: lab.config.name.clone(),
-        model: lab.config.model.to_string(),
+        datapath: DatapathReport {
+            model: lab.config.model.to_string(),
+            ..Default::default()
+        },
         addresses: me.addresses.iter().map(|a| a.to_string()).collect(),
         pod_cidrs: me.pod_cidrs.iter().map(|c| c.to_string()).collect(),
         ..Default::default()
@@ -520,9 +323,17 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    // The agent runs in the node's namespace: the policy table goes there.
-    let policy = PolicyEngine::new(agent.registry.clone(), Arc::new(Nft::new(None)));
-    let drops = match crate::policy::droplog::spawn(policy.snapshot()) {
+    // The agent runs in the node's namespace: its tables go there.
+    let dp = NodeDatapath::new(
+        &agent,
+        None,
+        Uplink::Named {
+            name: UPLINK.into(),
+            mtu: 1500,
+        },
+        tokio::runtime::Handle::current(),
+    );
+    let drops = match crate::policy::droplog::spawn(dp.policy_snapshot()) {
         Ok(d) => Some(d),
         Err(e) => {
             tracing::warn!("policy drops will not be logged: {e}");
@@ -531,7 +342,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     };
     let api_state = ApiState {
         drops,
-        policy: Some(policy.snapshot()),
+        policy: Some(dp.policy_snapshot()),
         registry: agent.registry.clone(),
         ledger: agent.ledger.clone(),
         probes: agent.probes.clone(),
@@ -565,34 +376,10 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
         agent.probes.clone(),
     )?;
     let stop = Arc::new(AtomicBool::new(false));
-    // The agent runs in the node's namespace: the proxy's table goes there.
-    let proxy = ServiceProxy::new(
-        agent.registry.clone(),
-        Arc::new(Nft::new(None)),
-        Arc::new(ConntrackTool::default()),
-    );
-    let userspace = UserspaceProxy::new(
-        agent.registry.clone(),
-        agent.probes.clone(),
-        Arc::new(Nft::new(None)),
-        tokio::runtime::Handle::current(),
-    );
-    let mut policy_error = None;
-    if let Err(e) = crate::policy::engine::enable_bridge_netfilter() {
-        tracing::error!("{e}");
-        policy_error = Some(e);
-    }
     let node_loop = NodeLoop {
-        policy,
-        policy_unresolved: BTreeMap::new(),
+        dp,
         pod_statuses: BTreeMap::new(),
-        policy_error,
-        proxy,
-        userspace,
-        unreadable: BTreeMap::new(),
         rt: tokio::runtime::Handle::current(),
-        proxy_error: None,
-        userspace_error: None,
         status_reader: StatusReader::default(),
         lab: lab.clone(),
         node: node.to_string(),
