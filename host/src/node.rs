@@ -118,6 +118,9 @@ pub struct NodeDatapath {
     /// The network namespace programmed (a path), or the agent's own.
     netns: Option<PathBuf>,
     uplink: Uplink,
+    /// The uplink found for these InternalIPs (discovery asks the kernel;
+    /// it runs again when they change or node networking fails).
+    discovered: Option<(Vec<IpAddr>, String, u32)>,
     /// The node networking plan in place, if one is.
     applied: Option<NodePlan>,
     /// Why node networking is not (fully) in place.
@@ -179,6 +182,7 @@ impl NodeDatapath {
             policy: PolicyEngine::new(agent.registry.clone(), nft()),
             netns: path,
             uplink,
+            discovered: None,
             applied: None,
             network_error: None,
             userspace,
@@ -204,22 +208,29 @@ impl NodeDatapath {
     }
 
     /// The uplink and its MTU.
-    fn uplink(&self, me: &[IpAddr]) -> Result<(String, u32), String> {
-        match &self.uplink {
-            Uplink::Named { name, mtu } => Ok((name.clone(), *mtu)),
-            Uplink::Discover => nodenet::link_holding(self.netns.as_ref(), me)?.ok_or_else(|| {
-                let ips: Vec<String> = me.iter().map(|a| a.to_string()).collect();
-                if ips.is_empty() {
-                    format!("Node {} has no InternalIP address", self.node)
-                } else {
-                    format!(
-                        "no link of node {} holds its InternalIP {}",
-                        self.node,
-                        ips.join(", ")
-                    )
-                }
-            }),
+    fn uplink(&mut self, me: &[IpAddr]) -> Result<(String, u32), String> {
+        if let Uplink::Named { name, mtu } = &self.uplink {
+            return Ok((name.clone(), *mtu));
         }
+        if let Some((ips, name, mtu)) = &self.discovered
+            && ips == me
+        {
+            return Ok((name.clone(), *mtu));
+        }
+        let (name, mtu) = nodenet::link_holding(self.netns.as_ref(), me)?.ok_or_else(|| {
+            let ips: Vec<String> = me.iter().map(|a| a.to_string()).collect();
+            if ips.is_empty() {
+                format!("Node {} has no InternalIP address", self.node)
+            } else {
+                format!(
+                    "no link of node {} holds its InternalIP {}",
+                    self.node,
+                    ips.join(", ")
+                )
+            }
+        })?;
+        self.discovered = Some((me.to_vec(), name.clone(), mtu));
+        Ok((name, mtu))
     }
 
     /// Make node networking what `m` asks for (routes to the other nodes'
@@ -227,6 +238,10 @@ impl NodeDatapath {
     /// change. Returns why it could not be.
     pub fn network(&mut self, m: &Manifests) -> Result<(), String> {
         let r = self.try_network(m);
+        if r.is_err() {
+            // The links may have changed under us: look again next time.
+            self.discovered = None;
+        }
         self.network_error = r.as_ref().err().cloned();
         r
     }

@@ -276,6 +276,23 @@ impl Nl {
             .collect())
     }
 
+    /// The index of the link that holds one of `addresses`, if one does.
+    pub(crate) fn holder_of(&mut self, addresses: &[IpAddr]) -> Result<Option<u32>, NlError> {
+        let replies = self.request(
+            "listing addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies.into_iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewAddress(a) => a
+                .attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Address(ip) if addresses.contains(ip)))
+                .then_some(a.header.index),
+            _ => None,
+        }))
+    }
+
     pub(crate) fn state(&mut self, l: LinkMessage) -> Result<LinkState, NlError> {
         let name = link_name(&l).unwrap_or_default();
         let master = match l.attributes.iter().find_map(|a| match a {

@@ -368,9 +368,12 @@ pub fn link_holding(
 ) -> Result<Option<(String, u32)>, String> {
     let body = || -> Result<Option<(String, u32)>, NlError> {
         let mut nl = Nl::new()?;
+        // One dump of the addresses, one of the links.
+        let Some(index) = nl.holder_of(addresses)? else {
+            return Ok(None);
+        };
         for l in nl.links()? {
-            let held = nl.addresses(l.header.index)?;
-            if !held.iter().any(|a| addresses.contains(&a.addr())) {
+            if l.header.index != index {
                 continue;
             }
             let (mut name, mut mtu) = (None, 1500);
@@ -381,9 +384,7 @@ pub fn link_holding(
                     _ => {}
                 }
             }
-            if let Some(name) = name {
-                return Ok(Some((name, mtu)));
-            }
+            return Ok(name.map(|n| (n, mtu)));
         }
         Ok(None)
     };
