@@ -82,6 +82,7 @@ fn service_slices(
         .pods
         .iter()
         .filter(|p| ns_of(&p.metadata) == ns && matches(selector, p))
+        .map(|p| &**p)
         .collect();
     status.pods = selected.len();
     if selected.is_empty() {

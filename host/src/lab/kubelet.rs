@@ -613,7 +613,7 @@ impl Kubelet {
     }
 
     /// Make this node's pods what the objects say.
-    pub fn reconcile(&mut self, pods: &[Pod]) -> Vec<String> {
+    pub fn reconcile(&mut self, pods: &[Arc<Pod>]) -> Vec<String> {
         let mut problems = vec![];
         let mine: BTreeMap<(String, String), &Pod> = pods
             .iter()
@@ -629,7 +629,7 @@ impl Kubelet {
                             .unwrap_or_else(|| "default".into()),
                         p.metadata.name.clone().unwrap_or_default(),
                     ),
-                    p,
+                    &**p,
                 )
             })
             .collect();

@@ -48,7 +48,7 @@ pub fn inputs(
             );
             match statuses.get(&key) {
                 Some(s) => {
-                    let mut p = p.clone();
+                    let mut p = (**p).clone();
                     p.status = Some(s.clone());
                     super::resolve::pod(&p)
                 }

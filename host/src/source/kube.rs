@@ -62,7 +62,8 @@ struct Stores {
     config_maps: Store<ConfigMap>,
 }
 
-fn owned<K>(s: &Store<K>) -> Vec<K>
+/// Copies of the objects of `s`, ordered by namespace and name.
+pub fn owned<K>(s: &Store<K>) -> Vec<K>
 where
     K: kube::runtime::reflector::Lookup + Clone,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
@@ -77,6 +78,22 @@ where
         )
     });
     v.into_iter().map(|o| (*o).clone()).collect()
+}
+
+/// The objects of `s`, shared with the store, ordered as [`owned`] orders.
+pub fn shared<K>(s: &Store<K>) -> Vec<Arc<K>>
+where
+    K: kube::runtime::reflector::Lookup + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let mut v: Vec<Arc<K>> = s.state();
+    v.sort_by_cached_key(|o| {
+        (
+            o.namespace().map(|n| n.into_owned()),
+            o.name().map(|n| n.into_owned()),
+        )
+    });
+    v
 }
 
 impl Stores {
@@ -99,7 +116,9 @@ impl Stores {
             .collect();
         Manifests {
             nodes: owned(&self.nodes),
-            pods: owned(&self.pods),
+            // Shared with the store, not copied: pods are the most
+            // numerous objects, and every snapshot holds all of them.
+            pods: shared(&self.pods),
             namespaces: owned(&self.namespaces),
             services: owned(&self.services),
             endpoint_slices: owned(&self.slices),

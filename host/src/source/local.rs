@@ -9,6 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A manifest that could not be read, with where it is.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub use crate::model::crd::WasmNetworkPolicy;
 #[derive(Debug, Default, Clone)]
 pub struct Manifests {
     pub nodes: Vec<Node>,
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     pub namespaces: Vec<Namespace>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
@@ -119,9 +120,9 @@ impl Manifests {
                 ("v1", "Node") => self
                     .nodes
                     .push(serde_yaml::from_value(value).map_err(|e| err(format!("Node: {e}")))?),
-                ("v1", "Pod") => self
-                    .pods
-                    .push(serde_yaml::from_value(value).map_err(|e| err(format!("Pod: {e}")))?),
+                ("v1", "Pod") => self.pods.push(Arc::new(
+                    serde_yaml::from_value(value).map_err(|e| err(format!("Pod: {e}")))?,
+                )),
                 ("v1", "Namespace") => self.namespaces.push(
                     serde_yaml::from_value(value).map_err(|e| err(format!("Namespace: {e}")))?,
                 ),
