@@ -83,13 +83,7 @@ pub async fn run(
     let mut rx = kube::start(client.clone(), &cluster.namespace);
     let first = first_snapshot(&mut rx).await?;
     let agent = Arc::new(Agent::start_with(options, &first).await?);
-    let dp = NodeDatapath::new(
-        &agent,
-        cluster.netns.as_deref(),
-        Uplink::Discover,
-        tokio::runtime::Handle::current(),
-    );
-    let report = Arc::new(Mutex::new(NodeView::default()));
+    let (dp, report) = datapath(&agent, &cluster);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -195,6 +189,18 @@ fn selected_nodes(m: &Manifests, module: &crate::model::crd::NetworkModule) -> u
         .count() as u32
 }
 
+/// The node's datapath (its uplink: the link holding the Node's
+/// InternalIP) and the view of it the admin API serves.
+fn datapath(agent: &Agent, cluster: &ClusterOptions) -> (NodeDatapath, Arc<Mutex<NodeView>>) {
+    let dp = NodeDatapath::new(
+        agent,
+        cluster.netns.as_deref(),
+        Uplink::Discover,
+        tokio::runtime::Handle::current(),
+    );
+    (dp, Arc::new(Mutex::new(NodeView::default())))
+}
+
 /// This node's result for the ClusterNetwork (node networking in place at
 /// its generation) and for each WasmNetworkPolicy (in force in the policy
 /// table), for their status. Policies wait while the table has work to do.
@@ -250,13 +256,7 @@ pub async fn follow(
     cluster: ClusterOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let dp = NodeDatapath::new(
-        &agent,
-        cluster.netns.as_deref(),
-        Uplink::Discover,
-        tokio::runtime::Handle::current(),
-    );
-    let report = Arc::new(Mutex::new(NodeView::default()));
+    let (dp, report) = datapath(&agent, &cluster);
     follow_with(agent, client, rx, cluster, dp, report, shutdown).await
 }
 

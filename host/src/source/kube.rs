@@ -68,16 +68,7 @@ where
     K: kube::runtime::reflector::Lookup + Clone,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
-    let mut v: Vec<Arc<K>> = s.state();
-    // Stores are hash maps: order by namespace and name, as the local
-    // source orders by file, so that snapshots compare and render stably.
-    v.sort_by_cached_key(|o| {
-        (
-            o.namespace().map(|n| n.into_owned()),
-            o.name().map(|n| n.into_owned()),
-        )
-    });
-    v.into_iter().map(|o| (*o).clone()).collect()
+    shared(s).into_iter().map(|o| (*o).clone()).collect()
 }
 
 /// The objects of `s`, shared with the store, ordered as [`owned`] orders.
@@ -87,6 +78,8 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
     let mut v: Vec<Arc<K>> = s.state();
+    // Stores are hash maps: order by namespace and name, as the local
+    // source orders by file, so that snapshots compare and render stably.
     v.sort_by_cached_key(|o| {
         (
             o.namespace().map(|n| n.into_owned()),

@@ -319,6 +319,16 @@ impl StatusWriter {
     }
 }
 
+/// A summary as the leader applies it: without `nodeResults`, which the
+/// leader does not own (each node owns its entry).
+fn leader_status(summary: &impl serde::Serialize) -> serde_json::Value {
+    let mut body = serde_json::to_value(summary).expect("a status serializes");
+    if let Some(o) = body.as_object_mut() {
+        o.remove("nodeResults");
+    }
+    body
+}
+
 /// The leader's pass: summarize every NetworkModule's node entries. `nodes`
 /// tells how many nodes each module is for (its node selector).
 pub async fn summarize_all(
@@ -344,11 +354,7 @@ pub async fn summarize_all(
         if old == s {
             continue;
         }
-        let mut body = serde_json::to_value(&s).expect("a status serializes");
-        // The leader does not own any node's entry.
-        if let Some(o) = body.as_object_mut() {
-            o.remove("nodeResults");
-        }
+        let body = leader_status(&s);
         let pp = PatchParams::apply(LEADER_MANAGER).force();
         api.patch_status(
             &m.name_any(),

@@ -338,11 +338,7 @@ pub async fn summarize_objects(client: Client, desired_nodes: u32) -> Result<usi
             if old == s {
                 continue;
             }
-            let mut body = serde_json::to_value(&s).expect("a status serializes");
-            // The leader does not own any node's entry.
-            if let Some(b) = body.as_object_mut() {
-                b.remove("nodeResults");
-            }
+            let body = super::leader_status(&s);
             let pp = PatchParams::apply(LEADER_MANAGER).force();
             match object
                 .api(client.clone())
