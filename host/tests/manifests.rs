@@ -6,7 +6,8 @@
 //! not know, so a misspelled or misplaced field (`securityContext` one level
 //! too high, `mountpropagation`) shows up as a difference rather than being
 //! silently ignored, as `kubectl apply` would ignore it too. The RBAC must
-//! name everything it grants, the DaemonSet's privileges are pinned, and the
+//! name everything it grants, the DaemonSet's privileges are pinned, every
+//! image is named by digest (`deploy/image/build.sh --pin`), and the
 //! kustomization must render (with the `kubectl` on this machine, or
 //! `$KUBECTL`; where there is none, `./scripts/setup.sh` installs Debian 12's
 //! 1.20, whose kustomize is old, so the kustomization avoids newer features).
@@ -383,6 +384,96 @@ fn daemonset() -> DaemonSet {
     serde_json::from_value(ds[0].value.clone()).unwrap()
 }
 
+/// Every string `image` field in `value` (containers, init containers,
+/// anything else that names an image), with its JSON pointer.
+fn images(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let p = format!("{path}/{k}");
+                match v {
+                    Value::String(image) if k == "image" => out.push((p, image.clone())),
+                    v => images(v, &p, out),
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                images(v, &format!("{path}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `NAME@sha256:<64 lowercase hex>` (a tag before the `@` is allowed, and
+/// ignored by the runtime): an image named by its content, not by a tag
+/// that can move.
+fn by_digest(image: &str) -> bool {
+    image.split_once("@sha256:").is_some_and(|(name, hex)| {
+        !name.is_empty()
+            && hex.len() == 64
+            && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// The images of `docs` that are not named by digest, as messages; fails
+/// when there is no image at all.
+fn images_not_by_digest(docs: &[Doc]) -> (BTreeSet<String>, Vec<String>) {
+    let mut all = BTreeSet::new();
+    let mut problems = vec![];
+    for d in docs {
+        let mut found = vec![];
+        images(&d.value, "", &mut found);
+        for (pointer, image) in found {
+            if !by_digest(&image) {
+                problems.push(format!(
+                    "{} {} {pointer}: {image} is not by digest (NAME@sha256:<64 hex>); \
+                     deploy/image/build.sh --pin writes the digest",
+                    d.origin,
+                    d.kind()
+                ));
+            }
+            all.insert(image);
+        }
+    }
+    assert!(!all.is_empty(), "no image in the manifests");
+    (all, problems)
+}
+
+/// What a node runs is exactly the image `deploy/image/build.sh` built and
+/// pinned, never whatever a tag points at today: every image in
+/// deploy/kubernetes is a digest reference, and the agent's containers all
+/// run the same one.
+#[test]
+fn every_image_is_pinned_by_digest() {
+    let (all, problems) = images_not_by_digest(&deploy_documents());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(all.len(), 1, "one image for every container: {all:?}");
+
+    // The check itself.
+    let hex = "0123456789abcdef".repeat(4);
+    assert!(by_digest(&format!(
+        "ghcr.io/switchyard-dev/switchyard@sha256:{hex}"
+    )));
+    assert!(by_digest(&format!(
+        "ghcr.io/switchyard-dev/switchyard:v0.1.0@sha256:{hex}"
+    )));
+    for bad in [
+        "ghcr.io/switchyard-dev/switchyard:v0.1.0".to_string(),
+        "ghcr.io/switchyard-dev/switchyard".to_string(),
+        format!("ghcr.io/switchyard-dev/switchyard@sha256:{}", &hex[1..]),
+        format!(
+            "ghcr.io/switchyard-dev/switchyard@sha256:{}",
+            hex.to_uppercase()
+        ),
+        format!("ghcr.io/switchyard-dev/switchyard@sha512:{hex}{hex}"),
+        format!("@sha256:{hex}"),
+    ] {
+        assert!(!by_digest(&bad), "{bad} is not by digest");
+    }
+}
+
 #[test]
 fn the_daemonset_has_only_the_privileges_it_needs() {
     let ds = daemonset();
@@ -579,6 +670,9 @@ fn the_kustomization_renders() {
             ));
         }
     }
+    // What kustomize renders is pinned too (an `images:` entry with a tag
+    // would undo the pin).
+    problems.extend(images_not_by_digest(&rendered).1);
     let key = |d: &Doc| (d.kind().to_string(), d.name().to_string());
     let rendered_keys: BTreeSet<_> = rendered.iter().map(key).collect();
     for d in deploy_documents() {

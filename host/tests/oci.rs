@@ -4,91 +4,18 @@
 
 mod common;
 
+use common::registry::{LocalRegistry, http as agent};
 use common::*;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use switchyard::model::Role;
 use switchyard::registry::Registry;
 use switchyard::registry::source::{Fetcher, ModuleSource};
 use switchyard::runtime::{HostServices, LoadError, sha256_hex};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// A `docker-registry serve` of its own on a free loopback port; killed on drop.
-struct LocalRegistry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
 impl LocalRegistry {
-    fn start() -> LocalRegistry {
-        assert!(
-            Path::new(REGISTRY_BIN).is_file(),
-            "{REGISTRY_BIN} is missing: the OCI tests need Debian's docker-registry package; \
-             ./scripts/setup.sh installs it"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let mut reg = LocalRegistry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = agent().get(&format!("http://{}/v2/", reg.addr)).call()
-                && r.status() == 200
-            {
-                return reg;
-            }
-            if let Ok(Some(status)) = reg.child.try_wait() {
-                panic!(
-                    "docker-registry exited with {status}: {}",
-                    std::fs::read_to_string(reg._dir.path().join("registry.log"))
-                        .unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not answer GET /v2/ on {} within 20s: {}",
-                reg.addr,
-                std::fs::read_to_string(reg._dir.path().join("registry.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     /// Upload a blob (POST, then a monolithic PUT); returns its digest.
     fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
         let digest = format!("sha256:{}", sha256_hex(bytes));
@@ -152,21 +79,6 @@ impl LocalRegistry {
         );
         digest
     }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into()
 }
 
 /// A registry of modules caching fetched modules in `cache`.
