@@ -39,6 +39,7 @@ fn main() {
     let target_dir = target_root.join("wasm-modules");
 
     check_wasm_target();
+    controlplane_key(&root);
 
     let mut crates: Vec<(String, PathBuf)> = fs::read_dir(&plugins)
         .expect("plugins-wasm/ exists")
@@ -186,4 +187,40 @@ fn check_wasm_target() {
              `rustup target add wasm32-wasip2` (./scripts/setup.sh does it for you)"
         );
     }
+}
+
+/// The lab's control plane is built by scripts/controlplane.sh into a cache
+/// directory named after the Kubernetes version and a hash of
+/// host/controlplane/go.mod and go.sum; the binary computes the same name.
+fn controlplane_key(root: &Path) {
+    use sha2::Digest;
+    let dir = root.join("host/controlplane");
+    let mut hash = sha2::Sha256::new();
+    let mut version = String::new();
+    for f in ["go.mod", "go.sum"] {
+        let p = dir.join(f);
+        println!("cargo:rerun-if-changed={}", p.display());
+        let text = fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        hash.update(&text);
+        if f == "go.mod" {
+            version = String::from_utf8_lossy(&text)
+                .lines()
+                .map(str::split_whitespace)
+                .find_map(|mut w| match (w.next(), w.next()) {
+                    (Some("k8s.io/kubernetes"), Some(v)) if v.starts_with('v') => {
+                        Some(v.to_string())
+                    }
+                    _ => None,
+                })
+                .expect("host/controlplane/go.mod requires k8s.io/kubernetes");
+        }
+    }
+    let key: String = hash
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..12]
+        .to_string();
+    println!("cargo:rustc-env=SWITCHYARD_KUBERNETES_VERSION={version}");
+    println!("cargo:rustc-env=SWITCHYARD_CONTROLPLANE_KEY={key}");
 }

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing Switchyard needs, if it is missing:
-# the pinned Rust toolchain with the wasm32-wasip2 target, and Debian packages.
-# Safe to run again; it only installs what is absent. Sourced by run.sh and test.sh.
+# Debian packages, the pinned Rust toolchain with the wasm32-wasip2 target,
+# and the lab's Kubernetes control plane (built from the Go modules pinned in
+# host/controlplane by scripts/controlplane.sh). Safe to run again; it only
+# installs or builds what is absent. Sourced by run.sh and test.sh, which get
+# its exports: build caches live outside the clone, so CI and every clone on
+# a machine reuse them.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,10 +14,13 @@ cd "$here"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages the build, the tests and the lab use: iproute2 and
-# nftables for the datapath and the lab, Go and libcni for the libcni test,
+# nftables for the datapath and the lab, Debian's libcni sources for the
+# libcni test (built with the machine's Go, never Debian's older golang-go),
 # the reference CNI plugins as a peer, chromium for the console test,
-# docker-registry (the CNCF distribution) as the OCI registry of host/tests/oci.rs.
-PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack golang-go golang-github-appc-cni-dev containernetworking-plugins chromium docker-registry)
+# docker-registry (the CNCF distribution) as the OCI registry of
+# host/tests/oci.rs and image.rs, debootstrap and jq for the agent's image
+# (deploy/image/build.sh).
+PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack golang-github-appc-cni-dev containernetworking-plugins chromium docker-registry debootstrap jq)
 # Node.js and npm build the console (web/); a machine may have its own.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 # kubectl (kubernetes-client) renders deploy/'s kustomization (host/tests/manifests.rs);
@@ -35,6 +42,17 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Build caches outside the clone: cargo's target directory and Go's module and
+# build caches (Go keeps its own in $HOME by default).
+export SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-/var/cache/switchyard}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SWITCHYARD_CACHE/target}"
+mkdir -p "$SWITCHYARD_CACHE"
+# The machine's Go (1.26 or later) first on the PATH: Debian's golang-go,
+# if something installed it, is Go 1.19.
+if [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+
 if ! command -v rustup >/dev/null 2>&1; then
   echo "error: rustup is required (https://rustup.rs); it installs the toolchain pinned in rust-toolchain.toml" >&2
   exit 1
@@ -51,3 +69,7 @@ if ! rustup target list --toolchain "${toolchain}" --installed | grep -qx wasm32
   say "adding the wasm32-wasip2 target"
   rustup target add --toolchain "${toolchain}" wasm32-wasip2
 fi
+
+# The lab's control plane (about 10 minutes the first time on 2 cores).
+SWITCHYARD_K8S_BIN="$("$here/scripts/controlplane.sh")"
+export SWITCHYARD_K8S_BIN

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, unit and integration tests of the whole
-# workspace (the host, the SDK and every module, natively and as components).
-# Installs what is missing first. CI runs exactly this (.ci/run).
+# workspace (the host, the SDK and every module, natively and as components),
+# the lab's on a real Kubernetes control plane. Installs and builds what is
+# missing first. CI runs exactly this (.ci/run).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-"$here/scripts/setup.sh"
+# shellcheck source=setup.sh
+source "$here/scripts/setup.sh"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

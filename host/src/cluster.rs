@@ -45,6 +45,11 @@ pub struct ClusterOptions {
     /// (a host-network DaemonSet pod: the node's). The userspace proxy and
     /// the drop log run only in the agent's own.
     pub netns: Option<String>,
+    /// A kubelet that serves its probes' results (the lab's), for probe
+    /// latencies ([`crate::source::kubelet`]).
+    pub kubelet: Option<String>,
+    /// The cluster's name, for the admin API and the console.
+    pub cluster_name: String,
 }
 
 impl Default for ClusterOptions {
@@ -56,9 +61,11 @@ impl Default for ClusterOptions {
             interval: Duration::from_secs(5),
             admin: Some(std::net::SocketAddr::new(
                 std::net::Ipv6Addr::UNSPECIFIED.into(),
-                crate::lab::layout::ADMIN_PORT,
+                crate::api::ADMIN_PORT,
             )),
             netns: None,
+            kubelet: None,
+            cluster_name: "kubernetes".into(),
         }
     }
 }
@@ -73,6 +80,43 @@ pub async fn first_snapshot(rx: &mut watch::Receiver<Snapshot>) -> anyhow::Resul
     Ok(s.manifests.clone())
 }
 
+/// Whether `m` gives node `node` its pod CIDRs.
+fn has_pod_cidrs(m: &Manifests, node: &str) -> bool {
+    m.node(node).and_then(|n| n.spec.as_ref()).is_some_and(|s| {
+        s.pod_cidrs.as_ref().is_some_and(|c| !c.is_empty()) || s.pod_cidr.is_some()
+    })
+}
+
+/// Wait until the Node has its pod CIDRs (kube-controller-manager's node
+/// IPAM controller gives them moments after the kubelet registers it),
+/// saying so every ten seconds.
+async fn wait_for_pod_cidrs(
+    rx: &mut watch::Receiver<Snapshot>,
+    node: &str,
+) -> anyhow::Result<Arc<Manifests>> {
+    let mut said = false;
+    loop {
+        let found = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|s| s.generation > 0 && has_pod_cidrs(&s.manifests, node)),
+        )
+        .await;
+        match found {
+            Ok(Ok(s)) => return Ok(s.manifests.clone()),
+            Ok(Err(_)) => anyhow::bail!("the kube source stopped"),
+            Err(_) => {
+                if !said {
+                    tracing::warn!(
+                        node,
+                        "waiting for Node {node} to have spec.podCIDRs (kube-controller-manager with --allocate-node-cidrs gives them; or start the agent with --pod-cidr)"
+                    );
+                    said = true;
+                }
+            }
+        }
+    }
+}
+
 /// Start the agent from the API server and follow it until `shutdown`.
 pub async fn run(
     options: AgentOptions,
@@ -81,8 +125,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut rx = kube::start(client.clone(), &cluster.namespace);
-    let first = first_snapshot(&mut rx).await?;
+    let mut first = first_snapshot(&mut rx).await?;
+    if options.pod_cidrs.is_empty() && !has_pod_cidrs(&first, &options.node) {
+        first = wait_for_pod_cidrs(&mut rx, &options.node).await?;
+    }
     let agent = Arc::new(Agent::start_with(options, &first).await?);
+    let pod_probes = cluster
+        .kubelet
+        .clone()
+        .map(|url| crate::source::kubelet::spawn(url, agent.probes.clone()));
     let (dp, report) = datapath(&agent, &cluster);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -109,6 +160,8 @@ pub async fn run(
                 node: agent.options.node.clone(),
                 rx: rx.clone(),
                 report: report.clone(),
+                pod_probes: pod_probes.clone(),
+                cluster_name: cluster.cluster_name.clone(),
             }),
         };
         let stop = stopped(stop_rx.clone());
@@ -146,18 +199,29 @@ struct ClusterSource {
     node: String,
     rx: watch::Receiver<Snapshot>,
     report: Arc<Mutex<NodeView>>,
+    /// The probes of this node's pods, from its kubelet, when it serves them.
+    pod_probes: Option<crate::source::kubelet::PodProbes>,
+    cluster_name: String,
 }
 
 impl crate::api::NodeSource for ClusterSource {
     fn node(&self) -> serde_json::Value {
-        let generation = self.rx.borrow().generation;
+        let (generation, health) = {
+            let s = self.rx.borrow();
+            (s.generation, s.health.clone())
+        };
         let view = self.report.lock().clone();
+        let mut problems = health.errors();
+        problems.extend(view.problems);
         let mut v = serde_json::json!({
             "name": self.node,
+            "pid": std::process::id(),
             "source": "kube",
             "snapshot": generation,
-            "ready": generation > 0 && view.problems.is_empty(),
-            "problems": view.problems,
+            "watches": health.kinds(),
+            "relists": health.relists(),
+            "ready": generation > 0 && problems.is_empty(),
+            "problems": problems,
         });
         if let (Some(o), Ok(serde_json::Value::Object(d))) =
             (v.as_object_mut(), serde_json::to_value(&view.datapath))
@@ -168,16 +232,22 @@ impl crate::api::NodeSource for ClusterSource {
     }
 
     fn cluster(&self) -> Option<serde_json::Value> {
-        let s = self.rx.borrow();
-        let m = &s.manifests;
-        Some(serde_json::json!({
-            "nodes": m.nodes.len(),
-            "pods": m.pods.len(),
-            "services": m.services.len(),
-            "networkPolicies": m.network_policies.len(),
-            "wasmNetworkPolicies": m.wasm_network_policies.len(),
-            "networkModules": m.modules.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
-        }))
+        let m = self.rx.borrow().manifests.clone();
+        let mut facts = crate::api::view::NodeFacts {
+            cluster_name: self.cluster_name.clone(),
+            ..Default::default()
+        };
+        if let Some(p) = &self.pod_probes {
+            facts.probes = p.lock().clone();
+        }
+        for (service, e) in &self.report.lock().datapath.service_errors {
+            facts
+                .service_errors
+                .entry(service.clone())
+                .or_default()
+                .push(format!("{}: {e}", self.node));
+        }
+        serde_json::to_value(crate::api::view::cluster_view(&m, &facts)).ok()
     }
 }
 
@@ -288,6 +358,8 @@ async fn follow_with(
     let mut dirty = true;
     let mut network_error: Option<String> = None;
     let no_statuses = BTreeMap::new();
+    // Readiness from Pod status, for modules (the `probes` host interface).
+    let mut readiness = crate::probe::status::StatusReader::default();
     loop {
         if dirty {
             dirty = false;
@@ -302,8 +374,12 @@ async fn follow_with(
             for p in problems {
                 tracing::warn!("{p}");
             }
+            readiness.sync(
+                &agent.probes,
+                current.pods.iter().filter_map(|p| p.status.as_ref()),
+            );
             let _ = dp.network(&current);
-            // Pods carry their own status here (no lab status directory).
+            // Pods carry their own status.
             dp.services(&current, &internal_ips(current.node(&node)));
             dp.policies(&current, &no_statuses);
         }
@@ -320,12 +396,14 @@ async fn follow_with(
             r.datapath = dp.report();
             r.problems = dp.problems();
         }
-        for p in writer.publish(&current, &agent.registry.status()).await {
+        // Status that cannot be written (refused by RBAC, say) is reported
+        // until a write succeeds; the datapath is not held up by it.
+        let mut status_problems = writer.publish(&current, &agent.registry.status()).await;
+        status_problems.extend(objects.publish(&object_results(&current, &dp)).await);
+        for p in &status_problems {
             tracing::warn!("{p}");
         }
-        for p in objects.publish(&object_results(&current, &dp)).await {
-            tracing::warn!("{p}");
-        }
+        report.lock().problems.extend(status_problems);
         let pending = dp.pending();
         tokio::select! {
             _ = &mut shutdown => return,

@@ -11,8 +11,8 @@
 //! - [`plan`]: what modules return, validated against grants, kept per object;
 //! - [`datapath`]: the kernel side (IPAM ledger, links, node networking,
 //!   probes, ...);
-//! - [`source`]: where the model comes from (manifest directories, the lab's
-//!   cluster directory, the Kubernetes API server);
+//! - [`source`]: where the model comes from (manifest directories, the
+//!   Kubernetes API server);
 //! - [`node`]: the node's datapath fed from any source: node networking, the
 //!   Service proxies and the policy table;
 //! - [`cluster`] and [`status`]: the agent in a cluster, and what it writes
@@ -22,7 +22,8 @@
 //! - [`probe`]: liveness, readiness and startup probes, run as the kubelet
 //!   runs them;
 //! - [`cni`]: the agent's CNI server; [`api`]: the admin API and console;
-//! - [`lab`]: a multi-node cluster on one machine, built from namespaces.
+//! - [`lab`]: a real Kubernetes cluster on one machine whose nodes are
+//!   network namespaces.
 
 pub mod agent;
 pub mod api;
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cni;
 pub mod datapath;
+pub mod k8s;
 pub mod lab;
 pub mod model;
 pub mod node;
@@ -41,6 +43,7 @@ pub mod registry;
 pub mod runtime;
 pub mod source;
 pub mod status;
+pub mod util;
 
 /// Paths of the modules built from `plugins-wasm/` by this crate's build script.
 pub mod modules {

@@ -5,11 +5,10 @@
 //! userspace proxy for Services a scheduler module serves, and the
 //! NetworkPolicy table.
 //!
-//! The lab's agent ([`crate::lab::agent`]) and the cluster agent
-//! ([`crate::cluster`]) both feed it [`Manifests`] snapshots. What differs
-//! between them is where snapshots come from and what else runs on the
-//! node: in the lab the agent also plays kubelet and EndpointSlice
-//! controller; in a cluster the kubelet and kube-controller-manager do.
+//! The cluster agent ([`crate::cluster`]) feeds it [`Manifests`] snapshots
+//! from the API server, in a cluster and in the lab alike (the lab runs a
+//! real control plane); the kubelet probes pods and kube-controller-manager
+//! writes EndpointSlices.
 
 use crate::agent::Agent;
 use crate::datapath::nft::Nft;
@@ -279,7 +278,7 @@ impl NodeDatapath {
         let zone = m
             .node(&self.node)
             .and_then(|n| n.metadata.labels.as_ref())
-            .and_then(|l| l.get(crate::lab::endpoints::ZONE_LABEL).cloned());
+            .and_then(|l| l.get(crate::model::ZONE_LABEL).cloned());
         let ctx = convert::node_context(&self.node, zone, node_ips, &net);
         self.policy.set_context(ctx.clone());
         self.proxy.set_context(ctx);

@@ -107,6 +107,8 @@ async fn module_swaps_and_failures_reach_status_and_events() {
             interval: Duration::from_millis(200),
             admin: None,
             netns: Some(ns.name.clone()),
+            kubelet: None,
+            cluster_name: "kubernetes".into(),
         },
         async {
             let _ = stopped.await;

@@ -400,11 +400,11 @@ spec:
         text(&o)
     );
 
-    let o = lab.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n");
+    let o = lab.apply("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: d}\n");
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr)
-            .contains("no matches for kind \"Deployment\" in version \"apps/v1\""),
+            .contains("no matches for kind \"Widget\" in version \"example.com/v1\""),
         "{}",
         text(&o)
     );
@@ -413,13 +413,14 @@ spec:
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(
-            "spec.clusterIPs[0]: Invalid value: \"1.2.3.4\": provided IP is not in the valid range"
+            "failed to allocate IP 1.2.3.4: the provided IP (1.2.3.4) is not in the valid range"
         ),
         "{}",
         text(&o)
     );
 
-    // A pod bound to a node that does not exist: admitted, Pending, with a reason.
+    // A pod bound to a node that does not exist: admitted, Pending (no
+    // kubelet will run it), and the lab says why.
     let o = lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: lost}\nspec:\n  nodeName: node-9\n  containers: [{name: s, image: i}]\n");
     assert!(o.status.success(), "{}", text(&o));
     let s = lab.status();
@@ -479,11 +480,15 @@ spec:
     // Deleting: what exists goes (with its network), what does not is NotFound.
     let netns = {
         let st: Value = serde_json::from_slice(
-            &std::fs::read(lab.dir.join("cluster/status/Pod/default/good.json")).unwrap(),
+            &std::fs::read(lab.dir.join("nodes/node-1/pods/default_good.json")).unwrap(),
         )
         .unwrap();
         st["netns"].as_str().unwrap().to_string()
     };
+    assert!(
+        Path::new("/var/run/netns").join(&netns).exists(),
+        "the kubelet's record names the pod's namespace {netns}"
+    );
     let f = lab.dir.join("del.yaml");
     std::fs::write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: good}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\n").unwrap();
     let o = lab.run(&["delete", "-f", f.to_str().unwrap()]);
@@ -549,6 +554,7 @@ fn the_console_and_admin_api_answer_from_the_host() {
     );
     let (_, v) = lab.api("node-1", "/api/v1/cluster");
     assert_eq!(v["model"], "island");
+    assert_eq!(v["name"], "tcons");
     assert_eq!(v["pods"][0]["name"], "a");
     assert_eq!(v["pods"][0]["phase"], "Running");
     let (_, modules) = lab.api("node-1", "/api/v1/modules");
@@ -593,7 +599,7 @@ fn the_console_and_admin_api_answer_from_the_host() {
         "the pods table: {dom}"
     );
     assert!(
-        dom.contains("lab \"tcons\" · island model · ipv4"),
+        dom.contains("cluster \"tcons\" · island model · ipv4"),
         "the title: {dom}"
     );
     assert!(
@@ -664,7 +670,8 @@ spec:
     let (ok, answer) = lab.probe("default/after", "default/before", 80, "TCP", "ipv4");
     assert!(ok, "{answer}");
 
-    // A NetworkModule that cannot load is refused at apply, with the reason.
+    // A NetworkModule the CRD's rules refuse is refused at apply, in the
+    // API server's words.
     let o = lab.apply(
         "apiVersion: switchyard.dev/v1alpha1
 kind: NetworkModule
@@ -676,7 +683,8 @@ spec:
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("NetworkModule \"broken\" is invalid"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains("NetworkModule.switchyard.dev \"broken\" is invalid: spec.source"),
         "{}",
         text(&o)
     );

@@ -513,7 +513,7 @@ fn pod_selector(c: &Ctx<'_>) -> Ports {
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     for want in [
-        "NetworkPolicy \"allow-b\" is invalid",
+        "NetworkPolicy.networking.k8s.io \"allow-b\" is invalid",
         "spec.ingress[0].from[0].ipBlock.cidr: Invalid value: \"10.0.0.0/33\"",
         "spec.ingress[0].ports[0].endPort: Invalid value: 80: must be greater than or equal to `port`",
     ] {
@@ -1234,12 +1234,12 @@ fn suite(lab: &TestLab, families: &[&'static str]) {
 
 #[test]
 fn network_policy_flat_dual_stack() {
-    let lab = TestLab::up("npflat", 2, "flat", "dual");
+    let lab = TestLab::shared("npflat", 2, "flat", "dual");
     suite(&lab, &["ipv4", "ipv6"]);
 }
 
 #[test]
 fn network_policy_overlay_ipv4() {
-    let lab = TestLab::up("npover", 2, "overlay", "ipv4");
+    let lab = TestLab::shared("npover", 2, "overlay", "ipv4");
     suite(&lab, &["ipv4"]);
 }

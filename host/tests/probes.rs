@@ -1,7 +1,9 @@
-//! Probes in the lab, end to end: the agent probes its pods as the kubelet
-//! does, pods misbehave on request (annotations), and the results show in
-//! pod status, in the endpoints and in where Service traffic goes. Timing
-//! bounds come from period × threshold, plus a slack for the shared machine.
+//! Probes in the lab, end to end: the lab's kubelet probes its pods as the
+//! kubelet does, pods misbehave on request (annotations), and the results
+//! show in pod status, in the endpoints (kube-controller-manager's
+//! EndpointSlices), in the agents' probe tables and in where Service traffic
+//! goes. Timing bounds come from period × threshold, plus a slack for the
+//! shared machine. The tests share one lab, each in namespaces of its own.
 //! Needs root (CI runs as root).
 
 mod common;
@@ -14,8 +16,11 @@ use std::time::{Duration, Instant};
 /// machine.
 const SLACK: Duration = Duration::from_secs(4);
 
+/// Pod `name` of this file's namespaces (`p` and `q`: no name is in both).
 fn pod<'a>(s: &'a Value, name: &str) -> &'a Value {
-    pod_in(s, &format!("p/{name}")).unwrap_or_else(|| panic!("pod p/{name} in {s}"))
+    pod_in(s, &format!("p/{name}"))
+        .or_else(|| pod_in(s, &format!("q/{name}")))
+        .unwrap_or_else(|| panic!("pod p/{name} or q/{name} in {s}"))
 }
 
 /// Polls `lab status` until `f` holds for pod `name`, for at most `bound`;
@@ -167,7 +172,7 @@ spec:
 
 #[test]
 fn probes_drive_readiness_restarts_and_endpoints() {
-    let lab = TestLab::up("probes", 2, "flat", "ipv4");
+    let lab = TestLab::shared("probes", 2, "flat", "ipv4");
     let file = std::env::temp_dir().join(format!("switchyard-exec-{}", rand_suffix()));
     let _ = std::fs::remove_file(&file);
     let o = lab.apply(&format!("{PODS}---{}", exec_pod(file.to_str().unwrap())));
@@ -257,30 +262,48 @@ fn probes_drive_readiness_restarts_and_endpoints() {
         "{probes}"
     );
     // The admin API shows the pod with its probes, and the node's probe
-    // table as modules read it: flip's port from node-1's own prober, and
-    // steady (node-2's) from its Pod status.
-    let (code, v) = lab.api("node-1", "/api/v1/pods/p/flip");
-    assert_eq!(code, 200, "{v}");
-    assert_eq!(v["probes"][0]["result"], "Failure", "{v}");
+    // table as modules read it: flip's port from node-1's kubelet (which
+    // the agent asks every half second), and steady (node-2's) from its Pod
+    // status.
+    let t = Instant::now();
+    loop {
+        let (code, v) = lab.api("node-1", "/api/v1/pods/p/flip");
+        assert_eq!(code, 200, "{v}");
+        if v["probes"][0]["result"] == "Failure" {
+            break;
+        }
+        assert!(t.elapsed() < SLACK, "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, v) = lab.api("node-1", "/api/v1/pods/p/nobody");
     assert_eq!(code, 404, "{v}");
     assert!(v["error"].as_str().unwrap().contains("\"nobody\""), "{v}");
-    let (_, table) = lab.api("node-1", "/api/v1/probes");
-    let entry = |ip: &str, source: &str| {
+    let entry = |table: &Value, ip: &str, source: &str| {
         table["endpoints"]
             .as_array()
             .unwrap()
             .iter()
             .find(|e| e["address"] == ip && e["source"] == source)
-            .unwrap_or_else(|| panic!("{ip} from {source} in {table}"))
-            .clone()
+            .cloned()
     };
-    let e = entry(&lab.pod_ips("p/flip")[0], "probe");
-    assert_eq!(e["port"], 80, "{e}");
-    assert_eq!(e["ready"], false, "{e}");
-    assert!(e["consecutiveFailures"].as_u64().unwrap() >= 2, "{e}");
-    let e = entry(&lab.pod_ips("p/steady")[0], "pod-status");
-    assert_eq!(e["ready"], true, "{e}");
+    let flip_ip = lab.pod_ips("p/flip")[0].clone();
+    let steady_ip = lab.pod_ips("p/steady")[0].clone();
+    let t = Instant::now();
+    loop {
+        let (_, table) = lab.api("node-1", "/api/v1/probes");
+        let flip = entry(&table, &flip_ip, "probe");
+        let steady = entry(&table, &steady_ip, "pod-status");
+        let ok = flip.as_ref().is_some_and(|e| {
+            e["port"] == 80
+                && e["ready"] == false
+                && e["consecutiveFailures"].as_u64().unwrap_or(0) >= 2
+        }) && steady.as_ref().is_some_and(|e| e["ready"] == true);
+        if ok {
+            break;
+        }
+        assert!(t.elapsed() < SLACK, "{table}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Traffic through the Service stops reaching it (once the endpoints
     // and every node's proxy followed).
@@ -308,67 +331,107 @@ fn probes_drive_readiness_restarts_and_endpoints() {
     drop(lab);
 }
 
+/// What the API server refuses is refused with its own messages; what it
+/// accepts and the kubelet cannot run is reported as the kubelet reports
+/// it: in the pod's container status and in Events.
 #[test]
 fn invalid_probes_are_refused_with_the_api_servers_messages() {
-    let lab = TestLab::up("probebad", 1, "flat", "ipv4");
+    let lab = TestLab::shared("probes", 2, "flat", "ipv4");
     let bad = r#"
 apiVersion: v1
+kind: Namespace
+metadata: {name: pbad}
+---
+apiVersion: v1
 kind: Pod
-metadata: {name: bad, namespace: default}
+metadata: {name: bad, namespace: pbad}
 spec:
   containers:
   - name: s
     image: lab
     ports: [{name: http, containerPort: 80}]
     readinessProbe: {tcpSocket: {port: 80}, httpGet: {port: 80}, periodSeconds: -1}
-    livenessProbe: {httpGet: {port: metrics}}
 "#;
     let o = lab.apply(bad);
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     for want in [
-        "spec.containers[0].readinessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type",
-        "spec.containers[0].readinessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0",
-        "spec.containers[0].livenessProbe.httpGet.port: Invalid value: \"metrics\": no port of container \"s\" has this name",
+        "Pod \"bad\" is invalid",
+        "spec.containers[0].readinessProbe",
+        "may not specify more than 1 handler type",
+        "spec.containers[0].readinessProbe.periodSeconds: Invalid value: -1",
+        "nothing was applied",
     ] {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
-    // Nothing was admitted.
-    let s = lab.status();
-    assert!(
-        !s["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "bad"),
-        "{s}"
-    );
-    let bad_annotation = r#"
+    // Nothing was admitted: not even the namespace of the same apply.
+    let o = lab.kubectl(&["get", "namespace", "pbad"]);
+    assert!(!o.status.success(), "{}", text(&o));
+
+    // Accepted by the API server, refused by the kubelet: an annotation of
+    // ours with a bad value, and a probe naming a port no container has.
+    let odd = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: pbad}
+---
 apiVersion: v1
 kind: Pod
-metadata: {name: odd, namespace: default, annotations: {switchyard.dev/healthz-fail-after: "soon"}}
+metadata: {name: odd, namespace: pbad, annotations: {switchyard.dev/healthz-fail-after: "soon"}}
 spec:
+  nodeName: node-1
   containers: [{name: s, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unnamed, namespace: pbad}
+spec:
+  nodeName: node-1
+  containers:
+  - name: s
+    image: lab
+    ports: [{containerPort: 80}]
+    livenessProbe: {httpGet: {port: metrics}}
 "#;
-    let o = lab.apply(bad_annotation);
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("switchyard.dev/healthz-fail-after"),
-        "{}",
-        text(&o)
-    );
+    let f = lab.dir.join("odd.yaml");
+    std::fs::write(&f, odd).unwrap();
+    lab.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let t0 = Instant::now();
+    loop {
+        let s = lab.status();
+        let p = pod_in(&s, "pbad/odd").unwrap().clone();
+        let events = lab.kubectl_ok(&["-n", "pbad", "get", "events", "-o", "json"]);
+        let reported = p["reason"] == "CreateContainerConfigError"
+            && p["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("switchyard.dev/healthz-fail-after")
+            && events.contains("\"Failed\"")
+            && events.contains("switchyard.dev/healthz-fail-after")
+            && events.contains("Unable to probe: container s has no port named \\\"metrics\\\"");
+        if reported {
+            assert_eq!(p["phase"], "Pending", "{p}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not reported as the kubelet would: {p}\n{events}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.kubectl_ok(&["delete", "namespace", "pbad", "--wait=false"]);
 }
 
 const OPTIONS: &str = r#"
 apiVersion: v1
 kind: Namespace
-metadata: {name: p}
+metadata: {name: q}
 ---
 apiVersion: v1
 kind: Pod
 metadata:
   name: laggy
-  namespace: p
+  namespace: q
   annotations: {switchyard.dev/respond-delay: "2s"}
 spec:
   nodeName: node-1
@@ -382,7 +445,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: patient
-  namespace: p
+  namespace: q
   annotations: {switchyard.dev/respond-delay: "2s"}
 spec:
   nodeName: node-2
@@ -394,7 +457,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: steps, namespace: p}
+metadata: {name: steps, namespace: q}
 spec:
   nodeName: node-1
   containers:
@@ -407,7 +470,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: refuser
-  namespace: p
+  namespace: q
   labels: {app: r}
   annotations: {switchyard.dev/refuse-after: "12s"}
 spec:
@@ -420,7 +483,7 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: r, namespace: p}
+metadata: {name: r, namespace: q}
 spec:
   selector: {app: r}
   ports: [{port: 80}]
@@ -429,7 +492,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: done
-  namespace: p
+  namespace: q
   annotations: {switchyard.dev/exit-after: "2s", switchyard.dev/exit-code: "0"}
 spec:
   nodeName: node-1
@@ -440,7 +503,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: broke
-  namespace: p
+  namespace: q
   annotations: {switchyard.dev/exit-after: "2s", switchyard.dev/exit-code: "3"}
 spec:
   nodeName: node-2
@@ -451,7 +514,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: crashy
-  namespace: p
+  namespace: q
   annotations: {switchyard.dev/exit-after: "2s", switchyard.dev/exit-code: "1"}
 spec:
   nodeName: node-1
@@ -464,7 +527,7 @@ spec:
 /// readiness, and restartPolicy against exiting servers.
 #[test]
 fn probe_options_and_restart_policies() {
-    let lab = TestLab::up("probeopt", 2, "flat", "ipv4");
+    let lab = TestLab::shared("probes", 2, "flat", "ipv4");
     let o = lab.apply(OPTIONS);
     assert!(o.status.success(), "{}", text(&o));
     let t0 = Instant::now();
@@ -497,14 +560,14 @@ fn probe_options_and_restart_policies() {
     // not ready after failureThreshold (3) × period (1 s), and out of its
     // Service's endpoints within one more period.
     until(&lab, "refuser", Duration::from_secs(12), "ready", ready);
-    let ip = lab.pod_ips("p/refuser")[0].clone();
+    let ip = lab.pod_ips("q/refuser")[0].clone();
     let endpoints = |lab: &TestLab| -> Vec<String> {
         let s = lab.status();
         s["services"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|v| v["namespace"] == "p" && v["name"] == "r")
+            .find(|v| v["namespace"] == "q" && v["name"] == "r")
             .map(|v| {
                 v["endpoints"]
                     .as_array()

@@ -1,6 +1,7 @@
-//! Services in the lab, end to end: the lab's EndpointSlice controller, each
-//! node's proxy (the `proxy-nftables` module through the agent) and real
-//! connections from pods, nodes and the external host, in both families.
+//! Services in the lab, end to end: kube-controller-manager's EndpointSlice
+//! controller, each node's proxy (the `proxy-nftables` module through the
+//! agent) and real connections from pods, nodes and the external host, in
+//! both families. Both tests share one lab, each in a namespace of its own.
 //! Needs root (CI runs as root).
 
 mod common;
@@ -232,7 +233,7 @@ fn pod_ip(lab: &TestLab, pod: &str, v4: bool) -> String {
 
 #[test]
 fn services_in_both_families_with_every_feature() {
-    let lab = TestLab::up("tsvc", 2, "flat", "dual");
+    let lab = TestLab::shared("tsvc", 2, "flat", "dual");
     let o = lab.apply(PODS);
     assert!(o.status.success(), "apply pods: {}", text(&o));
     let o = lab.apply(&services());
@@ -399,14 +400,14 @@ fn services_in_both_families_with_every_feature() {
 
     // The default scheduler comes from ClusterNetwork: rr there, and a
     // Service without the annotation rotates strictly.
-    let path = lab
-        .dir
-        .join("cluster/objects/ClusterNetwork/_/default.yaml");
-    let mut net: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    net["spec"]["proxy"] = serde_yaml::from_str("{mode: nftables, defaultScheduler: rr}").unwrap();
-    let o = lab.apply(&serde_yaml::to_string(&net).unwrap());
-    assert!(o.status.success(), "{}", text(&o));
+    lab.kubectl_ok(&[
+        "patch",
+        "clusternetwork",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"proxy": {"mode": "nftables", "defaultScheduler": "rr"}}}"#,
+    ]);
     let start = Instant::now();
     loop {
         let seq = sequence(&lab, "x/client", "plain.x", "ipv4", 12);
@@ -419,6 +420,15 @@ fn services_in_both_families_with_every_feature() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Back to the default for the lab's other tests.
+    lab.kubectl_ok(&[
+        "patch",
+        "clusternetwork",
+        "default",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/proxy/defaultScheduler"}]"#,
+    ]);
 
     // Bad input, reported by name, the other Services unharmed (above).
     let nobody = service_view(&lab, "nobody");
@@ -476,17 +486,22 @@ fn services_in_both_families_with_every_feature() {
 /// only when no endpoint is ready.
 #[test]
 fn terminating_endpoints_serve_only_when_none_is_ready() {
-    let lab = TestLab::up("tterm", 2, "flat", "ipv4");
-    let o = lab.apply(PODS);
+    let lab = TestLab::shared("tsvc", 2, "flat", "dual");
+    // Namespace t: the same pods as x.
+    let o = lab.apply(
+        &PODS
+            .replace("name: x}", "name: t}")
+            .replace("namespace: x", "namespace: t"),
+    );
     assert!(o.status.success(), "apply pods: {}", text(&o));
-    let a = pod_ip(&lab, "x/a", true);
-    let b = pod_ip(&lab, "x/b", true);
+    let a = pod_ip(&lab, "t/a", true);
+    let b = pod_ip(&lab, "t/b", true);
     let slice = |ready_a: bool| {
         format!(
             "---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {{name: manual-1, namespace: x, labels: {{kubernetes.io/service-name: manual}}}}
+metadata: {{name: manual-1, namespace: t, labels: {{kubernetes.io/service-name: manual}}}}
 addressType: IPv4
 ports: [{{name: http, port: 80, protocol: TCP}}]
 endpoints:
@@ -500,17 +515,17 @@ endpoints:
     let svc = "---
 apiVersion: v1
 kind: Service
-metadata: {name: manual, namespace: x}
+metadata: {name: manual, namespace: t}
 spec:
   ports: [{name: http, port: 8000, targetPort: 80}]
 ";
     let o = lab.apply(&format!("{svc}{}", slice(true)));
     assert!(o.status.success(), "{}", text(&o));
-    lab.probe_until_allowed("x/client", "manual.x", 8000, "TCP", "ipv4");
-    let s = spread(&lab, "x/client", "manual.x", 8000, "TCP", "ipv4", 8);
+    lab.probe_until_allowed("t/client", "manual.t", 8000, "TCP", "ipv4");
+    let s = spread(&lab, "t/client", "manual.t", 8000, "TCP", "ipv4", 8);
     assert_eq!(
         s.keys().cloned().collect::<Vec<_>>(),
-        ["x/a"],
+        ["t/a"],
         "a ready endpoint is preferred"
     );
     // a stops being ready: the terminating b serves.
@@ -518,8 +533,8 @@ spec:
     assert!(o.status.success(), "{}", text(&o));
     let start = Instant::now();
     loop {
-        let s = spread(&lab, "x/client", "manual.x", 8000, "TCP", "ipv4", 4);
-        if s.keys().cloned().collect::<Vec<_>>() == ["x/b"] {
+        let s = spread(&lab, "t/client", "manual.t", 8000, "TCP", "ipv4", 4);
+        if s.keys().cloned().collect::<Vec<_>>() == ["t/b"] {
             break;
         }
         assert!(
@@ -528,11 +543,11 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // A bad slice is refused by name.
+    // A bad slice is refused by name, in the API server's words.
     let o = lab.apply(
         "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: bad, namespace: x}
+metadata: {name: bad, namespace: t}
 addressType: IPv4
 endpoints: [{addresses: [\"fd00::1\"]}]
 ",
@@ -540,9 +555,10 @@ endpoints: [{addresses: [\"fd00::1\"]}]
     let err = text(&o);
     assert!(!o.status.success(), "{err}");
     assert!(
-        err.contains("EndpointSlice \"bad\" is invalid")
-            && err.contains("endpoints[0].addresses[0]: Invalid value: \"fd00::1\": must be a valid IPv4 address")
-            && err.contains("kubernetes.io/service-name"),
+        err.contains("EndpointSlice.discovery.k8s.io \"bad\" is invalid")
+            && err.contains(
+                "endpoints[0].addresses: Invalid value: \"fd00::1\": must be an IPv4 address"
+            ),
         "{err}"
     );
 }

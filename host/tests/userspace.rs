@@ -114,7 +114,7 @@ fn node_report(lab: &TestLab, node: &str) -> Value {
 
 #[test]
 fn a_scheduler_module_picks_by_probe_latency_in_userspace() {
-    let lab = TestLab::up("uspace", 2, "flat", "dual");
+    let lab = TestLab::shared("uspace", 2, "flat", "dual");
     let o = lab.apply(OBJECTS);
     assert!(o.status.success(), "{}", text(&o));
     let t0 = Instant::now();

@@ -71,7 +71,7 @@ function micros(v) {
 function renderCluster(c) {
     const title = document.getElementById("title");
     if (title) {
-        title.textContent = `lab "${c.name}" · ${c.model} model · ${c.ipFamily}`;
+        title.textContent = `cluster "${c.name}" · ${c.model} model · ${c.ipFamily}`;
     }
     const ready = c.nodes.filter((n) => n.ready).length;
     const running = c.pods.filter((p) => p.phase === "Running").length;
@@ -79,8 +79,8 @@ function renderCluster(c) {
     if (summary) {
         summary.textContent =
             `${ready}/${c.nodes.length} nodes ready · ${running}/${c.pods.length} pods running · ` +
-                `${c.services.length} services · ${c.networkPolicies.length} network policies · ` +
-                `external host ${c.external.join(", ")}`;
+                `${c.services.length} services · ${c.networkPolicies.length} network policies` +
+                (c.external.length ? ` · external host ${c.external.join(", ")}` : "");
     }
     table("nodes", ["node", "ready", "addresses", "pod CIDRs", "zone", "pods", "message"], c.nodes.map((n) => [
         n.name,

@@ -155,7 +155,7 @@ function micros(v: number | null): string {
 function renderCluster(c: ClusterView): void {
   const title = document.getElementById("title");
   if (title) {
-    title.textContent = `lab "${c.name}" · ${c.model} model · ${c.ipFamily}`;
+    title.textContent = `cluster "${c.name}" · ${c.model} model · ${c.ipFamily}`;
   }
   const ready = c.nodes.filter((n) => n.ready).length;
   const running = c.pods.filter((p) => p.phase === "Running").length;
@@ -163,8 +163,8 @@ function renderCluster(c: ClusterView): void {
   if (summary) {
     summary.textContent =
       `${ready}/${c.nodes.length} nodes ready · ${running}/${c.pods.length} pods running · ` +
-      `${c.services.length} services · ${c.networkPolicies.length} network policies · ` +
-      `external host ${c.external.join(", ")}`;
+      `${c.services.length} services · ${c.networkPolicies.length} network policies` +
+      (c.external.length ? ` · external host ${c.external.join(", ")}` : "");
   }
   table(
     "nodes",

@@ -1,10 +1,13 @@
-//! The lab: how long `lab up` takes for 3 nodes and 30 pods, how long one
-//! pod takes from apply to Running (in a burst of 30, and alone), and how
-//! much memory an agent and a pod server hold.
+//! The lab on its real control plane: how long `lab up` takes for 3 nodes
+//! and 30 pods (the control plane, the nodes, and the pods through the
+//! scheduler), how long one pod takes from apply to Running (in a burst of
+//! 30, and alone), `lab down`, and how much memory each control-plane
+//! process, agent, kubelet and pod server holds.
 //!
 //! It drives the real CLI (a release build of `switchyard`), exactly as a
-//! user does, and watches the cluster directory's status files from this
-//! process to time every pod.
+//! user does, and watches the bench namespace's pods through the lab's API
+//! server from this process (kube's watcher, with the lab's kubeconfig) to
+//! time every pod.
 //!
 //! Run (root): `cargo build --release -p switchyard -p switchyard-cni &&
 //! cargo run --release -p switchyard-bench --bin lab_up`
@@ -73,14 +76,105 @@ fn lab(bin: &Path, dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("running switchyard")
 }
 
-fn running(dir: &Path, name: &str) -> bool {
-    std::fs::read(dir.join(format!("cluster/status/Pod/bench/{name}.json")))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|v| v["status"]["phase"] == "Running")
+/// When each pod of the bench namespace was first seen Running, by name,
+/// from a watch on the lab's API server (started once the API server is up).
+struct PodClock {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Instant>>>,
+    _rt: tokio::runtime::Runtime,
 }
 
-/// Memory of a process: (VmRSS, Pss) in KiB.
+impl PodClock {
+    fn start(dir: &Path) -> anyhow::Result<PodClock> {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::runtime::WatchStreamExt;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Instant>>> =
+            Default::default();
+        let out = seen.clone();
+        let kubeconfig = dir.join("kubeconfig");
+        rt.spawn(async move {
+            let client = loop {
+                match switchyard::lab::layout::kube_client(&kubeconfig).await {
+                    Ok(c) => break c,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            let api: kube::Api<Pod> = kube::Api::namespaced(client, "bench");
+            let stream = kube::runtime::watcher(api, Default::default()).default_backoff();
+            let stream = stream.applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(e) = stream.next().await {
+                let Ok(p) = e else { continue };
+                let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                if running && let Some(name) = p.metadata.name {
+                    seen.lock()
+                        .expect("not poisoned")
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        });
+        Ok(PodClock { seen: out, _rt: rt })
+    }
+
+    fn at(&self, name: &str) -> Option<Instant> {
+        self.seen.lock().expect("not poisoned").get(name).copied()
+    }
+}
+
+/// The lab's processes by role: pid, and a role name.
+fn processes(dir: &Path) -> Vec<(u32, &'static str)> {
+    let lab: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap_or_default())
+            .unwrap_or(Value::Null);
+    let k8s = lab["kubernetesBin"]
+        .as_str()
+        .unwrap_or("/nonexistent")
+        .to_string();
+    let dir_s = dir.display().to_string();
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let first = args.first().cloned().unwrap_or_default();
+        let has = |s: &str| args.iter().any(|a| a == s);
+        let mentions_lab = args.iter().any(|a| a.contains(&dir_s));
+        let role = if first.starts_with(&k8s) && mentions_lab {
+            match first.rsplit('/').next().unwrap_or_default() {
+                "etcd" => "etcd",
+                "kube-apiserver" => "kube-apiserver",
+                "kube-controller-manager" => "kube-controller-manager",
+                "kube-scheduler" => "kube-scheduler",
+                _ => continue,
+            }
+        } else if first.ends_with("/switchyard") && has("agent") && has("--kube") {
+            "agent"
+        } else if first.ends_with("/switchyard") && has("kubelet") && mentions_lab {
+            "kubelet"
+        } else if first.ends_with("/switchyard") && has("cloud-controller") && mentions_lab {
+            "cloud-controller"
+        } else if first.ends_with("/switchyard") && has("pod-server") && !has("external") {
+            "pod server"
+        } else {
+            continue;
+        };
+        out.push((pid, role));
+    }
+    out
+}
+
 fn memory(pid: u32) -> (u64, u64) {
     let field = |file: &str, key: &str| -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/{file}"))
@@ -116,17 +210,16 @@ fn main() -> anyhow::Result<()> {
     let _ = lab(&bin, &dir, &["down", "--name", NAME]);
 
     let mut total = vec![];
+    let mut control_up = vec![];
     let mut cluster_up = vec![];
     let mut all_running = vec![];
     let mut burst = vec![];
     let mut alone = vec![];
     let mut down = vec![];
-    let mut agent_rss = vec![];
-    let mut agent_pss = vec![];
-    let mut server_rss = vec![];
-    let mut server_pss = vec![];
+    let mut memory_by_role: std::collections::BTreeMap<&'static str, (Vec<u64>, Vec<u64>)> =
+        Default::default();
     for round in 0..ROUNDS {
-        // lab up, watching its progress lines and the pods' status files.
+        // lab up, watching its progress lines, and the pods through the API.
         let start = Instant::now();
         let mut child = Command::new(&bin)
             .arg("lab")
@@ -145,10 +238,15 @@ fn main() -> anyhow::Result<()> {
             }
         });
         let mut applying: Option<Instant> = None;
-        let mut ready_at: Vec<Option<Instant>> = vec![None; PODS];
+        let mut control_at = None;
         let mut up_at = None;
-        loop {
-            while let Ok((line, at)) = rx.try_recv() {
+        let mut clock = None;
+        let mut take =
+            |line: &str, at: Instant, clock: &mut Option<PodClock>| -> anyhow::Result<()> {
+                if line.contains("==> control plane:") {
+                    control_at = Some(at);
+                    *clock = Some(PodClock::start(&dir)?);
+                }
                 if line.contains("the cluster is up") {
                     up_at = Some(at);
                 }
@@ -158,13 +256,11 @@ fn main() -> anyhow::Result<()> {
                 if line.starts_with("error") {
                     eprintln!("{line}");
                 }
-            }
-            if applying.is_some() {
-                for (i, r) in ready_at.iter_mut().enumerate() {
-                    if r.is_none() && running(&dir, &format!("p{i:02}")) {
-                        *r = Some(Instant::now());
-                    }
-                }
+                Ok(())
+            };
+        loop {
+            while let Ok((line, at)) = rx.try_recv() {
+                take(&line, at, &mut clock)?;
             }
             if let Some(status) = child.try_wait()? {
                 anyhow::ensure!(status.success(), "lab up failed in round {round}");
@@ -174,34 +270,26 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = reader.join();
         while let Ok((line, at)) = rx.try_recv() {
-            if line.contains("the cluster is up") {
-                up_at = Some(at);
-            }
+            take(&line, at, &mut clock)?;
         }
         let end = Instant::now();
+        let clock = clock.expect("the control plane's progress line");
         total.push(end - start);
+        control_up.push(control_at.expect("progress line") - start);
         cluster_up.push(up_at.expect("progress line") - start);
         let applied = applying.expect("progress line");
-        let readies: Vec<Instant> = ready_at.iter().map(|r| r.unwrap_or(end)).collect();
+        let readies: Vec<Instant> = (0..PODS)
+            .map(|i| clock.at(&format!("p{i:02}")).unwrap_or(end))
+            .collect();
         all_running.push(*readies.iter().max().expect("pods") - applied);
         burst.extend(readies.iter().map(|r| *r - applied));
 
         // Memory, with 30 pods running.
-        for e in std::fs::read_dir(dir.join("cluster/status/Node/_"))?.flatten() {
-            let v: Value = serde_json::from_slice(&std::fs::read(e.path())?)?;
-            let (rss, pss) = memory(v["agentPid"].as_u64().unwrap_or(0) as u32);
-            agent_rss.push(rss);
-            agent_pss.push(pss);
-        }
-        for n in 1..=NODES {
-            for e in std::fs::read_dir(dir.join(format!("nodes/node-{n}/pods")))?.flatten() {
-                if e.path().extension().is_some_and(|x| x == "json") {
-                    let v: Value = serde_json::from_slice(&std::fs::read(e.path())?)?;
-                    let (rss, pss) = memory(v["serverPid"].as_u64().unwrap_or(0) as u32);
-                    server_rss.push(rss);
-                    server_pss.push(pss);
-                }
-            }
+        for (pid, role) in processes(&dir) {
+            let (rss, pss) = memory(pid);
+            let e = memory_by_role.entry(role).or_default();
+            e.0.push(rss);
+            e.1.push(pss);
         }
 
         // One pod at a time: from `lab apply` to Running.
@@ -217,19 +305,25 @@ fn main() -> anyhow::Result<()> {
                 String::from_utf8_lossy(&o.stderr)
             );
             let deadline = t + Duration::from_secs(30);
-            while !running(&dir, &name) && Instant::now() < deadline {
+            let at = loop {
+                if let Some(at) = clock.at(&name) {
+                    break at;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "{name} not Running within 30 s");
                 std::thread::sleep(Duration::from_millis(1));
-            }
-            alone.push(t.elapsed());
+            };
+            alone.push(at - t);
         }
+        drop(clock);
 
         let t = Instant::now();
         let o = lab(&bin, &dir, &["down"]);
         anyhow::ensure!(o.status.success(), "lab down failed");
         down.push(t.elapsed());
         eprintln!(
-            "round {round}: up {:.2} s (nodes ready {:.2} s, 30 pods running {:.2} s after apply)",
+            "round {round}: up {:.2} s (control plane {:.2} s, nodes ready {:.2} s, 30 pods running {:.2} s after apply)",
             total.last().expect("pushed").as_secs_f64(),
+            control_up.last().expect("pushed").as_secs_f64(),
             cluster_up.last().expect("pushed").as_secs_f64(),
             all_running.last().expect("pushed").as_secs_f64()
         );
@@ -238,9 +332,19 @@ fn main() -> anyhow::Result<()> {
     header();
     let rows = [
         Summary::of("lab up, 3 nodes + 30 pods (whole command)", total),
-        Summary::of("  of which: nodes ready (agents serving)", cluster_up),
+        Summary::of(
+            "  of which: etcd and kube-apiserver ready (from the command's start)",
+            control_up,
+        ),
+        Summary::of(
+            "  of which: nodes Ready (from the command's start)",
+            cluster_up,
+        ),
         Summary::of("  of which: apply to all 30 pods Running", all_running),
-        Summary::of("pod ready time, burst of 30 (apply to Running)", burst),
+        Summary::of(
+            "pod ready time through the scheduler, burst of 30 (apply to Running)",
+            burst,
+        ),
         Summary::of(
             "pod ready time, one pod alone (lab apply to Running)",
             alone,
@@ -250,16 +354,24 @@ fn main() -> anyhow::Result<()> {
     for r in &rows {
         r.print();
     }
-    let mem = json!({
-        "agentRssKiBMedian": median(agent_rss.clone()),
-        "agentPssKiBMedian": median(agent_pss.clone()),
-        "agentRssKiBMax": agent_rss.iter().max(),
-        "podServerRssKiBMedian": median(server_rss.clone()),
-        "podServerPssKiBMedian": median(server_pss.clone()),
-        "agents": agent_rss.len(),
-        "podServers": server_rss.len(),
-    });
-    println!("\nmemory (KiB, with {PODS} pods): {mem}");
+    let mem: serde_json::Map<String, Value> = memory_by_role
+        .into_iter()
+        .map(|(role, (rss, pss))| {
+            (
+                role.to_string(),
+                json!({
+                    "processes": rss.len(),
+                    "rssKiBMedian": median(rss.clone()),
+                    "rssKiBMax": rss.iter().max(),
+                    "pssKiBMedian": median(pss),
+                }),
+            )
+        })
+        .collect();
+    println!("\nmemory (KiB, with {PODS} pods running):");
+    for (role, m) in &mem {
+        println!("  {role:<24} {m}");
+    }
     write_results(
         "lab-up",
         &json!({

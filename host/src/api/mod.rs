@@ -18,6 +18,11 @@
 //! | `/api/v1/explain?from=IP&to=IP&protocol=TCP&port=80` | which NetworkPolicies and rules decide that connection on this node |
 //! | `/` | the console (`web/`, built into the binary) |
 
+pub mod view;
+
+/// The port of every agent's admin API and console.
+pub const ADMIN_PORT: u16 = 9090;
+
 use crate::datapath::ipam::Ipam;
 use crate::datapath::ipam::{Ledger, PoolInfo};
 use crate::datapath::probes::ProbeTable;

@@ -3,9 +3,7 @@
 //! (`switchyard crds --out-dir crds`); a test regenerates it and fails on any
 //! difference, so the checked-in YAML is always the code's.
 
-use crate::model::crd::{ClusterNetwork, NetworkModule, WasmNetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,11 +17,7 @@ pub struct CrdsArgs {
 
 /// Every CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
-        NetworkModule::crd(),
-        ClusterNetwork::crd(),
-        WasmNetworkPolicy::crd(),
-    ]
+    crate::model::crd::all_crds()
 }
 
 /// The file a CRD is written to: `<plural>.<group>.yaml`.
@@ -65,7 +59,7 @@ pub fn run(a: CrdsArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
             for (name, text) in files() {
                 let path = dir.join(&name);
-                crate::source::cluster_dir::write_atomic(&path, text.as_bytes())
+                crate::util::write_atomic(&path, text.as_bytes())
                     .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }

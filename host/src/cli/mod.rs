@@ -59,16 +59,19 @@ struct AgentArgs {
     /// How long a StatefulSet pod's released address waits for the pod to return.
     #[arg(long, default_value_t = 600)]
     sticky_ttl_seconds: u64,
-    /// Run as the agent of node `--node` of the lab in this directory: the
-    /// lab's cluster directory is the source, and the agent also runs node
-    /// networking, the node's pods and the admin API.
-    #[arg(long, conflicts_with = "local")]
-    lab: Option<std::path::PathBuf>,
     /// Follow the Kubernetes API server (the in-cluster service account, or
-    /// $KUBECONFIG): NetworkModules, status, Events. Without it (and
-    /// without --local or --lab) the agent serves CNI from its flags alone.
-    #[arg(long, conflicts_with_all = ["local", "lab"])]
+    /// $KUBECONFIG): the node's datapath, NetworkModules, status, Events.
+    /// Without it (and without --local) the agent serves CNI from its flags
+    /// alone.
+    #[arg(long, conflicts_with = "local")]
     kube: bool,
+    /// With --kube: a kubelet that serves its probes' results (`/probes`,
+    /// `/pods`; the lab's does), for probe latencies.
+    #[arg(long, requires = "kube")]
+    kubelet_url: Option<String>,
+    /// With --kube: the cluster's name, as the admin API and console show it.
+    #[arg(long, default_value = "kubernetes")]
+    cluster_name: String,
     /// Enter this network namespace (a name under /var/run/netns, or a path)
     /// before anything else, as a host-network DaemonSet pod runs in its node's.
     #[arg(long)]
@@ -81,7 +84,10 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Agent(_) => "info",
-        Command::Module(_) | Command::Lab(_) | Command::Crds(_) => "warn",
+        // kube's client logs every refused request; the lab says what failed
+        // in its own words (and polls the API server while it starts).
+        Command::Lab(_) => "warn,kube_client::client::builder=off",
+        Command::Module(_) | Command::Crds(_) => "warn",
         Command::InstallCni(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -108,33 +114,10 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn enter_netns(ns: &std::path::Path) -> anyhow::Result<()> {
-    let path = if ns.is_absolute() {
-        ns.to_path_buf()
-    } else {
-        std::path::Path::new("/var/run/netns").join(ns)
-    };
-    let f = std::fs::File::open(&path)
-        .map_err(|e| anyhow::anyhow!("network namespace {}: {e}", path.display()))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| anyhow::anyhow!("entering network namespace {}: {e}", path.display()))?;
-    Ok(())
-}
-
 fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists: every thread made later is in the namespace.
     if let Some(ns) = &a.netns {
-        enter_netns(ns)?;
-    }
-    if let Some(dir) = a.lab {
-        let node = a.node.ok_or_else(|| {
-            anyhow::anyhow!("--lab needs --node: which of the lab's nodes this agent runs")
-        })?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(crate::lab::agent::run(&dir, &node))?;
-        return Ok(ExitCode::SUCCESS);
+        crate::datapath::netlink::enter_netns(ns)?;
     }
     let node = match a.node {
         Some(n) => n,
@@ -153,6 +136,8 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let kube = a.kube;
+    let kubelet = a.kubelet_url;
+    let cluster_name = a.cluster_name;
     rt.block_on(async move {
         if !kube {
             let agent = crate::agent::Agent::start(options).await?;
@@ -167,7 +152,11 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         crate::cluster::run(
             options,
             client,
-            crate::cluster::ClusterOptions::default(),
+            crate::cluster::ClusterOptions {
+                kubelet,
+                cluster_name,
+                ..Default::default()
+            },
             crate::agent::shutdown_signal(),
         )
         .await

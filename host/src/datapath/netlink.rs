@@ -31,6 +31,29 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+/// Move the calling thread into the network namespace `ns` (a name under
+/// /var/run/netns, or a path). Called before any other thread exists, it
+/// puts the whole process there: every thread made later inherits it.
+pub fn enter_netns(ns: &Path) -> io::Result<()> {
+    let path = if ns.is_absolute() {
+        ns.to_path_buf()
+    } else {
+        Path::new("/var/run/netns").join(ns)
+    };
+    let f = File::open(&path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("network namespace {}: {e}", path.display()),
+        )
+    })?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        io::Error::other(format!(
+            "entering network namespace {}: {e}",
+            path.display()
+        ))
+    })
+}
+
 /// Run `f` on a thread inside the network namespace at `path`.
 pub fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> io::Result<R> + Send) -> io::Result<R> {
     let ns = File::open(path).map_err(|e| {

@@ -24,6 +24,10 @@ pub const REFUSE_AFTER: &str = "switchyard.dev/refuse-after";
 pub const EXIT_AFTER: &str = "switchyard.dev/exit-after";
 /// The exit code for `exit-after` (1 by default).
 pub const EXIT_CODE: &str = "switchyard.dev/exit-code";
+/// On SIGTERM, keep serving this long before exiting (agnhost's
+/// `--delay-shutdown`): the pod's endpoints are serving and terminating
+/// meanwhile. Without it the server exits at once.
+pub const SHUTDOWN_DELAY: &str = "switchyard.dev/shutdown-delay";
 
 /// Every annotation this module reads.
 pub const ANNOTATIONS: &[&str] = &[
@@ -33,6 +37,7 @@ pub const ANNOTATIONS: &[&str] = &[
     REFUSE_AFTER,
     EXIT_AFTER,
     EXIT_CODE,
+    SHUTDOWN_DELAY,
 ];
 
 /// The misbehaviours of one pod; the default is a well-behaved pod.
@@ -44,6 +49,7 @@ pub struct Behaviour {
     pub refuse_after: Option<Duration>,
     pub exit_after: Option<Duration>,
     pub exit_code: Option<i32>,
+    pub shutdown_delay: Option<Duration>,
 }
 
 impl Behaviour {
@@ -76,6 +82,7 @@ impl Behaviour {
             ("start-delay", self.start_delay),
             ("refuse-after", self.refuse_after),
             ("exit-after", self.exit_after),
+            ("shutdown-delay", self.shutdown_delay),
         ];
         for (key, d) in durations {
             if let Some(d) = d {
@@ -119,6 +126,7 @@ impl Behaviour {
             "start-delay" => &mut self.start_delay,
             "refuse-after" => &mut self.refuse_after,
             "exit-after" => &mut self.exit_after,
+            "shutdown-delay" => &mut self.shutdown_delay,
             "exit-code" => {
                 let code = value
                     .parse::<i32>()

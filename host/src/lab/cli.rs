@@ -1,22 +1,39 @@
 //! `switchyard lab ...`: bring a lab up and down, feed it manifests, look at
 //! it and probe it.
+//!
+//! `lab up` builds a real cluster on the machine: the underlay and the
+//! external host ([`super::topology`]), the control plane in a namespace of
+//! its own ([`super::controlplane`]), and per node a namespace running the
+//! lab's kubelet ([`super::kubelet`]) and the agent exactly as a cluster
+//! runs it (`switchyard agent --kube`, with the agents' ServiceAccount).
+//! Everything after that goes through the API server: `kubectl` works, and
+//! `lab apply`, `status`, `probe`, `matrix` and `explain` read and write
+//! the same objects.
 
 use super::apply;
 use super::behaviour::Behaviour;
-use super::kubelet::LabPodStatus;
-use super::layout::{ADMIN_PORT, DEFAULT_LAB_DIR, Families, Lab, LabConfig};
+use super::controlplane;
+use super::layout::{ADMIN_PORT, DEFAULT_LAB_DIR, Families, KUBELET_PORT, Lab, LabConfig};
 use super::podserver::{Identity, Listen};
 use super::probe::{self, Protocol};
 use super::topology::{self, EXTERNAL_LISTEN};
-use super::view::{ClusterView, LabNodeStatus, PodView};
+use crate::api::view::{ClusterView, NodeFacts, cluster_view};
+use crate::datapath::netlink::in_netns;
 use crate::model::crd::NetworkModel;
+use crate::source::local::Manifests;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Api;
+use kube::api::ListParams;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
@@ -30,12 +47,14 @@ pub struct LabArgs {
 
 #[derive(Debug, Subcommand)]
 enum LabCommand {
-    /// Build a cluster of node namespaces, each running its own agent.
+    /// Build a cluster: a real control plane and node namespaces, each
+    /// running the agent and the lab's kubelet.
     Up(UpArgs),
     /// Remove everything the lab made. Idempotent.
     Down(DownArgs),
-    /// Admit Kubernetes YAML (Namespace, Pod, Service, NetworkPolicy,
-    /// NetworkModule, ClusterNetwork) into the lab.
+    /// Apply Kubernetes YAML to the lab's API server (as `kubectl apply
+    /// --server-side`): any kind it serves, WasmNetworkPolicy,
+    /// NetworkModule and ClusterNetwork included.
     Apply(ApplyArgs),
     /// Delete the objects the YAML names.
     Delete(FileArgs),
@@ -54,9 +73,15 @@ enum LabCommand {
     Exec(ExecArgs),
     /// Restart node agents (as a DaemonSet would after a crash).
     Restart(RestartArgs),
-    /// The server inside a lab pod (started by the agent).
+    /// The server inside a lab pod (started by the lab's kubelet).
     #[command(hide = true)]
     PodServer(PodServerArgs),
+    /// The lab's kubelet of one node (started by `lab up`).
+    #[command(hide = true)]
+    Kubelet(KubeletArgs),
+    /// The lab's cloud controller: LoadBalancer IPs (started by `lab up`).
+    #[command(hide = true)]
+    CloudController,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +101,8 @@ struct UpArgs {
     /// lowercase letters and digits).
     #[arg(long, default_value = "lab")]
     name: String,
-    /// How long to wait for nodes and pods to be ready, in seconds.
+    /// How long to wait for the control plane, nodes and pods to be ready,
+    /// in seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
 }
@@ -99,7 +125,8 @@ struct FileArgs {
 struct ApplyArgs {
     #[command(flatten)]
     files: FileArgs,
-    /// Wait until the applied pods run (or fail), up to this many seconds.
+    /// Wait until the applied pods run (or are stuck for a reason), up to
+    /// this many seconds.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
     wait: Option<u64>,
 }
@@ -214,6 +241,17 @@ struct RestartArgs {
 }
 
 #[derive(Debug, Args)]
+struct KubeletArgs {
+    #[arg(long)]
+    node: String,
+    /// The node's network namespace, entered first. (Not `ip netns exec`:
+    /// that gives the kubelet a mount namespace of its own, and pods'
+    /// namespaces it mounts there would be invisible to the agent.)
+    #[arg(long)]
+    netns: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct PodServerArgs {
     #[arg(long)]
     pod: String,
@@ -233,6 +271,20 @@ fn say(msg: &str) {
     eprintln!("==> {msg}");
 }
 
+/// A lab that is up, with a client of its API server.
+struct Ctx {
+    lab: Lab,
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 fn need_lab(dir: &Path) -> anyhow::Result<Lab> {
     Lab::load(dir)?.with_context(|| {
         format!(
@@ -242,22 +294,133 @@ fn need_lab(dir: &Path) -> anyhow::Result<Lab> {
     })
 }
 
+/// The server a kubeconfig names.
+fn kubeconfig_server(path: &Path) -> anyhow::Result<String> {
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    kc.clusters
+        .iter()
+        .filter_map(|c| c.cluster.as_ref()?.server.clone())
+        .next()
+        .with_context(|| format!("{} names no server", path.display()))
+}
+
+fn ctx(dir: &Path) -> anyhow::Result<Ctx> {
+    let lab = need_lab(dir)?;
+    let kubeconfig = lab.kubeconfig();
+    let server = kubeconfig_server(&kubeconfig)?;
+    if server != lab.config.apiserver_url() {
+        bail!(
+            "{} points at {server}, not at this lab's API server {}: it is not this lab's; \
+             take the lab down (`switchyard lab down --dir {}`) and bring it up again",
+            kubeconfig.display(),
+            lab.config.apiserver_url(),
+            dir.display()
+        );
+    }
+    let rt = runtime()?;
+    let client = rt.block_on(lab.client())?;
+    Ok(Ctx { lab, rt, client })
+}
+
+impl Ctx {
+    fn pod(&self, ns: &str, name: &str) -> anyhow::Result<Option<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        self.rt
+            .block_on(api.get_opt(name))
+            .map_err(|e| anyhow::anyhow!("reading pod {ns}/{name}: {}", apply::api_message(&e)))
+    }
+
+    fn service(&self, ns: &str, name: &str) -> anyhow::Result<Option<Service>> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        self.rt
+            .block_on(api.get_opt(name))
+            .map_err(|e| anyhow::anyhow!("reading service {ns}/{name}: {}", apply::api_message(&e)))
+    }
+
+    /// Everything `status` shows, from the API server.
+    fn manifests(&self) -> anyhow::Result<Manifests> {
+        self.rt.block_on(list_all(&self.client))
+    }
+}
+
+/// The objects the lab's views read, listed from the API server.
+async fn list_all(client: &kube::Client) -> anyhow::Result<Manifests> {
+    async fn all<K>(client: &kube::Client) -> anyhow::Result<Vec<K>>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K::Scope: std::any::Any,
+    {
+        let api: Api<K> = Api::all(client.clone());
+        Ok(api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("listing {}: {}", K::plural(&()), apply::api_message(&e)))?
+            .items)
+    }
+    let cluster_networks = all::<crate::model::crd::ClusterNetwork>(client)
+        .await?
+        .into_iter()
+        .map(|c| crate::source::local::ClusterNetwork {
+            name: c.metadata.name.clone().unwrap_or_default(),
+            generation: c.metadata.generation.unwrap_or(1),
+            spec: c.spec,
+        })
+        .collect();
+    Ok(Manifests {
+        cluster_networks,
+        nodes: all::<Node>(client).await?,
+        pods: all::<Pod>(client)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+        namespaces: all::<Namespace>(client).await?,
+        services: all::<Service>(client).await?,
+        endpoint_slices: all::<EndpointSlice>(client).await?,
+        network_policies: all::<NetworkPolicy>(client).await?,
+        ..Default::default()
+    })
+}
+
+/// The network namespace of a running pod: the lab's kubelet names it from
+/// the pod's uid.
+fn pod_netns(lab: &Lab, p: &Pod) -> Option<String> {
+    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+    let name = p.metadata.name.as_deref()?;
+    let uid = p.metadata.uid.as_deref()?;
+    let netns = lab.pod_netns(ns, name, uid);
+    Lab::netns_path(&netns).exists().then_some(netns)
+}
+
+fn pod_ips(p: &Pod) -> Vec<IpAddr> {
+    p.status
+        .iter()
+        .flat_map(|s| s.pod_ips.iter().flatten())
+        .filter_map(|i| i.ip.parse().ok())
+        .collect()
+}
+
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dir;
     match args.command {
         LabCommand::Up(a) => up(&dir, a),
         LabCommand::Down(a) => down(&dir, a),
         LabCommand::Apply(a) => {
-            let lab = need_lab(&dir)?;
+            let c = ctx(&dir)?;
             let docs = apply::read(&a.files.files)?;
-            match apply::apply(&lab, docs.clone()) {
+            match c.rt.block_on(apply::apply(&c.client, &docs)) {
                 Ok(lines) => {
                     for l in &lines {
                         println!("{l}");
                     }
                     if let Some(secs) = a.wait {
-                        let names = pod_names(&docs);
-                        wait_pods(&lab, &names, Duration::from_secs(secs))?;
+                        let names = apply::pod_names(&docs);
+                        c.rt.block_on(apply::wait_pods(
+                            &c.client,
+                            &names,
+                            Duration::from_secs(secs),
+                        ))?;
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -270,8 +433,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             }
         }
         LabCommand::Delete(a) => {
-            let lab = need_lab(&dir)?;
-            let (done, errors) = apply::delete(&lab, apply::read(&a.files)?)?;
+            let c = ctx(&dir)?;
+            let docs = apply::read(&a.files)?;
+            let (done, errors) = c.rt.block_on(apply::delete(&c.client, &docs));
             for l in &done {
                 println!("{l}");
             }
@@ -285,28 +449,46 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             })
         }
         LabCommand::Status(a) => {
-            let lab = need_lab(&dir)?;
-            let view = ClusterView::read(&lab);
+            let c = ctx(&dir)?;
+            let view = lab_view(&c)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                print_status(&lab, &view);
+                print_status(&c.lab, &view);
             }
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Probe(a) => probe_cmd(&need_lab(&dir)?, a),
-        LabCommand::Matrix(a) => matrix(&need_lab(&dir)?, a),
+        LabCommand::Probe(a) => probe_cmd(&ctx(&dir)?, a),
+        LabCommand::Matrix(a) => matrix(&ctx(&dir)?, a),
         LabCommand::Explain(a) => {
-            let lab = need_lab(&dir)?;
-            let v4 = want_v4(&lab, a.family);
+            let c = ctx(&dir)?;
+            let v4 = want_v4(&c.lab, a.family);
+            let lookup = |name: &str| -> anyhow::Result<(String, Vec<IpAddr>)> {
+                let (ns, n) = name
+                    .split_once('/')
+                    .with_context(|| format!("{name:?} is not NAMESPACE/POD"))?;
+                let p = c
+                    .pod(ns, n)?
+                    .with_context(|| format!("pod {ns}/{n} not found"))?;
+                let node = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .with_context(|| format!("pod {ns}/{n} is not bound to a node yet"))?;
+                Ok((node, pod_ips(&p)))
+            };
+            let protocol = a.protocol.to_string();
             let allowed = super::explain::run(
-                &lab,
-                &a.from,
-                &a.to,
-                a.port,
-                &a.protocol.to_string(),
-                v4,
-                a.json,
+                &c.lab,
+                &lookup,
+                super::explain::Query {
+                    from: &a.from,
+                    to: &a.to,
+                    port: a.port,
+                    protocol: &protocol,
+                    v4,
+                    json: a.json,
+                },
             )?;
             Ok(if allowed {
                 ExitCode::SUCCESS
@@ -315,15 +497,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             })
         }
         LabCommand::Exec(a) => {
-            let lab = need_lab(&dir)?;
-            let ns = source_netns(&lab, &a.target)?;
+            let c = ctx(&dir)?;
+            let ns = source_netns(&c, &a.target)?;
             let e = Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .args(&a.command)
                 .exec();
             bail!("running ip netns exec: {e}")
         }
-        LabCommand::Restart(a) => restart(&need_lab(&dir)?, a),
+        LabCommand::Restart(a) => restart(&ctx(&dir)?, a),
         LabCommand::PodServer(a) => {
             let behaviour = Behaviour::from_args(&a.behave).map_err(anyhow::Error::msg)?;
             super::podserver::run(
@@ -336,93 +518,16 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn pod_names(docs: &[apply::Doc]) -> Vec<(String, String)> {
-    docs.iter()
-        .filter(|d| d.value.get("kind").and_then(|k| k.as_str()) == Some("Pod"))
-        .filter_map(|d| {
-            let m = d.value.get("metadata")?;
-            Some((
-                m.get("namespace")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or("default")
-                    .to_string(),
-                m.get("name")?.as_str()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
-/// Wait until every pod named runs or is stuck for a reason; print progress.
-fn wait_pods(lab: &Lab, names: &[(String, String)], timeout: Duration) -> anyhow::Result<()> {
-    if names.is_empty() {
-        return Ok(());
-    }
-    let deadline = Instant::now() + timeout;
-    let cluster = lab.cluster()?;
-    let mut last = usize::MAX;
-    loop {
-        let statuses: Vec<Option<LabPodStatus>> = names
-            .iter()
-            .map(|(ns, n)| cluster.status::<LabPodStatus>("Pod", ns, n))
-            .collect();
-        let running = statuses
-            .iter()
-            .filter(|s| {
-                s.as_ref()
-                    .is_some_and(|s| s.status.phase.as_deref() == Some("Running"))
-            })
-            .count();
-        // Pending with a reason no wait will change (no such node, no fit).
-        let stuck: Vec<String> = names
-            .iter()
-            .zip(&statuses)
-            .filter_map(|((ns, n), s)| {
-                let s = s.as_ref()?;
-                let r = s.status.reason.as_deref()?;
-                matches!(r, "NodeNotFound" | "Unschedulable").then(|| {
-                    format!(
-                        "{ns}/{n}: {r}: {}",
-                        s.status.message.as_deref().unwrap_or("")
-                    )
-                })
-            })
-            .collect();
-        if running != last {
-            say(&format!("pods running: {running}/{}", names.len()));
-            last = running;
+        LabCommand::Kubelet(a) => {
+            // Before any thread exists: every thread made later is there.
+            crate::datapath::netlink::enter_netns(&a.netns)?;
+            runtime()?.block_on(super::kubelet::run(&dir, &a.node))?;
+            Ok(ExitCode::SUCCESS)
         }
-        if running + stuck.len() == names.len() {
-            for s in stuck {
-                say(&format!("pending: {s}"));
-            }
-            return Ok(());
+        LabCommand::CloudController => {
+            runtime()?.block_on(super::cloud::run(&dir))?;
+            Ok(ExitCode::SUCCESS)
         }
-        if Instant::now() >= deadline {
-            let waiting: Vec<String> = names
-                .iter()
-                .zip(&statuses)
-                .filter(|(_, s)| {
-                    s.as_ref()
-                        .is_none_or(|s| s.status.phase.as_deref() != Some("Running"))
-                })
-                .map(|((ns, n), s)| {
-                    let why = s
-                        .as_ref()
-                        .and_then(|s| s.status.message.clone())
-                        .unwrap_or_else(|| "no status yet".into());
-                    format!("{ns}/{n} ({why})")
-                })
-                .collect();
-            bail!(
-                "pods not running after {} s: {}",
-                timeout.as_secs(),
-                waiting.join(", ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -460,97 +565,95 @@ fn install(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node_manifest(lab: &Lab, i: usize) -> String {
-    let n = &lab.config.nodes[i];
-    let zone = ["zone-a", "zone-b", "zone-c"][i % 3];
-    let cidrs: Vec<String> = n.pod_cidrs.iter().map(|c| format!("\"{c}\"")).collect();
-    let addrs: Vec<String> = n
-        .addresses
-        .iter()
-        .map(|a| format!("  - {{type: InternalIP, address: \"{a}\"}}"))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Node
-metadata:
-  name: {name}
-  labels:
-    kubernetes.io/hostname: {name}
-    kubernetes.io/os: linux
-    topology.kubernetes.io/zone: {zone}
-spec:
-  podCIDR: \"{first}\"
-  podCIDRs: [{cidrs}]
-status:
-  addresses:
-{addrs}
-  - {{type: Hostname, address: {name}}}
-",
-        name = n.name,
-        first = n
-            .pod_cidrs
-            .first()
-            .map(|c| c.to_string())
-            .unwrap_or_default(),
-        cidrs = cidrs.join(", "),
-        addrs = addrs.join("\n"),
-    )
-}
-
-fn cluster_network_manifest(c: &LabConfig) -> String {
-    let q = |v: &[ipnet::IpNet]| -> String {
-        v.iter()
-            .map(|c| format!("\"{c}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "apiVersion: switchyard.dev/v1alpha1
-kind: ClusterNetwork
-metadata:
-  name: default
-spec:
-  model: {}
-  podCIDRs: [{}]
-  serviceCIDRs: [{}]
-",
-        c.model,
-        q(&c.cluster_pod_cidrs),
-        q(&c.service_cidrs)
-    )
-}
-
-/// Start a node's agent in its namespace, detached: it outlives this command.
-fn start_agent(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
-    let dir = lab.node_dir(node);
-    std::fs::create_dir_all(&dir)?;
-    let log = std::fs::OpenOptions::new()
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("agent.log"))?;
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+fn log_level() -> String {
+    std::env::var("SWITCHYARD_LOG").unwrap_or_else(|_| "info".into())
+}
+
+/// Start a node's kubelet in its namespace, detached: it outlives this command.
+fn start_kubelet(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
+    let log = log_file(&lab.node_dir(node).join("kubelet.log"))?;
+    Command::new(lab.dir.join("bin").join("switchyard"))
+        .arg("lab")
+        .arg("--dir")
+        .arg(&lab.dir)
+        .args(["kubelet", "--node", node, "--netns", &lab.node_netns(node)])
+        .env("SWITCHYARD_LOG", log_level())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the kubelet of {node}"))
+}
+
+/// The pid file of a node's agent.
+fn agent_pid_file(lab: &Lab, node: &str) -> PathBuf {
+    lab.node_dir(node).join("agent.pid")
+}
+
+/// Start a node's agent in its namespace, as the DaemonSet runs it
+/// (`agent --kube` with the agents' ServiceAccount), detached.
+fn start_agent(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
+    let dir = lab.node_dir(node);
+    let log = log_file(&dir.join("agent.log"))?;
     let child = Command::new(lab.dir.join("bin").join("switchyard"))
         .arg("agent")
-        .arg("--lab")
-        .arg(&lab.dir)
+        .arg("--kube")
         .args(["--node", node, "--netns", &lab.node_netns(node)])
-        .env(
-            "SWITCHYARD_LOG",
-            std::env::var("SWITCHYARD_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--cni-socket")
+        .arg(dir.join("cni.sock"))
+        .arg("--kubelet-url")
+        .arg(format!("http://127.0.0.1:{KUBELET_PORT}"))
+        .args(["--cluster-name", &lab.config.name])
+        .env("KUBECONFIG", controlplane::agent_kubeconfig(lab, node))
+        .env("POD_NAMESPACE", controlplane::AGENT_NAMESPACE)
+        .env("SWITCHYARD_LOG", log_level())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting the agent of {node}"))?;
+    crate::util::write_atomic(
+        &agent_pid_file(lab, node),
+        child.id().to_string().as_bytes(),
+    )?;
     Ok(child)
 }
 
+fn start_cloud_controller(lab: &Lab) -> anyhow::Result<std::process::Child> {
+    let log = log_file(&lab.control_dir().join("cloud-controller.log"))?;
+    Command::new("ip")
+        .args(["netns", "exec", &lab.control_netns()])
+        .arg(lab.dir.join("bin").join("switchyard"))
+        .arg("lab")
+        .arg("--dir")
+        .arg(&lab.dir)
+        .arg("cloud-controller")
+        .env("SWITCHYARD_LOG", log_level())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the lab's cloud controller")
+}
+
 fn start_external_server(lab: &Lab) -> anyhow::Result<()> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(lab.dir.join("external.log"))?;
+    let log = log_file(&lab.dir.join("external.log"))?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.external_netns()])
         .arg(lab.dir.join("bin").join("switchyard"))
@@ -574,70 +677,108 @@ fn start_external_server(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Wait for the agents just started (`agents`) to report Ready.
-fn wait_nodes(
-    lab: &Lab,
-    agents: &mut [(String, std::process::Child)],
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let nodes: Vec<(String, u32)> = agents.iter().map(|(n, c)| (n.clone(), c.id())).collect();
-    let cluster = lab.cluster()?;
-    let deadline = Instant::now() + timeout;
-    let mut last = usize::MAX;
-    loop {
-        let mut ready = 0;
-        let mut waiting = vec![];
-        for (n, pid) in &nodes {
-            // The status this very agent wrote, not its predecessor's.
-            let s: Option<LabNodeStatus> = cluster
-                .status("Node", "", n)
-                .filter(|s: &LabNodeStatus| s.agent_pid == *pid);
-            let ok = s.as_ref().is_some_and(|s| {
-                s.status
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            if ok {
-                ready += 1;
-            } else {
-                let why = s
-                    .map(|s| s.problems.join("; "))
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "starting".into());
-                waiting.push(format!("{n}: {why}"));
-            }
-        }
-        if ready != last {
-            say(&format!("nodes ready: {ready}/{}", nodes.len()));
-            last = ready;
-        }
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        // An agent that exited will not become ready: show its log's end.
-        for (n, child) in agents.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = lab.node_dir(n).join("agent.log");
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(8).collect();
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let t: Vec<&str> = text.lines().rev().take(lines).collect();
+    format!(
+        "the end of {}:\n{}",
+        path.display(),
+        t.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// A node's processes, as `up` and `restart` started them.
+struct NodeProcs {
+    name: String,
+    kubelet: Option<std::process::Child>,
+    agent: Option<std::process::Child>,
+}
+
+impl NodeProcs {
+    /// Fails with the log of a process that exited.
+    fn check(&mut self, lab: &Lab) -> anyhow::Result<()> {
+        for (what, child) in [("kubelet", &mut self.kubelet), ("agent", &mut self.agent)] {
+            if let Some(c) = child
+                && let Ok(Some(status)) = c.try_wait()
+            {
                 bail!(
-                    "the agent of {n} exited ({status}); the end of {}:\n{}",
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    "the {what} of {} exited ({status}); {}",
+                    self.name,
+                    tail(&lab.node_dir(&self.name).join(format!("{what}.log")), 12)
                 );
             }
         }
+        Ok(())
+    }
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn node_pod_cidrs(n: &Node) -> Vec<ipnet::IpNet> {
+    n.spec
+        .iter()
+        .flat_map(|s| s.pod_cidrs.iter().flatten())
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// Wait until every node of `procs` satisfies `ok`, saying how many do.
+async fn wait_nodes(
+    lab: &Lab,
+    client: &kube::Client,
+    running: &mut controlplane::Running,
+    procs: &mut [NodeProcs],
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&Node) -> bool,
+) -> anyhow::Result<Vec<Node>> {
+    let api: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    let mut last = usize::MAX;
+    loop {
+        let mut done = vec![];
+        let mut waiting = vec![];
+        for p in procs.iter() {
+            match api.get_opt(&p.name).await? {
+                Some(n) if ok(&n) => done.push(n),
+                Some(n) => {
+                    let why = n
+                        .status
+                        .iter()
+                        .flat_map(|s| s.conditions.iter().flatten())
+                        .find(|c| c.type_ == "Ready")
+                        .and_then(|c| c.message.clone())
+                        .unwrap_or_else(|| "registered".into());
+                    waiting.push(format!("{}: {why}", p.name));
+                }
+                None => waiting.push(format!("{}: not registered yet", p.name)),
+            }
+        }
+        if done.len() != last {
+            say(&format!("nodes {what}: {}/{}", done.len(), procs.len()));
+            last = done.len();
+        }
+        if waiting.is_empty() {
+            return Ok(done);
+        }
+        for p in procs.iter_mut() {
+            p.check(lab)?;
+        }
+        running.check(lab)?;
         if Instant::now() >= deadline {
             bail!(
-                "nodes not ready after {} s: {} (agent logs are in {}/nodes/*/agent.log)",
+                "nodes not {what} after {} s: {} (logs are in {}/nodes/*/)",
                 timeout.as_secs(),
                 waiting.join(", "),
                 lab.dir.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -647,13 +788,16 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         let c = &lab.config;
         eprintln!(
             "a lab named {:?} is already up in {} ({} nodes, {} model, {}); nothing was changed.\n\
-             Add manifests with `switchyard lab apply -f DIR`, look at it with `switchyard lab status`,\n\
-             or take it down first with `switchyard lab down`.",
+             Use it with `export KUBECONFIG={}` and kubectl, or `switchyard lab status --dir {}`;\n\
+             or take it down first with `switchyard lab down --dir {}`.",
             c.name,
             dir.display(),
             c.nodes.len(),
             c.model,
-            c.families
+            c.families,
+            lab.kubeconfig().display(),
+            dir.display(),
+            dir.display(),
         );
         return Ok(ExitCode::from(1));
     }
@@ -666,15 +810,17 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
     if !(1..=40).contains(&a.nodes) {
         bail!("--nodes must be between 1 and 40, not {}", a.nodes);
     }
-    // Read the manifests before building anything: a typo fails fast.
+    // Read the manifests and find the programs before building anything: a
+    // typo or a missing build fails fast.
     let docs = if a.files.is_empty() {
         vec![]
     } else {
         apply::read(&a.files)?
     };
+    let bin = controlplane::locate()?;
     let lab = Lab {
         dir: dir.to_path_buf(),
-        config: LabConfig::new(&a.name, a.nodes, a.model, a.ip_family, true),
+        config: LabConfig::new(&a.name, a.nodes, a.model, a.ip_family, true, bin),
     };
     topology::preflight(&lab)?;
     let plugin = find_plugin()?;
@@ -688,7 +834,9 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
     ));
     std::fs::create_dir_all(dir.join("bin"))?;
     lab.save()?;
-    let built = (|| -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let timeout = Duration::from_secs(a.timeout);
+    let built = rt.block_on(async {
         install(&std::env::current_exe()?, &dir.join("bin/switchyard"))?;
         install(&plugin, &dir.join("bin/switchyard-cni"))?;
         let c = &lab.config;
@@ -706,56 +854,97 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         ));
         topology::build_underlay(&lab)?;
         start_external_server(&lab)?;
-        let cluster = lab.cluster()?;
-        for ns in ["default", "kube-system"] {
-            cluster.put_object(
-                "Namespace",
-                "",
-                ns,
-                &format!(
-                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{kubernetes.io/metadata.name: {ns}}}\n"
-                ),
-            )?;
+        controlplane::create_pki(&lab)?;
+        let t = Instant::now();
+        let (mut running, client) = controlplane::start(&lab, timeout).await?;
+        say(&format!(
+            "control plane: Kubernetes {} on {} (etcd and kube-apiserver ready in {:.1} s)",
+            controlplane::KUBERNETES_VERSION,
+            c.apiserver_url(),
+            t.elapsed().as_secs_f64()
+        ));
+        controlplane::bootstrap(&lab, &client, timeout).await?;
+        say("installed the switchyard.dev CRDs, the agents' RBAC and ClusterNetwork \"default\"");
+        let mut procs = vec![];
+        for n in &c.nodes {
+            topology::build_node(&lab, n)?;
+            procs.push(NodeProcs {
+                name: n.name.clone(),
+                kubelet: Some(start_kubelet(&lab, &n.name)?),
+                agent: None,
+            });
         }
-        cluster.put_object(
-            "ClusterNetwork",
-            "",
-            "default",
-            &cluster_network_manifest(c),
-        )?;
-        for (i, n) in c.nodes.iter().enumerate() {
+        let want = c.cluster_pod_cidrs.len();
+        let nodes = wait_nodes(
+            &lab,
+            &client,
+            &mut running,
+            &mut procs,
+            timeout,
+            "registered with their pod CIDRs",
+            |n| node_pod_cidrs(n).len() == want,
+        )
+        .await?;
+        for n in &nodes {
             say(&format!(
                 "{}: {} pod CIDRs {}",
-                n.name,
-                n.addresses
+                n.metadata.name.as_deref().unwrap_or_default(),
+                lab.config
+                    .node(n.metadata.name.as_deref().unwrap_or_default())
+                    .map(|l| l
+                        .addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default(),
+                node_pod_cidrs(n)
                     .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                n.pod_cidrs
-                    .iter()
-                    .map(|a| a.to_string())
+                    .map(|c| c.to_string())
                     .collect::<Vec<_>>()
                     .join(" ")
             ));
-            topology::build_node(&lab, n)?;
-            cluster.put_object("Node", "", &n.name, &node_manifest(&lab, i))?;
         }
-        let mut agents = vec![];
-        for n in &c.nodes {
-            agents.push((n.name.clone(), start_agent(&lab, &n.name)?));
+        if c.model == NetworkModel::Flat {
+            let routes: Vec<(String, Vec<ipnet::IpNet>)> = nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.metadata.name.clone().unwrap_or_default(),
+                        node_pod_cidrs(n),
+                    )
+                })
+                .collect();
+            topology::route_pod_cidrs(&lab, &routes)?;
         }
-        wait_nodes(&lab, &mut agents, Duration::from_secs(a.timeout))?;
-        Ok(())
-    })();
-    if let Err(e) = built {
-        eprintln!("error: {e:#}");
-        say("removing what was built");
-        if let Err(d) = topology::down(dir, &a.name) {
-            eprintln!("error: {d:#}");
+        for p in &mut procs {
+            controlplane::agent_credentials(&lab, &client, &p.name).await?;
+            p.agent = Some(start_agent(&lab, &p.name)?);
         }
-        return Ok(ExitCode::from(1));
-    }
+        let _cloud = start_cloud_controller(&lab)?;
+        wait_nodes(
+            &lab,
+            &client,
+            &mut running,
+            &mut procs,
+            timeout,
+            "Ready",
+            node_ready,
+        )
+        .await?;
+        anyhow::Ok(client)
+    });
+    let client = match built {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            say("removing what was built");
+            if let Err(d) = topology::down(dir, &a.name) {
+                eprintln!("error: {d:#}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
     say(&format!(
         "the cluster is up in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -770,12 +959,13 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        match apply::apply(&lab, docs.clone()) {
+        match rt.block_on(apply::apply(&client, &docs)) {
             Ok(lines) => {
                 for l in lines {
                     println!("{l}");
                 }
-                if let Err(e) = wait_pods(&lab, &pod_names(&docs), Duration::from_secs(a.timeout)) {
+                let names = apply::pod_names(&docs);
+                if let Err(e) = rt.block_on(apply::wait_pods(&client, &names, timeout)) {
                     eprintln!("error: {e:#}");
                     code = ExitCode::from(1);
                 }
@@ -791,18 +981,36 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let first = &lab.config.nodes[0].name;
     let url = lab.admin_url(first).unwrap_or_default();
+    let dir_arg = if dir == Path::new(DEFAULT_LAB_DIR) {
+        String::new()
+    } else {
+        format!(" --dir {}", dir.display())
+    };
     println!();
     println!(
-        "lab {:?} is up ({:.1} s): {} nodes, {} model, {}",
+        "lab {:?} is up ({:.1} s): {} nodes, {} model, {}, Kubernetes {}",
         lab.config.name,
         started.elapsed().as_secs_f64(),
         lab.config.nodes.len(),
         lab.config.model,
-        lab.config.families
+        lab.config.families,
+        controlplane::KUBERNETES_VERSION
     );
-    println!("  console:   {url}");
-    println!("  admin API: {url}api/v1/cluster (every node serves one on port {ADMIN_PORT})");
-    println!("  next:      switchyard lab status | switchyard lab matrix | switchyard lab down");
+    println!("  kubeconfig: {}", lab.kubeconfig().display());
+    println!(
+        "  kubectl:    export KUBECONFIG={}; kubectl get nodes,pods -A -o wide",
+        lab.kubeconfig().display()
+    );
+    println!(
+        "              (kubectl {} is {})",
+        controlplane::KUBERNETES_VERSION,
+        lab.config.kubernetes_bin.join("kubectl").display()
+    );
+    println!("  console:    {url}");
+    println!("  admin API:  {url}api/v1/cluster (every node serves one on port {ADMIN_PORT})");
+    println!(
+        "  next:       switchyard lab status{dir_arg} | switchyard lab matrix{dir_arg} | switchyard lab down{dir_arg}"
+    );
     Ok(code)
 }
 
@@ -831,7 +1039,25 @@ fn down(dir: &Path, a: DownArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restart(lab: &Lab, a: RestartArgs) -> anyhow::Result<ExitCode> {
+/// The agent's own report from its admin API, if it answers.
+fn agent_report(lab: &Lab, node: &str) -> Option<serde_json::Value> {
+    let url = format!("{}api/v1/node", lab.admin_url(node)?);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let text = agent
+        .get(&url)
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn restart(c: &Ctx, a: RestartArgs) -> anyhow::Result<ExitCode> {
+    let lab = &c.lab;
     let nodes: Vec<String> = if a.nodes.is_empty() {
         lab.config.nodes.iter().map(|n| n.name.clone()).collect()
     } else {
@@ -842,10 +1068,11 @@ fn restart(lab: &Lab, a: RestartArgs) -> anyhow::Result<ExitCode> {
         }
         a.nodes.clone()
     };
-    let cluster = lab.cluster()?;
     for n in &nodes {
-        if let Some(s) = cluster.status::<LabNodeStatus>("Node", "", n) {
-            let pid = s.agent_pid as i32;
+        let pid = std::fs::read_to_string(agent_pid_file(lab, n))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
             if cmdline.contains("agent") && cmdline.contains(n.as_str()) {
@@ -869,12 +1096,39 @@ fn restart(lab: &Lab, a: RestartArgs) -> anyhow::Result<ExitCode> {
         say(&format!("started the agent of {n} (pid {})", child.id()));
         agents.push((n.clone(), child));
     }
-    wait_nodes(lab, &mut agents, Duration::from_secs(60))?;
+    // Ready: this very agent answers with a complete view of the cluster.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (n, child) in &mut agents {
+        loop {
+            let r = agent_report(lab, n);
+            let ours = r.as_ref().is_some_and(|r| {
+                r["pid"].as_u64() == Some(child.id() as u64) && r["snapshot"].as_u64() > Some(0)
+            });
+            if ours {
+                say(&format!("the agent of {n} serves again"));
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "the agent of {n} exited ({status}); {}",
+                    tail(&lab.node_dir(n).join("agent.log"), 12)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent of {n} did not answer within 60 s; {}",
+                    tail(&lab.node_dir(n).join("agent.log"), 12)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The namespace a probe or exec starts in.
-fn source_netns(lab: &Lab, from: &str) -> anyhow::Result<String> {
+fn source_netns(c: &Ctx, from: &str) -> anyhow::Result<String> {
+    let lab = &c.lab;
     if from == "external" {
         return Ok(lab.external_netns());
     }
@@ -887,21 +1141,20 @@ fn source_netns(lab: &Lab, from: &str) -> anyhow::Result<String> {
     let (ns, name) = from
         .split_once('/')
         .with_context(|| format!("{from:?}: expected NAMESPACE/POD, `external` or `node/NAME`"))?;
-    let cluster = lab.cluster()?;
-    if cluster.object("Pod", ns, name).is_none() {
-        bail!("pod {ns}/{name} not found");
-    }
-    let st: Option<LabPodStatus> = cluster.status("Pod", ns, name);
-    match st {
-        Some(s) if s.status.phase.as_deref() == Some("Running") && s.netns.is_some() => {
-            Ok(s.netns.expect("checked"))
-        }
-        Some(s) => bail!(
-            "pod {ns}/{name} is {} ({}): it has no network yet",
-            s.status.phase.as_deref().unwrap_or("Pending"),
-            s.status.message.as_deref().unwrap_or("no reason given")
+    let p = c
+        .pod(ns, name)?
+        .with_context(|| format!("pod {ns}/{name} not found"))?;
+    let phase = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "Pending".into());
+    match pod_netns(lab, &p) {
+        Some(netns) if phase == "Running" => Ok(netns),
+        _ => bail!(
+            "pod {ns}/{name} is {phase} ({}): it has no network yet",
+            apply::waiting_reason(Some(&p))
         ),
-        None => bail!("pod {ns}/{name} has no status yet: its node has not started it"),
     }
 }
 
@@ -923,11 +1176,12 @@ fn pick(addrs: &[IpAddr], v4: bool, what: &str) -> anyhow::Result<IpAddr> {
 
 /// The address a probe goes to.
 fn target_ip(
-    lab: &Lab,
+    c: &Ctx,
     to: &str,
     family: Option<Family>,
     from_outside: bool,
 ) -> anyhow::Result<IpAddr> {
+    let lab = &c.lab;
     if let Ok(ip) = to.parse::<IpAddr>() {
         return Ok(ip);
     }
@@ -942,30 +1196,22 @@ fn target_ip(
             .with_context(|| format!("the lab has no node {n:?}"))?;
         return pick(&node.addresses, v4, &format!("node {n}"));
     }
-    let cluster = lab.cluster()?;
     if let Some((ns, name)) = to.split_once('/') {
-        let st: Option<LabPodStatus> = cluster.status("Pod", ns, name);
-        let ips: Vec<IpAddr> = st
-            .and_then(|s| s.status.pod_ips)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|i| i.ip.parse().ok())
-            .collect();
-        if cluster.object("Pod", ns, name).is_none() {
-            bail!("pod {ns}/{name} not found");
-        }
+        let p = c
+            .pod(ns, name)?
+            .with_context(|| format!("pod {ns}/{name} not found"))?;
+        let ips = pod_ips(&p);
         if ips.is_empty() {
             bail!("pod {ns}/{name} has no IP yet");
         }
         return pick(&ips, v4, &format!("pod {ns}/{name}"));
     }
     let (svc, ns) = to.split_once('.').unwrap_or((to, "default"));
-    let text = cluster.object("Service", ns, svc).with_context(|| {
+    let s = c.service(ns, svc)?.with_context(|| {
         format!(
             "{to:?} is not an IP, NAMESPACE/POD, `external`, `node/NAME` or a Service (service {ns}/{svc} not found)"
         )
     })?;
-    let s: k8s_openapi::api::core::v1::Service = serde_yaml::from_str(&text)?;
     if from_outside {
         let mut ips: Vec<IpAddr> = s
             .status
@@ -1000,9 +1246,9 @@ fn target_ip(
     pick(&ips, v4, &format!("service {ns}/{svc}"))
 }
 
-fn probe_cmd(lab: &Lab, a: ProbeArgs) -> anyhow::Result<ExitCode> {
-    let ns = source_netns(lab, &a.from)?;
-    let ip = target_ip(lab, &a.to, a.family, a.from == "external")?;
+fn probe_cmd(c: &Ctx, a: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let ns = source_netns(c, &a.from)?;
+    let ip = target_ip(c, &a.to, a.family, a.from == "external")?;
     let to = SocketAddr::new(ip, a.port);
     match probe::probe(&Lab::netns_path(&ns), to, a.protocol, a.timeout, a.verbose) {
         Ok(o) => {
@@ -1025,6 +1271,90 @@ fn probe_cmd(lab: &Lab, a: ProbeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What `lab status` shows: the cluster's view, with the lab's own facts.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LabView {
+    dir: String,
+    kubeconfig: String,
+    #[serde(flatten)]
+    cluster: ClusterView,
+}
+
+/// A GET against a node's kubelet, on the node's loopback.
+fn kubelet_get(lab: &Lab, node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let path = path.to_string();
+    let body = in_netns(&Lab::netns_path(&lab.node_netns(node)), move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], KUBELET_PORT)),
+            Duration::from_secs(1),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?;
+    let (_, json) = body
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("node {node}'s kubelet answered no body"))?;
+    Ok(serde_json::from_str(json)?)
+}
+
+fn lab_view(c: &Ctx) -> anyhow::Result<LabView> {
+    let lab = &c.lab;
+    let m = c.manifests()?;
+    let mut facts = NodeFacts {
+        cluster_name: lab.config.name.clone(),
+        ..Default::default()
+    };
+    let mut problems = vec![];
+    for n in &lab.config.nodes {
+        if let Some(url) = lab.admin_url(&n.name) {
+            facts.admin_urls.insert(n.name.clone(), url);
+        }
+        match kubelet_get(lab, &n.name, "/pods") {
+            Ok(v) => {
+                for p in v["pods"].as_array().into_iter().flatten() {
+                    let probes = serde_json::from_value(p["probes"].clone()).unwrap_or_default();
+                    facts.probes.insert(
+                        (
+                            p["namespace"].as_str().unwrap_or_default().to_string(),
+                            p["name"].as_str().unwrap_or_default().to_string(),
+                        ),
+                        probes,
+                    );
+                }
+            }
+            Err(e) => problems.push(format!("node {}: the kubelet: {e:#}", n.name)),
+        }
+        match agent_report(lab, &n.name) {
+            Some(r) => {
+                for (svc, e) in r["serviceErrors"].as_object().into_iter().flatten() {
+                    facts
+                        .service_errors
+                        .entry(svc.clone())
+                        .or_default()
+                        .push(format!("{}: {}", n.name, e.as_str().unwrap_or_default()));
+                }
+            }
+            None => problems.push(format!(
+                "node {}: the agent's admin API does not answer",
+                n.name
+            )),
+        }
+    }
+    let mut cluster = cluster_view(&m, &facts);
+    cluster.problems.extend(problems);
+    cluster.external = lab.config.external.iter().map(|a| a.to_string()).collect();
+    Ok(LabView {
+        dir: lab.dir.display().to_string(),
+        kubeconfig: lab.kubeconfig().display().to_string(),
+        cluster,
+    })
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 struct MatrixResult {
     from: String,
@@ -1040,30 +1370,38 @@ struct Matrix {
     results: Vec<MatrixResult>,
 }
 
-fn matrix(lab: &Lab, a: MatrixArgs) -> anyhow::Result<ExitCode> {
-    let view = ClusterView::read(lab);
-    let cluster = lab.cluster()?;
+fn matrix(c: &Ctx, a: MatrixArgs) -> anyhow::Result<ExitCode> {
+    let lab = &c.lab;
     let v4 = want_v4(lab, a.family);
-    let pods: Vec<&PodView> = view
-        .pods
-        .iter()
-        .filter(|p| p.phase == "Running")
-        .filter(|p| a.namespaces.is_empty() || a.namespaces.contains(&p.namespace))
-        .collect();
-    // (name, netns, address of the asked family)
+    let api: Api<Pod> = Api::all(c.client.clone());
+    let mut pods =
+        c.rt.block_on(api.list(&ListParams::default()))
+            .map_err(|e| anyhow::anyhow!("listing pods: {}", apply::api_message(&e)))?
+            .items;
+    pods.sort_by(|x, y| {
+        (&x.metadata.namespace, &x.metadata.name).cmp(&(&y.metadata.namespace, &y.metadata.name))
+    });
+    // (name, netns, address of the asked family) of every running pod.
     let mut ends = vec![];
     for p in &pods {
-        let st: Option<LabPodStatus> = cluster.status("Pod", &p.namespace, &p.name);
-        let Some(netns) = st.and_then(|s| s.netns) else {
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        if !a.namespaces.is_empty() && !a.namespaces.contains(&ns) {
+            continue;
+        }
+        if p.metadata.deletion_timestamp.is_some()
+            || p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")
+        {
+            continue;
+        }
+        let Some(netns) = pod_netns(lab, p) else {
             continue;
         };
-        let ip = p
-            .ips
-            .iter()
-            .filter_map(|i| i.parse::<IpAddr>().ok())
-            .find(|i| i.is_ipv4() == v4);
-        if let Some(ip) = ip {
-            ends.push((format!("{}/{}", p.namespace, p.name), netns, ip));
+        if let Some(ip) = pod_ips(p).into_iter().find(|i| i.is_ipv4() == v4) {
+            ends.push((
+                format!("{ns}/{}", p.metadata.name.as_deref().unwrap_or_default()),
+                netns,
+                ip,
+            ));
         }
     }
     let mut jobs = vec![];
@@ -1154,7 +1492,7 @@ fn matrix(lab: &Lab, a: MatrixArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(lab: &Lab, v: &ClusterView) {
+fn print_status(lab: &Lab, v: &LabView) {
     let mut out = std::io::stdout().lock();
     let bold = |s: &str| {
         if std::io::stdout().is_terminal() {
@@ -1167,12 +1505,13 @@ fn print_status(lab: &Lab, v: &ClusterView) {
         out,
         "{} {:?}: {} model, {}, {} nodes; external host {}",
         bold("LAB"),
-        v.name,
-        v.model,
-        v.ip_family,
-        v.nodes.len(),
-        v.external.join(" ")
+        v.cluster.name,
+        v.cluster.model,
+        v.cluster.ip_family,
+        v.cluster.nodes.len(),
+        v.cluster.external.join(" ")
     );
+    let _ = writeln!(out, "kubeconfig {}", v.kubeconfig);
     if let Some(url) = lab.admin_url(&lab.config.nodes[0].name) {
         let _ = writeln!(out, "console {url}");
     }
@@ -1214,7 +1553,8 @@ fn print_status(lab: &Lab, v: &ClusterView) {
             "PODS",
             "MESSAGE",
         ],
-        v.nodes
+        v.cluster
+            .nodes
             .iter()
             .map(|n| {
                 vec![
@@ -1246,7 +1586,8 @@ fn print_status(lab: &Lab, v: &ClusterView) {
             "RESTARTS",
             "REASON",
         ],
-        v.pods
+        v.cluster
+            .pods
             .iter()
             .map(|p| {
                 vec![
@@ -1278,7 +1619,8 @@ fn print_status(lab: &Lab, v: &ClusterView) {
             "PORTS",
             "ENDPOINTS",
         ],
-        v.services
+        v.cluster
+            .services
             .iter()
             .map(|s| {
                 vec![
@@ -1301,17 +1643,18 @@ fn print_status(lab: &Lab, v: &ClusterView) {
             })
             .collect(),
     );
-    for s in &v.services {
+    for s in &v.cluster.services {
         for p in &s.problems {
             let _ = writeln!(out, "service {}/{}: {p}", s.namespace, s.name);
         }
     }
-    if !v.network_policies.is_empty() {
+    if !v.cluster.network_policies.is_empty() {
         let _ = writeln!(out, "\n{}", bold("NETWORK POLICIES"));
         table(
             &mut out,
             &["NAMESPACE", "NAME", "POD-SELECTOR", "TYPES"],
-            v.network_policies
+            v.cluster
+                .network_policies
                 .iter()
                 .map(|p| {
                     vec![
@@ -1328,7 +1671,7 @@ fn print_status(lab: &Lab, v: &ClusterView) {
                 .collect(),
         );
     }
-    for p in &v.problems {
+    for p in &v.cluster.problems {
         let _ = writeln!(out, "problem: {p}");
     }
 }

@@ -40,29 +40,6 @@ fn get(lab: &Lab, node: &str, path: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// A pod's node and addresses, from the lab's status.
-fn pod(lab: &Lab, name: &str) -> anyhow::Result<(String, Vec<IpAddr>)> {
-    let (ns, n) = name
-        .split_once('/')
-        .with_context(|| format!("{name:?} is not NAMESPACE/POD"))?;
-    let cluster = lab.cluster()?;
-    let st: Option<super::kubelet::LabPodStatus> = cluster.status("Pod", ns, n);
-    let Some(st) = st else {
-        bail!("pod {ns}/{n} not found (or not started yet)");
-    };
-    let ips = st
-        .status
-        .pod_ips
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|i| i.ip.parse().ok())
-        .collect();
-    let node = st
-        .node
-        .with_context(|| format!("pod {ns}/{n} is not bound to a node"))?;
-    Ok((node, ips))
-}
-
 fn judgement_text(j: &Judgement, node: &str) -> String {
     let mut s = format!("  {} of {} on {node}: {}", j.direction, j.pod, j.verdict);
     match j.verdict.as_str() {
@@ -98,22 +75,37 @@ fn judgement_text(j: &Judgement, node: &str) -> String {
     s
 }
 
-/// Explain `from` (NS/POD) to `to` (NS/POD or an IP) on `port`/`protocol`.
-/// Prints the verdict, or JSON with `json`; returns whether it is allowed.
-pub fn run(
-    lab: &Lab,
-    from: &str,
-    to: &str,
-    port: u16,
-    protocol: &str,
-    v4: bool,
-    json: bool,
-) -> anyhow::Result<bool> {
-    let (from_node, from_ips) = pod(lab, from)?;
+/// A pod's node and addresses, by `NS/POD`.
+pub type PodLookup<'a> = &'a dyn Fn(&str) -> anyhow::Result<(String, Vec<IpAddr>)>;
+
+/// What to explain: `from` (NS/POD) to `to` (NS/POD or an IP) on
+/// `port`/`protocol`, in the family `v4` says (unless `to` is an address).
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub port: u16,
+    pub protocol: &'a str,
+    pub v4: bool,
+    /// Print JSON instead of text.
+    pub json: bool,
+}
+
+/// Explain a connection. Prints the verdict; returns whether it is allowed.
+pub fn run(lab: &Lab, pod: PodLookup<'_>, q: Query<'_>) -> anyhow::Result<bool> {
+    let Query {
+        from,
+        to,
+        port,
+        protocol,
+        v4,
+        json,
+    } = q;
+    let (from_node, from_ips) = pod(from)?;
     let (to_node, to_ips) = match to.parse::<IpAddr>() {
         Ok(ip) => (None, vec![ip]),
         Err(_) => {
-            let (n, ips) = pod(lab, to)?;
+            let (n, ips) = pod(to)?;
             (Some(n), ips)
         }
     };

@@ -1,8 +1,16 @@
 //! Where a lab's pieces are: its directory, namespaces, addresses and CIDRs,
 //! all derived from its name and recorded in `lab.json`.
+//!
+//! ```text
+//! DIR/lab.json          this file's LabConfig
+//! DIR/kubeconfig        the lab's admin kubeconfig (kubectl --kubeconfig DIR/kubeconfig)
+//! DIR/pki/              certificate authorities, certificates, keys
+//! DIR/control/          etcd's data and the control plane's logs and kubeconfigs
+//! DIR/nodes/NODE/       the node's agent and kubelet: logs, kubeconfigs, data, pod records
+//! DIR/bin/              the switchyard binary and plugin the lab runs
+//! ```
 
 use crate::model::crd::NetworkModel;
-use crate::source::cluster_dir::{ClusterDir, write_atomic};
 use anyhow::Context;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -12,7 +20,12 @@ use std::path::{Path, PathBuf};
 /// Where `lab` commands keep a lab unless told otherwise.
 pub const DEFAULT_LAB_DIR: &str = "/var/lib/switchyard-lab";
 /// The port of every agent's admin API and console.
-pub const ADMIN_PORT: u16 = 9090;
+pub use crate::api::ADMIN_PORT;
+/// The API server's port, on the control-plane namespace's addresses.
+pub const APISERVER_PORT: u16 = 6443;
+/// The lab kubelet's read-only port (as the kubelet's old `--read-only-port`),
+/// on the node's loopback: the pods it runs and its probes' results.
+pub const KUBELET_PORT: u16 = 10255;
 /// The uplink of every node and of the external host.
 pub const UPLINK: &str = "eth0";
 
@@ -65,8 +78,8 @@ pub struct LabNode {
     pub name: String,
     /// Underlay addresses (always both families: the underlay is infrastructure).
     pub addresses: Vec<IpAddr>,
-    /// This node's pod CIDRs, per the lab's families.
-    pub pod_cidrs: Vec<IpNet>,
+    /// The node's `topology.kubernetes.io/zone`.
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +96,12 @@ pub struct LabConfig {
     pub external: Vec<IpAddr>,
     /// The underlay router's addresses (on the underlay bridge).
     pub router: Vec<IpAddr>,
+    /// The control plane's underlay addresses (etcd, the API server, the
+    /// controller manager, the scheduler run in a namespace of their own).
+    pub control: Vec<IpAddr>,
+    /// Where the control plane's programs are (scripts/controlplane.sh
+    /// builds them).
+    pub kubernetes_bin: PathBuf,
     pub cluster_pod_cidrs: Vec<IpNet>,
     pub service_cidrs: Vec<IpNet>,
     /// Whether the machine has a link into the lab (for the console).
@@ -104,6 +123,7 @@ impl LabConfig {
         model: NetworkModel,
         families: Families,
         host_link: bool,
+        kubernetes_bin: PathBuf,
     ) -> LabConfig {
         let x = index_of(name);
         let ul4 = |host: u8| -> IpAddr { format!("198.18.{x}.{host}").parse().expect("literal") };
@@ -120,19 +140,10 @@ impl LabConfig {
             services.push("fd00:10:96::/112".parse().expect("literal"));
         }
         let nodes = (1..=nodes)
-            .map(|i| {
-                let mut pod_cidrs = vec![];
-                if families.v4() {
-                    pod_cidrs.push(format!("10.244.{i}.0/24").parse().expect("literal"));
-                }
-                if families.v6() {
-                    pod_cidrs.push(format!("fd00:10:244:{i:x}::/64").parse().expect("literal"));
-                }
-                LabNode {
-                    name: format!("node-{i}"),
-                    addresses: vec![ul4(10 + i as u8), ul6(0x10 + i as u16)],
-                    pod_cidrs,
-                }
+            .map(|i| LabNode {
+                name: format!("node-{i}"),
+                addresses: vec![ul4(10 + i as u8), ul6(0x10 + i as u16)],
+                zone: ["zone-a", "zone-b", "zone-c"][(i - 1) % 3].to_string(),
             })
             .collect();
         LabConfig {
@@ -143,6 +154,8 @@ impl LabConfig {
             nodes,
             external: vec![ul4(100), ul6(0x100)],
             router: vec![ul4(1), ul6(1)],
+            control: vec![ul4(2), ul6(2)],
+            kubernetes_bin,
             cluster_pod_cidrs: cluster,
             service_cidrs: services,
             host_link,
@@ -189,6 +202,30 @@ impl LabConfig {
     pub fn node(&self, name: &str) -> Option<&LabNode> {
         self.nodes.iter().find(|n| n.name == name)
     }
+
+    /// The API server's address: the control plane's address of the
+    /// cluster's first family (the `kubernetes` Service's endpoint).
+    pub fn apiserver_address(&self) -> IpAddr {
+        let v4 = self.families.v4();
+        self.control
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == v4)
+            .expect("the control plane has an address of each family")
+    }
+
+    /// The API server's URL, as the machine, the nodes and kubectl reach it:
+    /// by its IPv4 address whatever the pods' families (the underlay is
+    /// dual-stack; the machine's host link is IPv4).
+    pub fn apiserver_url(&self) -> String {
+        let v4 = self
+            .control
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4())
+            .expect("the control plane has an IPv4 address");
+        format!("https://{}", std::net::SocketAddr::new(v4, APISERVER_PORT))
+    }
 }
 
 /// A lab on disk.
@@ -225,19 +262,35 @@ impl Lab {
     }
 
     pub fn save(&self) -> anyhow::Result<()> {
-        write_atomic(
+        crate::util::write_atomic(
             &self.dir.join("lab.json"),
             &serde_json::to_vec_pretty(&self.config)?,
         )?;
         Ok(())
     }
 
-    pub fn cluster(&self) -> anyhow::Result<ClusterDir> {
-        Ok(ClusterDir::open(&self.dir.join("cluster"))?)
-    }
-
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.dir.join("nodes").join(node)
+    }
+
+    /// Certificates and keys.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// etcd's data, the control plane's logs and kubeconfigs.
+    pub fn control_dir(&self) -> PathBuf {
+        self.dir.join("control")
+    }
+
+    /// The admin kubeconfig (`system:masters`), for kubectl and `lab` commands.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// A client of the lab's API server as its admin.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        kube_client(&self.kubeconfig()).await
     }
 
     /// Namespace names start with `sy<name>-` (the lab's name is at most 8
@@ -256,6 +309,11 @@ impl Lab {
 
     pub fn node_netns(&self, node: &str) -> String {
         format!("{}{node}", self.prefix())
+    }
+
+    /// The control plane's namespace.
+    pub fn control_netns(&self) -> String {
+        format!("{}control", self.prefix())
     }
 
     /// The namespace of a pod (unique per pod instance).
@@ -288,24 +346,62 @@ impl Lab {
     }
 }
 
+/// A client from a kubeconfig file.
+pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("the kubeconfig {}", path.display()))?;
+    kube::Client::try_from(config).context("a Kubernetes client")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn addresses_follow_the_name_and_families() {
-        let c = LabConfig::new("lab", 3, NetworkModel::Overlay, Families::Dual, true);
+        let c = LabConfig::new(
+            "lab",
+            3,
+            NetworkModel::Overlay,
+            Families::Dual,
+            true,
+            "/k8s".into(),
+        );
         assert_eq!(c.nodes.len(), 3);
-        assert_eq!(c.nodes[2].pod_cidrs[0].to_string(), "10.244.3.0/24");
-        assert_eq!(c.nodes[2].pod_cidrs[1].to_string(), "fd00:10:244:3::/64");
+        assert_eq!(c.nodes[2].zone, "zone-c");
+        assert_eq!(
+            c.apiserver_url(),
+            format!("https://198.18.{}.2:6443", c.index)
+        );
         assert!(
             c.nodes[0].addresses[0]
                 .to_string()
                 .starts_with(&format!("198.18.{}.", c.index))
         );
-        let v6 = LabConfig::new("lab", 1, NetworkModel::Flat, Families::Ipv6, false);
-        assert_eq!(v6.nodes[0].pod_cidrs.len(), 1);
-        assert!(v6.nodes[0].pod_cidrs[0].addr().is_ipv6());
+        let v6 = LabConfig::new(
+            "lab",
+            1,
+            NetworkModel::Flat,
+            Families::Ipv6,
+            false,
+            "/k8s".into(),
+        );
+        assert_eq!(v6.cluster_pod_cidrs.len(), 1);
+        assert!(v6.cluster_pod_cidrs[0].addr().is_ipv6());
+        assert_eq!(
+            v6.apiserver_address().to_string(),
+            format!("fd18:0:{}::2", v6.index),
+            "the kubernetes Service's endpoint is of the cluster's family"
+        );
+        assert_eq!(
+            v6.apiserver_url(),
+            format!("https://198.18.{}.2:6443", v6.index),
+            "the machine reaches it over IPv4"
+        );
         assert_eq!(
             v6.nodes[0].addresses.len(),
             2,

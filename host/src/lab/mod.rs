@@ -1,34 +1,36 @@
-//! The lab: a cluster on one machine. Every node is a network namespace
-//! running its own agent; an underlay namespace joins the nodes and an
-//! "external" host namespace (the outside world of the lab); the machine
-//! reaches the lab only through one veth into the underlay router, which has
-//! no default route, so no lab packet can leave through the machine's own
-//! interfaces.
+//! The lab: a real Kubernetes cluster on one machine whose nodes are network
+//! namespaces. A control-plane namespace runs etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler (built from pinned Go
+//! modules); every node namespace runs the agent exactly as a cluster runs
+//! it (`agent --kube`) and the lab's kubelet, which runs the pods the
+//! scheduler binds there through the real CNI plugin; an underlay namespace
+//! joins them, with an "external" host namespace as the outside world. The
+//! machine reaches the lab only through one veth into the underlay router,
+//! which has no default route, so no lab packet can leave through the
+//! machine's own interfaces.
 //!
 //! ```text
-//!   machine ── syh-<name> ══ host0 ─ [underlay router: ul0 bridge] ─ eth0 [node-1: agent, pods]
-//!                                                    ├──────────────── eth0 [node-2: agent, pods]
+//!   machine ── syh-<name> ══ host0 ─ [underlay router: ul0 bridge] ─ eth0 [control: etcd, kube-apiserver, ...]
+//!                                                    ├──────────────── eth0 [node-1: agent, kubelet, pods]
+//!                                                    ├──────────────── eth0 [node-2: agent, kubelet, pods]
 //!                                                    └──────────────── eth0 [external: servers]
 //! ```
 //!
-//! Cluster state lives in a directory shared by the agents (see
-//! `source::cluster_dir`): `lab apply` writes objects, each node's agent runs
-//! the pods bound to it (through the real CNI plugin) and writes their status.
+//! Nothing outside `lab/` imports it: the agent runs the same code in a lab
+//! and in a cluster.
 
-pub mod agent;
 pub mod apply;
 pub mod behaviour;
 pub mod cli;
-pub mod endpoints;
+pub mod cloud;
+pub mod controlplane;
 pub mod explain;
-pub mod grpc_health;
 pub mod kubelet;
 pub mod layout;
+pub mod pki;
 pub mod podserver;
 pub mod probe;
 pub mod prober;
 pub mod topology;
-pub mod validate;
-pub mod view;
 
 pub use layout::{Lab, LabConfig, LabNode};

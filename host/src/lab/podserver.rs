@@ -18,7 +18,7 @@
 //! process exits.
 
 use super::behaviour::Behaviour;
-use super::grpc_health::{self, ServingStatus};
+use crate::probe::grpc_health::{self, ServingStatus};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -331,6 +331,24 @@ fn start(
 /// misbehaving as `behaviour` says. Ports are bound on the dual-stack
 /// wildcard: one socket for both families.
 pub fn run(id: Identity, listen: Vec<Listen>, behaviour: Behaviour) -> std::io::Result<()> {
+    // SIGTERM (the kubelet stopping the pod) is taken by a thread of its
+    // own: blocked here, before any thread exists, so every thread inherits
+    // the mask.
+    let mut term = nix::sys::signal::SigSet::empty();
+    term.add(nix::sys::signal::Signal::SIGTERM);
+    term.thread_block().map_err(std::io::Error::other)?;
+    let delay = behaviour.shutdown_delay;
+    let pod = id.pod.clone();
+    std::thread::spawn(move || {
+        if term.wait().is_ok() {
+            if let Some(d) = delay {
+                eprintln!("{pod}: SIGTERM: serving for {d:?} more (shutdown-delay)");
+                std::thread::sleep(d);
+            }
+            eprintln!("{pod}: SIGTERM: exiting");
+            std::process::exit(0);
+        }
+    });
     let conduct = Conduct::new(behaviour);
     if let Some(after) = behaviour.exit_after {
         let code = behaviour.exit_code();

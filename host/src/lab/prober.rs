@@ -10,7 +10,6 @@ use crate::datapath::probes::{EndpointHealth, ProbeTable};
 use crate::probe::check::{self, Target};
 use crate::probe::{Attempt, ProbeKind, ProbeResult, ProbeSpec, Worker};
 use k8s_openapi::api::core::v1::Pod;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -51,23 +50,7 @@ pub struct ContainerHealth {
     pub restart: Option<String>,
 }
 
-/// One probe, for the admin API and the console.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProbeStatus {
-    pub container: String,
-    pub kind: ProbeKind,
-    pub handler: String,
-    pub result: ProbeResult,
-    pub consecutive_successes: u32,
-    pub consecutive_failures: u32,
-    pub last_latency_ms: Option<f64>,
-    pub last_message: Option<String>,
-    pub attempts: u64,
-    pub period_seconds: u64,
-    pub failure_threshold: u32,
-    pub success_threshold: u32,
-}
+pub use crate::probe::ProbeStatus;
 
 pub struct Prober {
     rt: tokio::runtime::Handle,

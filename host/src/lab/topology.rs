@@ -5,7 +5,7 @@
 //! newcomer can repeat by hand) and named from the lab's name, so `down` finds
 //! it all even when `lab.json` is gone.
 
-use super::layout::{ADMIN_PORT, Lab, UPLINK};
+use super::layout::{ADMIN_PORT, APISERVER_PORT, Lab, UPLINK};
 use crate::datapath::netlink::{in_netns, write_sysctl};
 use anyhow::{Context, bail};
 use std::net::IpAddr;
@@ -105,14 +105,15 @@ fn plug(lab: &Lab, ns: &str, port: &str, addresses: &[IpAddr]) -> anyhow::Result
 }
 
 /// The underlay router's guard: from the machine, only new connections to
-/// the agents' admin port (and their replies) pass; nothing from the lab may
-/// open a connection towards the machine.
+/// the agents' admin port and the API server (and their replies) pass;
+/// nothing from the lab may open a connection towards the machine.
 fn router_table() -> String {
     format!(
         "table inet {ROUTER_TABLE} {{
   chain forward {{
     type filter hook forward priority filter; policy accept;
     iifname \"{HOST_PEER}\" tcp dport {ADMIN_PORT} accept comment \"the machine reaches the admin API and console\"
+    iifname \"{HOST_PEER}\" tcp dport {APISERVER_PORT} accept comment \"kubectl on the machine reaches the API server\"
     iifname \"{HOST_PEER}\" ct state established,related accept
     iifname \"{HOST_PEER}\" drop
     oifname \"{HOST_PEER}\" ct state established,related accept
@@ -262,21 +263,92 @@ pub fn build_underlay(lab: &Lab) -> anyhow::Result<()> {
             )?;
         }
     }
-    if c.model == crate::model::crd::NetworkModel::Flat {
-        // Flat: the broader network routes each node's pod CIDRs to it (in a
-        // real network, static routes or BGP on the top-of-rack router).
-        for n in &c.nodes {
-            for cidr in &n.pod_cidrs {
-                let via = n
-                    .addresses
-                    .iter()
-                    .find(|a| a.is_ipv4() == cidr.addr().is_ipv4())
-                    .context("node without an underlay address of the pod CIDR's family")?;
-                ip_in(
-                    &ext,
-                    &["route", "add", &cidr.to_string(), "via", &via.to_string()],
-                )?;
-            }
+    // The control plane's node: kubectl on the machine reaches its API
+    // server through the host link.
+    let cp = lab.control_netns();
+    add_netns(&cp)?;
+    plug(lab, &cp, "u-control", &c.control)?;
+    route_to_host(lab, &cp)?;
+    // Pods reach the API server (the `kubernetes` Service): in the flat
+    // model by their own address, so its answers go back through the
+    // router, which routes the pod CIDRs there ([`route_pod_cidrs`]); the
+    // other models masquerade pods as their node.
+    for cidr in &c.cluster_pod_cidrs {
+        let via = c
+            .router
+            .iter()
+            .find(|a| a.is_ipv4() == cidr.addr().is_ipv4())
+            .context("the router has no address of the pod CIDR's family")?;
+        ip_in(
+            &cp,
+            &["route", "add", &cidr.to_string(), "via", &via.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// The way back to the machine's end of the host link, through the router.
+fn route_to_host(lab: &Lab, ns: &str) -> anyhow::Result<()> {
+    if !lab.config.host_link {
+        return Ok(());
+    }
+    let (host, _) = lab.config.host_link_addresses();
+    let router = lab
+        .config
+        .router
+        .iter()
+        .find(|a| a.is_ipv4())
+        .expect("the router has an IPv4 address");
+    ip_in(
+        ns,
+        &[
+            "route",
+            "add",
+            &host.trunc().to_string(),
+            "via",
+            &router.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Flat: the broader network (the external host, and the underlay's router
+/// for the control plane) routes each node's pod CIDRs (which
+/// kube-controller-manager gave it) to the node, as static routes or BGP on
+/// a top-of-rack router would. `nodes` holds each node's name and CIDRs.
+pub fn route_pod_cidrs(lab: &Lab, nodes: &[(String, Vec<ipnet::IpNet>)]) -> anyhow::Result<()> {
+    for ns in [lab.external_netns(), lab.underlay_netns()] {
+        route_pod_cidrs_in(lab, &ns, nodes)?;
+    }
+    Ok(())
+}
+
+fn route_pod_cidrs_in(
+    lab: &Lab,
+    ext: &str,
+    nodes: &[(String, Vec<ipnet::IpNet>)],
+) -> anyhow::Result<()> {
+    for (name, cidrs) in nodes {
+        let n = lab
+            .config
+            .node(name)
+            .with_context(|| format!("the lab has no node {name:?}"))?;
+        for cidr in cidrs {
+            let via = n
+                .addresses
+                .iter()
+                .find(|a| a.is_ipv4() == cidr.addr().is_ipv4())
+                .context("node without an underlay address of the pod CIDR's family")?;
+            ip_in(
+                ext,
+                &[
+                    "route",
+                    "replace",
+                    &cidr.to_string(),
+                    "via",
+                    &via.to_string(),
+                ],
+            )?;
         }
     }
     Ok(())
@@ -310,25 +382,7 @@ pub fn build_node(lab: &Lab, node: &super::layout::LabNode) -> anyhow::Result<()
             &["route", "add", &cidr.to_string(), "via", &via.to_string()],
         )?;
     }
-    if lab.config.host_link {
-        let (host, _) = lab.config.host_link_addresses();
-        let router = lab
-            .config
-            .router
-            .iter()
-            .find(|a| a.is_ipv4())
-            .expect("the router has an IPv4 address");
-        ip_in(
-            &ns,
-            &[
-                "route",
-                "add",
-                &host.trunc().to_string(),
-                "via",
-                &router.to_string(),
-            ],
-        )?;
-    }
+    route_to_host(lab, &ns)?;
     Ok(())
 }
 
@@ -422,7 +476,8 @@ pub fn down(dir: &Path, name: &str) -> anyhow::Result<Removed> {
         std::thread::sleep(Duration::from_millis(10));
         pids.retain(|p| alive(*p));
     }
-    // Pods before nodes before the underlay: every veth dies with one end.
+    // Pods before nodes (and the control plane) before the underlay: every
+    // veth dies with one end.
     let mut namespaces = lab_namespaces(&prefix);
     namespaces.sort_by_key(|n| {
         let rest = &n[prefix.len()..];
@@ -446,8 +501,19 @@ pub fn down(dir: &Path, name: &str) -> anyhow::Result<Removed> {
         run(&["ip", "link", "del", &link])?;
         removed.links += 1;
     }
-    if dir.join("lab.json").exists() || dir.join("cluster").exists() || dir.join("nodes").exists() {
-        for sub in ["cluster", "nodes", "bin", "lab.json", "external.log"] {
+    if ["lab.json", "nodes", "control", "pki", "kubeconfig"]
+        .iter()
+        .any(|f| dir.join(f).exists())
+    {
+        for sub in [
+            "control",
+            "pki",
+            "nodes",
+            "bin",
+            "lab.json",
+            "kubeconfig",
+            "external.log",
+        ] {
             let p = dir.join(sub);
             if p.is_dir() {
                 std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;

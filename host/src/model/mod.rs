@@ -3,6 +3,9 @@
 
 pub mod crd;
 
+/// The well-known label of a Node's (and an endpoint's) zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -209,7 +209,7 @@ fn port_spec(p: &NetworkPolicyPort, at: &str) -> Result<PortSpec, String> {
                     "{at}.endPort: Invalid value: {e}: may not be specified when `port` is non-numeric"
                 ));
             }
-            if let Err(msg) = crate::lab::validate::iana_svc_name(name) {
+            if let Err(msg) = crate::k8s::iana_svc_name(name) {
                 return Err(format!("{at}.port: Invalid value: {name:?}: {msg}"));
             }
             return Ok(PortSpec::Named(protocol, name.clone()));

@@ -68,8 +68,8 @@ pub async fn run(h: &Handler, t: &Target, timeout: Duration) -> Attempt {
                     Ok(a) => a,
                     Err(e) => return Attempt::Unknown(e),
                 };
-                match crate::lab::grpc_health::check(a, service, timeout).await {
-                    Ok(crate::lab::grpc_health::ServingStatus::Serving) => Attempt::Success,
+                match crate::probe::grpc_health::check(a, service, timeout).await {
+                    Ok(crate::probe::grpc_health::ServingStatus::Serving) => Attempt::Success,
                     Ok(s) => Attempt::Failure(format!("service unhealthy (responded with {s:?})")),
                     Err(e) => Attempt::Failure(format!("gRPC health check of {a}: {e}")),
                 }

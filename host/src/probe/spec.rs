@@ -182,7 +182,7 @@ fn port_errors(path: &str, p: &IntOrString, c: &Container, out: &mut Vec<String>
             }
         }
         IntOrString::String(name) => {
-            if let Err(why) = crate::lab::validate::iana_svc_name(name) {
+            if let Err(why) = crate::k8s::iana_svc_name(name) {
                 out.push(format!("{path}: Invalid value: {name:?}: {why}"));
             } else if resolve_port(p, c).is_err() {
                 // The API server leaves this to the kubelet, whose probe then

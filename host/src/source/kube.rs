@@ -41,11 +41,57 @@ use tokio::sync::{Notify, watch};
 pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// The cluster as last seen: the manifests and a counter that grows with
-/// every snapshot.
+/// every snapshot, and how the watches fare.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub generation: u64,
     pub manifests: Arc<Manifests>,
+    pub health: Arc<SourceHealth>,
+}
+
+/// How one kind's watch fares.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KindHealth {
+    /// Complete lists after the first: relists, after a `410 Gone` (the
+    /// resourceVersion it resumed from was compacted away) or a lost watch.
+    pub relists: u64,
+    /// The last error, while it lasts: cleared by the next event received.
+    pub error: Option<String>,
+}
+
+/// Every kind's watch, by kind.
+#[derive(Debug, Default)]
+pub struct SourceHealth(parking_lot::Mutex<std::collections::BTreeMap<String, KindHealth>>);
+
+impl SourceHealth {
+    fn update(&self, kind: &str, f: impl FnOnce(&mut KindHealth)) {
+        f(self.0.lock().entry(kind.to_string()).or_default())
+    }
+
+    /// Each kind's health, by kind.
+    pub fn kinds(&self) -> std::collections::BTreeMap<String, KindHealth> {
+        self.0.lock().clone()
+    }
+
+    /// The errors of kinds whose watch fails now, each naming the kind.
+    pub fn errors(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .iter()
+            .filter_map(|(k, h)| {
+                let e = h.error.as_ref()?;
+                Some(format!(
+                    "watching {k} from the API server: {e} (the agent keeps serving what it last saw)"
+                ))
+            })
+            .collect()
+    }
+
+    /// Relists of every kind.
+    pub fn relists(&self) -> u64 {
+        self.0.lock().values().map(|h| h.relists).sum()
+    }
 }
 
 /// The stores of every kind the agent reads.
@@ -178,12 +224,19 @@ pub fn trim_pod(p: &mut Pod) {
 /// Whether a store has listed once (false if its reflector stopped first).
 type Ready = futures::future::BoxFuture<'static, bool>;
 
+/// What every reflector shares: the dirty flag, the first lists, health.
+struct Reflecting {
+    dirty: Arc<Notify>,
+    ready: Vec<Ready>,
+    health: Arc<SourceHealth>,
+}
+
 /// Watch one kind cluster-wide into a store; every change pokes `dirty`.
-fn reflect<K>(client: &Client, dirty: &Arc<Notify>, ready: &mut Vec<Ready>) -> Store<K>
+fn reflect<K>(client: &Client, r: &mut Reflecting) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    reflect_api(Api::all(client.clone()), dirty, ready, |o: &mut K| {
+    reflect_api(Api::all(client.clone()), r, |o: &mut K| {
         o.managed_fields_mut().clear()
     })
 }
@@ -193,8 +246,7 @@ where
 /// `ready`.
 fn reflect_api<K>(
     api: Api<K>,
-    dirty: &Arc<Notify>,
-    ready: &mut Vec<Ready>,
+    r: &mut Reflecting,
     trim: impl FnMut(&mut K) + Send + 'static,
 ) -> Store<K>
 where
@@ -202,23 +254,46 @@ where
 {
     let (reader, writer) = reflector::store();
     let listed = reader.clone();
-    ready.push(Box::pin(
+    r.ready.push(Box::pin(
         async move { listed.wait_until_ready().await.is_ok() },
     ));
-    let dirty = dirty.clone();
-    let kind = K::kind(&());
+    let dirty = r.dirty.clone();
+    let health = r.health.clone();
+    let kind = K::kind(&()).to_string();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(trim)
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut lists = 0u64;
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => dirty.notify_one(),
+                Ok(e) => {
+                    if matches!(e, watcher::Event::Init) {
+                        lists += 1;
+                        if lists > 1 {
+                            tracing::info!(%kind, "relisting (the watch could not resume)");
+                        }
+                    }
+                    health.update(&kind, |h| {
+                        h.relists = lists.saturating_sub(1);
+                        h.error = None;
+                    });
+                    dirty.notify_one();
+                }
                 // The watcher retries (with backoff) and relists after a
                 // 410 Gone; the store keeps its last state meanwhile.
-                Err(e) => tracing::warn!(%kind, error = %e, "watching the API server"),
+                Err(e) => {
+                    tracing::warn!(%kind, error = %e, "watching the API server");
+                    let text = match &e {
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.message.clone(),
+                        other => other.to_string(),
+                    };
+                    health.update(&kind, |h| h.error = Some(text));
+                }
             }
         }
     });
@@ -230,26 +305,33 @@ where
 /// sees the first snapshot once every kind has been listed, then one per
 /// settled burst of changes.
 pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
-    let dirty = Arc::new(Notify::new());
-    let mut ready = vec![];
-    let r = &mut ready;
+    let mut reflecting = Reflecting {
+        dirty: Arc::new(Notify::new()),
+        ready: vec![],
+        health: Arc::new(SourceHealth::default()),
+    };
+    let r = &mut reflecting;
     let stores = Stores {
-        pods: reflect_api(Api::all(client.clone()), &dirty, r, trim_pod),
-        namespaces: reflect(&client, &dirty, r),
-        services: reflect(&client, &dirty, r),
-        slices: reflect(&client, &dirty, r),
-        policies: reflect(&client, &dirty, r),
-        nodes: reflect(&client, &dirty, r),
-        modules: reflect(&client, &dirty, r),
-        networks: reflect(&client, &dirty, r),
-        wasm_policies: reflect(&client, &dirty, r),
+        pods: reflect_api(Api::all(client.clone()), r, trim_pod),
+        namespaces: reflect(&client, r),
+        services: reflect(&client, r),
+        slices: reflect(&client, r),
+        policies: reflect(&client, r),
+        nodes: reflect(&client, r),
+        modules: reflect(&client, r),
+        networks: reflect(&client, r),
+        wasm_policies: reflect(&client, r),
         config_maps: reflect_api(
             Api::namespaced(client.clone(), namespace),
-            &dirty,
             r,
             |o: &mut ConfigMap| o.managed_fields_mut().clear(),
         ),
     };
+    let Reflecting {
+        dirty,
+        ready,
+        health,
+    } = reflecting;
     let (tx, rx) = watch::channel(Snapshot::default());
     tokio::spawn(async move {
         // Every store has listed once (the watchers retry until they do).
@@ -270,6 +352,7 @@ pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
                 .send(Snapshot {
                     generation,
                     manifests,
+                    health: health.clone(),
                 })
                 .is_err()
             {

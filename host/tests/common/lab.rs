@@ -1,5 +1,11 @@
-//! A lab brought up by a test, driven through the `switchyard lab` CLI as a
-//! user would, and taken down when dropped.
+//! Labs for tests, driven through the `switchyard lab` CLI as a user would.
+//!
+//! A lab is a real cluster (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, the lab kubelets and our agents): bringing one up takes
+//! about ten seconds. So a test binary starts each lab shape it needs once
+//! ([`TestLab::shared`]), its tests give themselves namespaces of their own,
+//! and the labs go down when the binary exits. Tests of the lab's own
+//! bring-up and tear-down use [`TestLab::up`], a lab of their own.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -18,11 +24,45 @@ pub fn need_root() {
 pub struct TestLab {
     pub name: String,
     pub dir: PathBuf,
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
+    _one_at_a_time: Option<std::sync::MutexGuard<'static, ()>>,
+    /// Shared labs go down when the test binary exits, not when dropped.
+    shared: bool,
+}
+
+/// One test drives a lab at a time: the machine has two cores, and probes
+/// that compete for them with other tests would time out.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The shared labs of this test binary, by name.
+static SHARED: std::sync::Mutex<Vec<(String, String, &'static TestLab)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Take every shared lab down as the test binary exits.
+extern "C" fn take_shared_labs_down() {
+    let labs = std::mem::take(&mut *SHARED.lock().unwrap_or_else(|e| e.into_inner()));
+    for (_, _, lab) in labs {
+        let o = lab.run(&["down"]);
+        if !o.status.success() {
+            eprintln!("lab down {}: {}", lab.name, text(&o));
+        }
+        let _ = std::fs::remove_dir_all(&lab.dir);
+    }
+}
+
+/// A test's hold on a shared lab: the lab, and the lock that keeps other
+/// tests of the binary off it meanwhile.
+pub struct SharedLab {
+    lab: &'static TestLab,
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
-static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+impl std::ops::Deref for SharedLab {
+    type Target = TestLab;
+    fn deref(&self) -> &TestLab {
+        self.lab
+    }
+}
 
 pub fn text(o: &Output) -> String {
     format!(
@@ -34,24 +74,69 @@ pub fn text(o: &Output) -> String {
 }
 
 impl TestLab {
+    /// A lab of its own for one test, taken down when dropped.
     pub fn up(name: &str, nodes: usize, model: &str, family: &str) -> TestLab {
         need_root();
-        // One lab at a time: the machine has two cores, and probes that
-        // compete for them with other labs' start-up would time out.
         let guard = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
         let lab = TestLab {
             name: name.to_string(),
             dir: tmp.path().join("lab"),
-            _tmp: tmp,
-            _one_at_a_time: guard,
+            _tmp: Some(tmp),
+            _one_at_a_time: Some(guard),
+            shared: false,
         };
+        lab.bring_up(nodes, model, family);
+        lab
+    }
+
+    /// The lab `name` of this test binary (`nodes` nodes of `model` in
+    /// `family`): brought up by the first test that asks, shared by the
+    /// tests that ask after it (each in namespaces of its own), taken down
+    /// when the binary exits. The test holds it alone until the returned
+    /// hold is dropped.
+    pub fn shared(name: &str, nodes: usize, model: &str, family: &str) -> SharedLab {
+        need_root();
+        let guard = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+        let shape = format!("{nodes} {model} {family}");
+        let mut labs = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s, lab)) = labs.iter().find(|(n, _, _)| n == name) {
+            assert_eq!(s, &shape, "shared lab {name} asked for in two shapes");
+            return SharedLab {
+                lab,
+                _one_at_a_time: guard,
+            };
+        }
+        if labs.is_empty() {
+            // SAFETY: registering a plain `extern "C" fn` with the C library.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::atexit(take_shared_labs_down);
+            }
+        }
+        let lab: &'static TestLab = Box::leak(Box::new(TestLab {
+            name: name.to_string(),
+            dir: std::env::temp_dir().join(format!("switchyard-test-lab-{name}")),
+            _tmp: None,
+            _one_at_a_time: None,
+            shared: true,
+        }));
+        labs.push((name.to_string(), shape, lab));
+        drop(labs);
+        lab.bring_up(nodes, model, family);
+        SharedLab {
+            lab,
+            _one_at_a_time: guard,
+        }
+    }
+
+    fn bring_up(&self, nodes: usize, model: &str, family: &str) {
         // Leftovers of an earlier, killed run of this very test.
-        let _ = lab.run(&["down", "--name", name]);
-        let o = lab.run(&[
+        let _ = self.run(&["down", "--name", &self.name]);
+        let o = self.run(&[
             "up",
             "--name",
-            name,
+            &self.name,
             "--nodes",
             &nodes.to_string(),
             "--model",
@@ -59,10 +144,30 @@ impl TestLab {
             "--ip-family",
             family,
             "--timeout",
-            "60",
+            "90",
         ]);
         assert!(o.status.success(), "lab up failed: {}", text(&o));
-        lab
+    }
+
+    /// kubectl (the one built with the control plane) against this lab.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let lab: Value =
+            serde_json::from_slice(&std::fs::read(self.dir.join("lab.json")).unwrap()).unwrap();
+        let kubectl = Path::new(lab["kubernetesBin"].as_str().unwrap()).join("kubectl");
+        Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(self.dir.join("kubeconfig"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// kubectl that must succeed; its output.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args);
+        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -224,6 +329,9 @@ impl TestLab {
 
 impl Drop for TestLab {
     fn drop(&mut self) {
+        if self.shared {
+            return;
+        }
         let o = self.run(&["down"]);
         if !o.status.success() {
             eprintln!("lab down failed: {}", text(&o));

@@ -38,6 +38,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod lab;
 pub mod netns;
+pub mod registry;
 
 pub fn env() -> Env {
     env_on(runtime())
