@@ -137,12 +137,21 @@ fn restart_apiserver(lab: &TestLab) {
         .stderr(log)
         .spawn()
         .unwrap();
+    let log = lab.dir.join("control/kube-apiserver.log");
     until(
         Duration::from_secs(60),
         "kube-apiserver ready again",
         || {
             let o = lab.kubectl(&["get", "--raw", "/readyz"]);
-            (o.status.success(), text(&o))
+            // Its log's end, should it not come back.
+            let tail: Vec<String> = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(15)
+                .map(str::to_string)
+                .collect();
+            (o.status.success(), (text(&o), tail))
         },
     );
 }
@@ -273,6 +282,7 @@ spec:
                 .filter(|e| e["state"] == "Ready")
                 .map(|e| e["node"].as_str().unwrap().to_string())
                 .collect();
+            nodes.sort();
             let ready = o["status"]["conditions"]
                 .as_array()
                 .into_iter()
@@ -539,4 +549,89 @@ spec:
     );
     lab.kubectl_ok(&["delete", "networkmodule", "kc-rbac"]);
     lab.kubectl_ok(&["delete", "namespace", "kc-rbac", "--wait=false"]);
+}
+
+/// An agent starts only from a complete view of the cluster: while RBAC
+/// keeps it from listing one kind, it serves nothing and says so in its
+/// log; given the verb, it starts.
+#[test]
+fn an_agent_starts_only_from_a_complete_view() {
+    let lab = lab();
+    let role = json(&lab, &["get", "clusterrole", "switchyard-agent"]);
+    let strip = |mut r: Value| {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "managedFields",
+        ] {
+            r["metadata"].as_object_mut().unwrap().remove(k);
+        }
+        r
+    };
+    let mut reduced = strip(role.clone());
+    for rule in reduced["rules"].as_array_mut().unwrap() {
+        if rule["resources"]
+            .to_string()
+            .contains("\"wasmnetworkpolicies\"")
+        {
+            rule["verbs"] = serde_json::json!(["get"]);
+        }
+    }
+    let f = lab.dir.join("kc-role-list.json");
+    std::fs::write(&f, reduced.to_string()).unwrap();
+    lab.kubectl_ok(&["replace", "-f", f.to_str().unwrap()]);
+    let pid = agent_pid(&lab, "node-2");
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    // Started by hand, as `lab restart` starts it, without waiting for it.
+    let started = Instant::now();
+    let restart = std::thread::spawn({
+        let dir = lab.dir.clone();
+        move || {
+            Command::new(BIN)
+                .arg("lab")
+                .arg("--dir")
+                .arg(&dir)
+                .args(["restart", "node-2"])
+                .output()
+                .unwrap()
+        }
+    });
+    let held = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let log = lab.dir.join("nodes/node-2/agent.log");
+        until(
+            Duration::from_secs(30),
+            "the refused list in the log",
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: String = text.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+                (
+                    tail.contains("WasmNetworkPolicy") && tail.contains("forbidden"),
+                    tail,
+                )
+            },
+        );
+        // No snapshot, no admin API: nothing was served from half a view.
+        let node = lab.api_raw_result("node-2", "/api/v1/node");
+        assert!(
+            node.is_err(),
+            "node-2's agent answered from a partial view: {node:?}"
+        );
+    }));
+    lab.kubectl_ok(&["replace", "-f", {
+        std::fs::write(&f, strip(role).to_string()).unwrap();
+        f.to_str().unwrap()
+    }]);
+    if let Err(e) = held {
+        let _ = restart.join();
+        std::panic::resume_unwind(e);
+    }
+    let o = restart.join().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    eprintln!(
+        "node-2's agent served {:.1} s after its restart, once it could list",
+        started.elapsed().as_secs_f64()
+    );
+    let report = node_report(&lab, "node-2");
+    assert!(report["snapshot"].as_u64() > Some(0), "{report}");
 }

@@ -12,6 +12,13 @@
 //! node): a field its manager stops applying is removed, unless another
 //! manager owns it too; an applied field is taken over (every apply here is
 //! forced).
+//!
+//! The real API server (the lab's) is where the agent is tested first: every
+//! lab test, and `kube_cluster.rs` for watches, relists, field managers, the
+//! Lease, Events and RBAC. This one stays for what only a scripted server
+//! shows: the exact requests (an apply's body and query, an Event's path),
+//! and one node's agent in a namespace of the test against a foreign
+//! cluster's objects (`kube_agent.rs`), without a lab around it.
 
 use axum::body::Body;
 use axum::extract::{Request, State};

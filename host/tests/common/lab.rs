@@ -291,24 +291,31 @@ impl TestLab {
             .unwrap()
     }
 
-    /// GET `path` from `node`'s admin API: the status code and the body.
-    pub fn api_raw(&self, node: &str, path: &str) -> (u16, String) {
+    /// GET `path` from `node`'s admin API, or why it could not be made.
+    pub fn api_raw_result(&self, node: &str, path: &str) -> std::io::Result<String> {
         use std::io::{Read, Write};
         let addr = self.node_address(node, true);
-        let mut s = std::net::TcpStream::connect_timeout(
-            &format!("{addr}:9090").parse().unwrap(),
-            std::time::Duration::from_secs(2),
-        )
-        .unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
+        (|| {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &format!("{addr}:9090").parse().unwrap(),
+                std::time::Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut r = String::new();
+            s.read_to_string(&mut r)?;
+            Ok(r)
+        })()
+    }
+
+    /// GET `path` from `node`'s admin API: the status code and the body.
+    pub fn api_raw(&self, node: &str, path: &str) -> (u16, String) {
+        let r = self
+            .api_raw_result(node, path)
+            .unwrap_or_else(|e| panic!("GET {path} from {node}'s admin API: {e}"));
         let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
         let code = head
             .split_whitespace()
