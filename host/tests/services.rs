@@ -562,3 +562,122 @@ endpoints: [{addresses: [\"fd00::1\"]}]
         "{err}"
     );
 }
+
+/// A pod deleted gracefully: the kubelet sends SIGTERM and gives it its
+/// grace period; this one keeps serving for 4 s of it (as agnhost's
+/// `--delay-shutdown`), and meanwhile its endpoint is serving and
+/// terminating, and Service traffic still reaches it (no other endpoint is
+/// ready). Then it is gone, and so is its network.
+#[test]
+fn a_deleted_pod_serves_while_it_terminates() {
+    let lab = TestLab::shared("tsvc", 2, "flat", "dual");
+    let o = lab.apply(
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: g}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: slow
+  namespace: g
+  labels: {app: g}
+  annotations: {switchyard.dev/shutdown-delay: 4s}
+spec:
+  nodeName: node-2
+  terminationGracePeriodSeconds: 20
+  containers: [{name: s, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: g}
+spec:
+  nodeName: node-1
+  containers: [{name: s, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: g, namespace: g}
+spec:
+  selector: {app: g}
+  ports: [{port: 8000, targetPort: 80}]
+",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    lab.probe_until_allowed("g/client", "g.g", 8000, "TCP", "ipv4");
+    let record = lab.dir.join("nodes/node-2/pods/g_slow.json");
+    let netns: String = serde_json::from_slice::<Value>(&std::fs::read(&record).unwrap()).unwrap()
+        ["netns"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t0 = Instant::now();
+    lab.kubectl_ok(&["-n", "g", "delete", "pod", "slow", "--wait=false"]);
+    // Serving and terminating, and still answering.
+    let conditions = loop {
+        let slices = lab.kubectl_ok(&[
+            "-n",
+            "g",
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=g",
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&slices).unwrap();
+        let c = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .map(|e| e["conditions"].clone())
+            .find(|c| c["terminating"] == true);
+        if let Some(c) = c {
+            break c;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "never terminating: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (
+            &conditions["ready"],
+            &conditions["serving"],
+            &conditions["terminating"]
+        ),
+        (&Value::Bool(false), &Value::Bool(true), &Value::Bool(true)),
+        "{conditions}"
+    );
+    let answer = lab.probe_until_allowed("g/client", "g.g", 8000, "TCP", "ipv4");
+    assert!(answer.contains("pod=g/slow"), "{answer}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "checked within the shutdown delay"
+    );
+    // Gone after its server exits (4 s), well within the grace period.
+    loop {
+        let o = lab.kubectl(&["-n", "g", "get", "pod", "slow"]);
+        if !o.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the pod outlived its server: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "gone before its delay: {took:?}"
+    );
+    assert!(
+        !std::path::Path::new("/var/run/netns").join(&netns).exists(),
+        "its network namespace {netns} is still there"
+    );
+    lab.kubectl_ok(&["delete", "namespace", "g", "--wait=false"]);
+}

@@ -9,6 +9,7 @@
 //! apply creates is checked when it is written).
 
 use anyhow::Context;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -18,6 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// How many requests `lab apply` has in flight at once.
+const CONCURRENCY: usize = 8;
 
 /// The field manager of `lab apply`.
 pub const FIELD_MANAGER: &str = "switchyard-lab";
@@ -245,10 +249,21 @@ pub async fn apply(client: &kube::Client, docs: &[Doc]) -> Result<Vec<String>, V
         .map(|t| t.name.clone())
         .collect();
     let dry = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+    // Dry runs are independent of each other: a few at a time.
+    let dried: Vec<Result<(), kube::Error>> = futures::stream::iter(targets.iter())
+        .map(|t| async {
+            t.api
+                .patch(&t.name, &dry, &Patch::Apply(&t.value))
+                .await
+                .map(|_| ())
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
     let mut waiting = vec![];
-    for (i, t) in targets.iter().enumerate() {
-        match t.api.patch(&t.name, &dry, &Patch::Apply(&t.value)).await {
-            Ok(_) => {}
+    for (i, (t, r)) in targets.iter().zip(dried).enumerate() {
+        match r {
+            Ok(()) => {}
             Err(e) if namespace_missing(&e, &created) => waiting.push(i),
             Err(e) if service_account_not_ready(&e) => {}
             Err(e) => errors.push(format!(
@@ -319,25 +334,41 @@ pub async fn apply(client: &kube::Client, docs: &[Doc]) -> Result<Vec<String>, V
             return Err(errors);
         }
     }
-    for (i, t) in targets.iter().enumerate() {
-        if lines[i].is_some() {
-            continue;
-        }
-        match write(t, &params).await {
-            Ok(verb) => lines[i] = Some(format!("{} {verb}", t.display)),
-            Err(e) => {
+    // What other objects live in goes first (namespaces, CRDs), one by
+    // one; the rest a few at a time, reported in the documents' order.
+    let container =
+        |t: &Target| matches!(t.kind.as_str(), "Namespace" | "CustomResourceDefinition");
+    for first in [true, false] {
+        let todo: Vec<usize> = (0..targets.len())
+            .filter(|&i| lines[i].is_none() && container(&targets[i]) == first)
+            .collect();
+        let done: Vec<(usize, Result<&'static str, String>)> = futures::stream::iter(todo)
+            .map(|i| {
+                let t = &targets[i];
+                let params = &params;
+                async move { (i, write(t, params).await) }
+            })
+            .buffered(if first { 1 } else { CONCURRENCY })
+            .collect()
+            .await;
+        let mut failed = vec![];
+        for (i, r) in done {
+            let t = &targets[i];
+            match r {
+                Ok(verb) => lines[i] = Some(format!("{} {verb}", t.display)),
                 // The dry run passed, but the write did not (a node port
                 // already taken, say: dry runs allocate nothing).
-                let done: Vec<String> = lines.iter().flatten().cloned().collect();
-                return Err(vec![
-                    format!("{} (from {}): {e}", t.display, t.origin),
-                    if done.is_empty() {
-                        "nothing was applied".to_string()
-                    } else {
-                        format!("only these were applied: {}", done.join(", "))
-                    },
-                ]);
+                Err(e) => failed.push(format!("{} (from {}): {e}", t.display, t.origin)),
             }
+        }
+        if !failed.is_empty() {
+            let done: Vec<String> = lines.iter().flatten().cloned().collect();
+            failed.push(if done.is_empty() {
+                "nothing was applied".to_string()
+            } else {
+                format!("only these were applied: {}", done.join(", "))
+            });
+            return Err(failed);
         }
     }
     Ok(lines.into_iter().flatten().collect())

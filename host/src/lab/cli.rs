@@ -874,6 +874,14 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
                 agent: None,
             });
         }
+        // The agents start at once: each waits for its Node's pod CIDRs
+        // (kube-controller-manager's node IPAM controller gives them a few
+        // seconds after it starts) while it loads its modules.
+        for p in &mut procs {
+            controlplane::agent_credentials(&lab, &client, &p.name).await?;
+            p.agent = Some(start_agent(&lab, &p.name)?);
+        }
+        let _cloud = start_cloud_controller(&lab)?;
         let want = c.cluster_pod_cidrs.len();
         let nodes = wait_nodes(
             &lab,
@@ -881,8 +889,8 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
             &mut running,
             &mut procs,
             timeout,
-            "registered with their pod CIDRs",
-            |n| node_pod_cidrs(n).len() == want,
+            "Ready",
+            |n| node_ready(n) && node_pod_cidrs(n).len() == want,
         )
         .await?;
         for n in &nodes {
@@ -917,21 +925,6 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             topology::route_pod_cidrs(&lab, &routes)?;
         }
-        for p in &mut procs {
-            controlplane::agent_credentials(&lab, &client, &p.name).await?;
-            p.agent = Some(start_agent(&lab, &p.name)?);
-        }
-        let _cloud = start_cloud_controller(&lab)?;
-        wait_nodes(
-            &lab,
-            &client,
-            &mut running,
-            &mut procs,
-            timeout,
-            "Ready",
-            node_ready,
-        )
-        .await?;
         anyhow::Ok(client)
     });
     let client = match built {

@@ -50,6 +50,27 @@ pub const PROGRAMS: [&str; 4] = [
     "kube-scheduler",
 ];
 
+/// kube-controller-manager's controllers the lab turns off.
+const LAB_DISABLED_CONTROLLERS: [&str; 17] = [
+    "persistentvolume-attach-detach-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-expander-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+    "ephemeral-volume-controller",
+    "volumeattributesclass-protection-controller",
+    "storage-version-migrator-controller",
+    "resourceclaim-controller",
+    "device-taint-eviction-controller",
+    "horizontal-pod-autoscaler-controller",
+    "certificatesigningrequest-signing-controller",
+    "certificatesigningrequest-approving-controller",
+    "certificatesigningrequest-cleaner-controller",
+    "podcertificaterequest-cleaner-controller",
+    "kube-apiserver-serving-clustertrustbundle-publisher-controller",
+    "validatingadmissionpolicy-status-controller",
+];
+
 /// The agents' namespace and ServiceAccount (deploy/kubernetes).
 pub const AGENT_NAMESPACE: &str = "switchyard-system";
 pub const AGENT_SERVICE_ACCOUNT: &str = "switchyard-agent";
@@ -460,6 +481,16 @@ pub async fn start(lab: &Lab, timeout: Duration) -> anyhow::Result<(Running, kub
         format!("--cluster-cidr={}", comma(&c.cluster_pod_cidrs)),
         format!("--service-cluster-ip-range={}", comma(&c.service_cidrs)),
         "--use-service-account-credentials".into(),
+        // Every controller a pod network needs and users of the lab expect
+        // (node IPAM and lifecycle, EndpointSlices, namespaces, garbage
+        // collection, ServiceAccounts, the workload controllers); not those
+        // of storage, dynamic resources, autoscaling or certificate
+        // signing, which have nothing to act on here and would delay the
+        // rest by seconds at start-up.
+        format!(
+            "--controllers=*,{}",
+            LAB_DISABLED_CONTROLLERS.map(|c| format!("-{c}")).join(",")
+        ),
         format!("--root-ca-file={}", p("ca.crt")),
         format!("--service-account-private-key-file={}", p("sa.key")),
         format!("--requestheader-client-ca-file={}", p("front-proxy-ca.crt")),
