@@ -5,10 +5,10 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
 use switchyard::model::{ObjectKind, ObjectRef, Role};
 use switchyard::registry::source::{Fetcher, ModuleSource};
 use switchyard::registry::{ModuleSpec, Registry};
-use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{HostServices, Runtime};
 
 /// Every Service's port, and the endpoints' port behind it.

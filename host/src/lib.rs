@@ -13,10 +13,10 @@
 //!   probes, ...);
 //! - [`source`]: where the model comes from (manifest directories, the
 //!   Kubernetes API server);
-//! - [`node`]: the node's datapath fed from any source: node networking, the
-//!   Service proxies and the policy table;
-//! - [`cluster`] and [`status`]: the agent in a cluster, and what it writes
-//!   back (status, Events, the leader Lease);
+//! - [`agent`]: the node agent's composition: its CNI server and modules,
+//!   the node's datapath fed from any source (node networking, the Service
+//!   proxies, the policy table), following the API server in a cluster, and
+//!   what it writes back (status, Events, the leader Lease);
 //! - [`policy`]: NetworkPolicy resolved to pods and addresses, and the
 //!   policy table;
 //! - [`probe`]: liveness, readiness and startup probes, run as the kubelet
@@ -28,13 +28,12 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
-pub mod cluster;
 pub mod cni;
+pub mod contract;
 pub mod datapath;
 pub mod k8s;
 pub mod lab;
 pub mod model;
-pub mod node;
 pub mod plan;
 pub mod policy;
 pub mod probe;
@@ -42,7 +41,6 @@ pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod source;
-pub mod status;
 pub mod util;
 
 /// Paths of the modules built from `plugins-wasm/` by this crate's build script.

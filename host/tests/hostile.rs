@@ -13,9 +13,9 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
+use switchyard::contract::bindings::imports::switchyard::plugin::cni_types::CniRequest;
 use switchyard::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
 use switchyard::plan::PlanStore;
-use switchyard::runtime::bindings::imports::switchyard::plugin::cni_types::CniRequest;
 use switchyard::runtime::{
     Attachment, CallErrorKind, CniVerb, Effect, HostServices, Limits, LoadError, Runtime,
     RuntimeConfig,

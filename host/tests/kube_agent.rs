@@ -15,8 +15,8 @@ use common::netns::{Netns, require_root, sh};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard::agent::cluster::{self, ClusterOptions};
 use switchyard::agent::{Agent, AgentOptions};
-use switchyard::cluster::{self, ClusterOptions};
 use switchyard::model::Role;
 use switchyard::source::kube;
 

@@ -11,7 +11,7 @@ mod common;
 use common::apiserver::{FakeApiServer, Seen};
 use serde_json::{Value, json};
 use std::time::Duration;
-use switchyard::status::objects::{
+use switchyard::agent::status::objects::{
     ObjectResult, ObjectStatusWriter, StatusObject, summarize_objects,
 };
 

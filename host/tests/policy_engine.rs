@@ -12,12 +12,12 @@ use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
 use switchyard::datapath::netlink::in_netns;
 use switchyard::datapath::nft::Nft;
 use switchyard::model::{ObjectKind, ObjectRef, Role};
 use switchyard::policy::engine::PolicyEngine;
 use switchyard::policy::{PolicyInput, WasmModule};
-use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{wit_cidr, wit_ip};
 
 fn ip(a: &str) -> IpAddress {

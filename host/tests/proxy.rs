@@ -12,12 +12,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
+use switchyard::datapath::conntrack::ConntrackTool;
 use switchyard::datapath::netlink::in_netns;
 use switchyard::datapath::nft::Nft;
 use switchyard::model::Role;
 use switchyard::proxy::ServiceProxy;
-use switchyard::proxy::conntrack::ConntrackTool;
-use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{wit_cidr, wit_ip};
 
 fn ip(a: &str) -> IpAddress {

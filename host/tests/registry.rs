@@ -273,8 +273,8 @@ async fn the_highest_priority_module_serves_a_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_index_is_checked() {
     let _serial = serial();
-    use switchyard::runtime::bindings::imports::switchyard::plugin::types::{IpAddress, Protocol};
-    use switchyard::runtime::bindings::scheduler::{Backend, Connection};
+    use switchyard::contract::bindings::imports::switchyard::plugin::types::{IpAddress, Protocol};
+    use switchyard::contract::bindings::scheduler::{Backend, Connection};
     let env = env();
     env.registry
         .apply_async(builtin("ll", "example-scheduler", Role::Scheduler))

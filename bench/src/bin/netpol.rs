@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
 use switchyard::datapath::netlink::in_netns;
 use switchyard::datapath::nft::{Nft, NftRunner};
 use switchyard::model::Role;
@@ -72,7 +73,6 @@ use switchyard::policy::engine::{PolicyEngine, SyncReport, enable_bridge_netfilt
 use switchyard::policy::merge::{self, AllowBox};
 use switchyard::registry::source::{Fetcher, ModuleSource};
 use switchyard::registry::{ModuleSpec, Registry};
-use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{HostServices, Runtime};
 use switchyard_bench::netns::{enter, remove_stale, run};
 use switchyard_bench::proxy_input::{node_context, v4};

@@ -16,10 +16,10 @@ use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
+use switchyard::datapath::conntrack::ConntrackTool;
 use switchyard::datapath::nft::Nft;
 use switchyard::proxy::ServiceProxy;
-use switchyard::proxy::conntrack::ConntrackTool;
-use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard_bench::proxy_input::{self, object};
 use switchyard_bench::{Summary, header, machine, write_results};
 

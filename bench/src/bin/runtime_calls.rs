@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
 use switchyard::model::Role;
 use switchyard::registry::source::{Fetcher, ModuleSource};
 use switchyard::registry::{LoadTimings, ModuleSpec, Registry};
-use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{HostServices, Runtime, RuntimeConfig};
 use switchyard_bench::{Summary, header, machine, sample, write_results};
 

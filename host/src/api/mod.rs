@@ -242,7 +242,7 @@ async fn explain(
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
     let q = ExplainQuery::parse(raw.as_deref());
-    use crate::runtime::bindings::imports::switchyard::plugin::types::Protocol;
+    use crate::contract::bindings::imports::switchyard::plugin::types::Protocol;
     let Some(snapshot) = &s.policy else {
         return error(
             StatusCode::NOT_FOUND,

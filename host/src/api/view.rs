@@ -3,8 +3,8 @@
 //! same [`Manifests`] a source feeds the agent) plus what only the nodes
 //! know (their probes' details, their proxies' errors).
 
+use crate::model::snapshot::Manifests;
 use crate::probe::ProbeStatus;
-use crate::source::local::Manifests;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use std::collections::BTreeMap;

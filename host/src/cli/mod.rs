@@ -149,10 +149,10 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
                 "--kube: no Kubernetes API to follow ({e}); run in a cluster or set KUBECONFIG"
             )
         })?;
-        crate::cluster::run(
+        crate::agent::cluster::run(
             options,
             client,
-            crate::cluster::ClusterOptions {
+            crate::agent::cluster::ClusterOptions {
                 kubelet,
                 cluster_name,
                 ..Default::default()

@@ -3,7 +3,7 @@
 //! middle of an ADD leaves the file behind, and start-up undoes what it lists.
 
 use crate::datapath::ipam::AttachmentKey;
-use crate::runtime::Effect;
+use crate::runtime::{Effect, EffectJournal};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -27,10 +27,10 @@ impl Journal {
     }
 
     /// Start a journal for an ADD, empty.
-    pub fn start(&self, key: &AttachmentKey) -> std::io::Result<PathBuf> {
+    pub fn start(&self, key: &AttachmentKey) -> std::io::Result<std::sync::Arc<JournalFile>> {
         let p = self.path(key);
         std::fs::write(&p, b"")?;
-        Ok(p)
+        Ok(std::sync::Arc::new(JournalFile { path: p }))
     }
 
     pub fn finish(&self, key: &AttachmentKey) {
@@ -66,5 +66,24 @@ impl Journal {
                 ))
             })
             .collect()
+    }
+}
+
+/// One ADD's journal file: the host functions append to it.
+#[derive(Debug)]
+pub struct JournalFile {
+    path: PathBuf,
+}
+
+impl EffectJournal for JournalFile {
+    fn append(&self, effect: &Effect) -> std::io::Result<()> {
+        // Not fsynced: it must survive the agent's crash, not the node's (a
+        // node that restarts has lost every pod namespace anyway).
+        let line = serde_json::to_string(effect).expect("effects serialize");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
     }
 }

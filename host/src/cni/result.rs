@@ -1,7 +1,7 @@
 //! CNI results: from the module's typed result to the JSON each spec version
 //! prints, and chained after a previous plugin's result.
 
-use crate::runtime::bindings::imports::switchyard::plugin::cni_types::CniResult;
+use crate::contract::bindings::imports::switchyard::plugin::cni_types::CniResult;
 use crate::runtime::{wit_to_ip, wit_to_net};
 use serde_json::{Value, json};
 

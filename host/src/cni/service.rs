@@ -9,11 +9,11 @@
 use super::journal::Journal;
 use super::result;
 use super::store::{AttachmentRecord, AttachmentStore, RecordState};
+use crate::contract::bindings::imports::switchyard::plugin::cni_types;
 use crate::datapath::ipam::{AttachmentKey, Ipam, Ledger};
 use crate::datapath::links::{LinkError, Links, Netns};
 use crate::datapath::netlink::is_netns;
 use crate::registry::{Active, Registry};
-use crate::runtime::bindings::imports::switchyard::plugin::cni_types;
 use crate::runtime::{Attachment, CallError, CniVerb, Effect};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;

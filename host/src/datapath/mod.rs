@@ -5,6 +5,7 @@
 //! Each piece is a small trait with a real implementation and a recording one
 //! for tests, so the rest of the code never branches on "is this real".
 
+pub mod conntrack;
 pub mod ipam;
 pub mod links;
 pub mod netlink;
@@ -12,3 +13,5 @@ pub mod nflog;
 pub mod nft;
 pub mod nodenet;
 pub mod probes;
+pub mod process;
+pub mod sysctl;

@@ -12,11 +12,11 @@
 //! `nft` binary costs a process start and a ruleset read per call, which is
 //! most of a small change), else through `nft -f -`.
 
+use crate::contract::bindings::imports::switchyard::plugin::types::*;
+use crate::contract::wit_to_ip as ip;
 use crate::plan::skeleton::{CLASS_MAX, STASHED_MARK, Skeleton, SkeletonData};
 use crate::plan::validate::{field_name, type_name};
 use crate::plan::{Change, Claim, store::claim};
-use crate::runtime::bindings::imports::switchyard::plugin::types::*;
-use crate::runtime::wit_to_ip as ip;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -825,4 +825,23 @@ mod libnft {
             }
         }
     }
+}
+
+/// The counters of `table` (`nft -j list counters table inet TABLE`), as
+/// nft's JSON; `None` when the table does not exist yet.
+pub fn list_counters(table: &str) -> Result<Option<serde_json::Value>, String> {
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "counters", "table", "inet", table])
+        .output()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(format!("nft -j list counters: {}", err.trim()));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map(Some)
+        .map_err(|e| format!("nft -j output: {e}"))
 }

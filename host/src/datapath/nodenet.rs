@@ -35,7 +35,6 @@ use netlink_packet_route::route::{
     RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -233,33 +232,10 @@ pub fn apply_nft(netns: Option<&PathBuf>, table: &str) -> Result<(), String> {
     // Creating then deleting then adding the table is one atomic replace: no
     // window without rules.
     let script = format!("table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n{table}");
-    let run = || -> std::io::Result<std::process::Output> {
-        let mut child = std::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(script.as_bytes())?;
-        child.wait_with_output()
-    };
-    let out = match netns {
-        Some(p) => in_netns(p, run),
-        None => run(),
-    }
-    .map_err(|e| format!("running nft: {e} (is the nftables package installed?)"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nft rejected the node table: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    use super::nft::NftRunner;
+    super::nft::Nft::new(netns.cloned())
+        .run(&script)
+        .map_err(|e| format!("nft rejected the node table: {e}"))
 }
 
 fn neighbour(index: u32, family: AddressFamily, dst: IpAddr, mac: [u8; 6]) -> NeighbourMessage {

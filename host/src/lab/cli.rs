@@ -20,7 +20,7 @@ use super::topology::{self, EXTERNAL_LISTEN};
 use crate::api::view::{ClusterView, NodeFacts, cluster_view};
 use crate::datapath::netlink::in_netns;
 use crate::model::crd::NetworkModel;
-use crate::source::local::Manifests;
+use crate::model::snapshot::Manifests;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -361,7 +361,7 @@ async fn list_all(client: &kube::Client) -> anyhow::Result<Manifests> {
     let cluster_networks = all::<crate::model::crd::ClusterNetwork>(client)
         .await?
         .into_iter()
-        .map(|c| crate::source::local::ClusterNetwork {
+        .map(|c| crate::model::snapshot::ClusterNetwork {
             name: c.metadata.name.clone().unwrap_or_default(),
             generation: c.metadata.generation.unwrap_or(1),
             spec: c.spec,

@@ -125,31 +125,10 @@ fn router_table() -> String {
 }
 
 fn nft_in(ns: &str, script: &str) -> anyhow::Result<()> {
-    let path = Lab::netns_path(ns);
-    let script = script.to_string();
-    let out = in_netns(&path, move || {
-        use std::io::Write;
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(script.as_bytes())?;
-        child.wait_with_output()
-    })
-    .with_context(|| format!("running nft in {ns}"))?;
-    if !out.status.success() {
-        bail!(
-            "nft in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    use crate::datapath::nft::NftRunner;
+    crate::datapath::nft::Nft::new(Some(Lab::netns_path(ns)))
+        .run(script)
+        .map_err(|e| anyhow::anyhow!("nft in {ns}: {e}"))
 }
 
 /// Check that nothing on the machine uses the lab's addresses or names.

@@ -12,9 +12,6 @@
 #![allow(clippy::duplicated_attributes)]
 
 use super::{FailurePolicy, Role};
-use crate::registry::ModuleSpec;
-use crate::registry::source::ModuleSource;
-use crate::runtime::Limits;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicySpec,
 };
@@ -211,24 +208,6 @@ pub struct ObjectStatus {
     pub node_results: Vec<NodeObjectResult>,
 }
 
-impl LimitsSpec {
-    /// These limits over `base` (the role's defaults).
-    pub fn over(&self, base: Limits) -> Limits {
-        Limits {
-            deadline: self
-                .deadline_ms
-                .map(std::time::Duration::from_millis)
-                .unwrap_or(base.deadline),
-            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
-            fuel: self.fuel.or(base.fuel),
-            max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
-            max_log_bytes: self.max_log_bytes.unwrap_or(base.max_log_bytes),
-            max_log_records: self.max_log_records.unwrap_or(base.max_log_records),
-            max_stdio_bytes: base.max_stdio_bytes,
-        }
-    }
-}
-
 /// `NetworkModule.spec`: one module bound to a role.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
@@ -294,38 +273,6 @@ pub struct NetworkModuleSpec {
 }
 
 impl NetworkModuleSpec {
-    /// The registry's view of this NetworkModule.
-    pub fn to_module_spec(&self, name: &str, generation: i64) -> Result<ModuleSpec, String> {
-        let s = &self.source;
-        let source = match (&s.builtin, &s.url, &s.file, &s.oci, &s.config_map) {
-            (Some(b), None, None, None, None) => ModuleSource::Builtin(b.clone()),
-            (None, Some(u), None, None, None) => ModuleSource::Url(u.clone()),
-            (None, None, Some(f), None, None) => ModuleSource::File(f.into()),
-            (None, None, None, Some(o), None) => ModuleSource::Oci(o.clone()),
-            (None, None, None, None, Some(c)) => ModuleSource::ConfigMap {
-                name: c.name.clone(),
-                key: c.key.clone(),
-                bytes: None,
-            },
-            _ => {
-                return Err(format!(
-                    "NetworkModule {name:?} is invalid: spec.source: exactly one of builtin, url, file, oci and configMap must be set"
-                ));
-            }
-        };
-        let mut spec = ModuleSpec::new(name, self.role, source);
-        spec.sha256 = s.sha256.clone();
-        spec.config = self.config.clone().unwrap_or_else(|| serde_json::json!({}));
-        spec.failure_policy = self.failure_policy;
-        spec.priority = self.priority;
-        spec.generation = generation;
-        spec.referenced_only = self.referenced_only;
-        if let Some(l) = &self.limits {
-            spec.limits = l.over(Limits::for_role(self.role));
-        }
-        Ok(spec)
-    }
-
     /// Whether the module is meant for a node with these labels.
     pub fn selects(&self, node_labels: &BTreeMap<String, String>) -> bool {
         self.node_selector
@@ -651,7 +598,7 @@ pub fn all_crds()
 
 #[cfg(test)]
 mod tests {
-    use crate::source::local::Manifests;
+    use crate::model::snapshot::Manifests;
 
     fn cel<T>(yaml: &str) -> Result<(), String>
     where
@@ -723,8 +670,7 @@ mod tests {
         assert!(m.ignored.is_empty(), "{:?}", m.ignored);
         assert_eq!(m.modules.len(), 2);
         for n in &m.modules {
-            let spec = n.spec.to_module_spec(&n.name, n.generation).unwrap();
-            assert!(spec.referenced_only, "{}", n.name);
+            assert!(n.spec.referenced_only, "{}", n.name);
         }
         assert_eq!(m.wasm_network_policies.len(), 2);
         for w in &m.wasm_network_policies {

@@ -2,6 +2,9 @@
 //! CRDs. It knows no kernel and no wasm; sources fill it, modules render it.
 
 pub mod crd;
+pub mod snapshot;
+
+pub use snapshot::Manifests;
 
 /// The well-known label of a Node's (and an endpoint's) zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

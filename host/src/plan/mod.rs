@@ -13,8 +13,8 @@ pub mod validate;
 pub use store::{Change, Claim, Conflict, Delta, Entry, PlanStore};
 pub use validate::{PlanError, PlanLimits, validate};
 
+use crate::contract::bindings::imports::switchyard::plugin::types::PlanItem;
 use crate::model::ObjectRef;
-use crate::runtime::bindings::imports::switchyard::plugin::types::PlanItem;
 
 /// A validated fragment for one object, with the provenance `explain` reports:
 /// which binding rendered it and the digest of the module version.

@@ -2,8 +2,8 @@
 //! the dispatch maps modules add elements to. Modules render per object; they
 //! cannot define base chains or redefine these names.
 
+use crate::contract::bindings::imports::switchyard::plugin::types::{NftMapData, NftType};
 use crate::model::Role;
-use crate::runtime::bindings::imports::switchyard::plugin::types::{NftMapData, NftType};
 
 /// What a skeleton set or map holds besides its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,8 +18,8 @@
 //! moving back to a class it left is then an element change only.
 
 use super::Fragment;
+use crate::contract::bindings::imports::switchyard::plugin::types::{PlanBody, PlanItem};
 use crate::model::{FailurePolicy, ObjectRef};
-use crate::runtime::bindings::imports::switchyard::plugin::types::{PlanBody, PlanItem};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -53,7 +53,7 @@ impl std::fmt::Display for Claim {
 /// The identity of an item: two items with the same claim are the same thing
 /// in the datapath (possibly with different contents).
 pub fn claim(item: &PlanItem) -> Claim {
-    let ip = crate::runtime::wit_to_ip;
+    let ip = crate::contract::wit_to_ip;
     match &item.body {
         PlanBody::NftChain(c) => Claim::Object(format!("chain {}", c.name)),
         PlanBody::NftSet(s) => Claim::Object(format!("set {}", s.name)),
@@ -397,11 +397,11 @@ impl PlanStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ObjectKind;
-    use crate::runtime::bindings::imports::switchyard::plugin::types::{
+    use crate::contract::bindings::imports::switchyard::plugin::types::{
         IpAddress, NftChain, NftElement, NftMapValue, NftRule, NftStatement, NftValue, NftVerdict,
         Protocol,
     };
+    use crate::model::ObjectKind;
 
     fn svc(name: &str) -> ObjectRef {
         ObjectRef::new(ObjectKind::Service, "default", name)

@@ -9,9 +9,9 @@
 
 use super::grants::Grants;
 use super::skeleton::{self, Skeleton};
+use crate::contract::bindings::imports::switchyard::plugin::types::*;
+use crate::contract::check_ifname;
 use crate::model::Role;
-use crate::runtime::bindings::imports::switchyard::plugin::types::*;
-use crate::runtime::check_ifname;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -118,11 +118,11 @@ fn family_of(a: &IpAddress) -> IpFamily {
 }
 
 fn ip(a: &IpAddress) -> IpAddr {
-    crate::runtime::wit_to_ip(a)
+    crate::contract::wit_to_ip(a)
 }
 
 fn prefix(c: &IpCidr) -> R {
-    let n = crate::runtime::wit_to_net(c)?;
+    let n = crate::contract::wit_to_net(c)?;
     if n.trunc() != n {
         return Err(format!(
             "prefix {n} has host bits set (did you mean {}?)",
@@ -450,7 +450,7 @@ impl Checker<'_> {
                         a.device
                     ));
                 }
-                crate::runtime::wit_to_net(&a.address).map(|_| ())
+                crate::contract::wit_to_net(&a.address).map(|_| ())
             }
         }
     }

@@ -25,12 +25,12 @@
 use super::explain::Snapshot;
 use super::inputs::PolicyInput;
 use super::merge::{self, AllowBox};
+use crate::contract::bindings::imports::switchyard::plugin::types as wit;
 use crate::datapath::nflog::POLICY_DROP_GROUP;
 use crate::datapath::nft::{self, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
 use crate::plan::{Change, Fragment, PlanStore, skeleton};
 use crate::registry::Registry;
-use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -119,20 +119,7 @@ fn drops_ref() -> ObjectRef {
     ObjectRef::new(ObjectKind::Node, "", "policy-drops")
 }
 
-/// Turn on br_netfilter's hooks for IPv4 and IPv6 in this network
-/// namespace: traffic between pods of one node crosses the node's bridge,
-/// and without them it never reaches the policy table.
-pub fn enable_bridge_netfilter() -> Result<(), String> {
-    for f in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
-        let path = format!("/proc/sys/net/bridge/{f}");
-        std::fs::write(&path, "1").map_err(|e| {
-            format!(
-                "writing {path}: {e} (is the br_netfilter module loaded? NetworkPolicy between pods of one node needs it)"
-            )
-        })?;
-    }
-    Ok(())
-}
+pub use crate::datapath::sysctl::enable_bridge_netfilter;
 
 /// One policy's drop counter, as the kernel holds it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -154,20 +141,10 @@ pub struct DropCounter {
 /// network namespace.
 pub fn read_counters() -> Result<Vec<DropCounter>, String> {
     let table = skeleton::for_role(Role::NetworkPolicy).table;
-    let out = std::process::Command::new("nft")
-        .args(["-j", "list", "counters", "table", "inet", table])
-        .output()
-        .map_err(|e| format!("running nft: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        // No table yet: no policy has been loaded, so nothing was dropped.
-        if err.contains("No such file or directory") {
-            return Ok(vec![]);
-        }
-        return Err(format!("nft -j list counters: {}", err.trim()));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output: {e}"))?;
+    // No table yet: no policy has been loaded, so nothing was dropped.
+    let Some(v) = crate::datapath::nft::list_counters(table)? else {
+        return Ok(vec![]);
+    };
     let mut counters = vec![];
     for o in v["nftables"].as_array().into_iter().flatten() {
         let c = &o["counter"];

@@ -9,8 +9,8 @@
 
 use super::engine::Provenance;
 use super::merge;
+use crate::contract::bindings::imports::switchyard::plugin::types::Protocol;
 use crate::model::ObjectRef;
-use crate::runtime::bindings::imports::switchyard::plugin::types::Protocol;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;

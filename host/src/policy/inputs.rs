@@ -1,8 +1,8 @@
 //! The policy engine's inputs from a cluster's objects.
 
+use crate::contract::bindings::imports::switchyard::plugin::types as wit;
+use crate::model::snapshot::Manifests;
 use crate::model::{ObjectKind, ObjectRef};
-use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
-use crate::source::local::Manifests;
 use k8s_openapi::api::core::v1::PodStatus;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::BTreeMap;

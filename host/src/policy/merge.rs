@@ -15,7 +15,7 @@
 //! port interval gets the merged peer ranges of the boxes covering it, and
 //! neighbouring intervals with the same ranges are joined again.
 
-use crate::runtime::bindings::imports::switchyard::plugin::types::{
+use crate::contract::bindings::imports::switchyard::plugin::types::{
     IpAddress, IpFamily, NftElement, NftValue, PlanBody, PlanItem, Protocol,
 };
 use std::collections::{BTreeMap, BTreeSet};

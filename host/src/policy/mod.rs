@@ -18,7 +18,6 @@ pub mod explain;
 pub mod inputs;
 pub mod merge;
 pub mod resolve;
-pub mod selector;
 
 pub use inputs::{PolicyInput, WasmModule, inputs};
 

@@ -21,15 +21,16 @@
 //! Input the API server would reject is an error naming the field, in the
 //! API server's words: nothing here panics or silently allows.
 
-use crate::policy::selector::Selector;
-use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
+use crate::contract::bindings::imports::switchyard::plugin::types as wit;
+use crate::k8s::net::{parse_cidr, parse_ip};
+use crate::k8s::selector::Selector;
 use crate::runtime::{wit_cidr, wit_ip, wit_to_ip};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// The label the API server puts on every namespace, with its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -120,38 +121,6 @@ fn is_policy_pod(p: &wit::Pod) -> bool {
 }
 
 // ----------------------------------------------------------------- addresses
-
-/// An address as Go's `ParseIPSloppy` reads it: IPv4 octets may have leading
-/// zeros (read as decimal).
-fn parse_ip(s: &str) -> Option<IpAddr> {
-    if s.contains(':') {
-        return s.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
-    }
-    let mut octets = [0u8; 4];
-    let mut parts = s.split('.');
-    for o in &mut octets {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        *o = part.parse().ok()?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(IpAddr::V4(Ipv4Addr::from(octets)))
-}
-
-/// A CIDR as Go's `ParseCIDRSloppy` reads it: host bits are cleared.
-fn parse_cidr(s: &str) -> Option<IpNet> {
-    let (addr, len) = s.split_once('/')?;
-    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    IpNet::new(parse_ip(addr)?, len.parse().ok()?)
-        .ok()
-        .map(|n| n.trunc())
-}
 
 fn host_cidr(a: IpAddr) -> wit::IpCidr {
     wit_cidr(IpNet::from(a))

@@ -142,26 +142,19 @@ async fn exec(netns: &str, command: &[String], timeout: Duration) -> Attempt {
     let Some((prog, args)) = command.split_first() else {
         return Attempt::Unknown("the exec probe has no command".into());
     };
-    let child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", netns, prog])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return Attempt::Unknown(format!("running ip netns exec: {e}")),
-    };
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Attempt::Failure(format!(
+    match crate::datapath::process::exec_in_netns(netns, prog, args, timeout).await {
+        Err(crate::datapath::process::ExecError::Start(e)) => {
+            Attempt::Unknown(format!("running ip netns exec: {e}"))
+        }
+        Err(crate::datapath::process::ExecError::TimedOut) => Attempt::Failure(format!(
             "command {command:?} timed out after {} ms",
             timeout.as_millis()
         )),
-        Ok(Err(e)) => Attempt::Unknown(format!("waiting for {command:?}: {e}")),
-        Ok(Ok(o)) if o.status.success() => Attempt::Success,
-        Ok(Ok(o)) => {
+        Err(crate::datapath::process::ExecError::Wait(e)) => {
+            Attempt::Unknown(format!("waiting for {command:?}: {e}"))
+        }
+        Ok(o) if o.status.success() => Attempt::Success,
+        Ok(o) => {
             let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
             out.push_str(&String::from_utf8_lossy(&o.stderr));
             let out: String = out.trim().chars().take(256).collect();

@@ -1,7 +1,7 @@
 //! Kubernetes Services and EndpointSlices as the contract's projections.
 
+use crate::contract::bindings::imports::switchyard::plugin::types as wit;
 use crate::model::crd::ClusterNetworkSpec;
-use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
 use crate::runtime::{wit_cidr, wit_ip};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -242,7 +242,7 @@ pub fn endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec
 /// and the Services it cannot read (by `namespace/name`, with why).
 #[allow(clippy::type_complexity)]
 pub fn inputs(
-    m: &crate::source::local::Manifests,
+    m: &crate::model::snapshot::Manifests,
 ) -> (
     Vec<(wit::Service, Vec<wit::Endpoint>)>,
     BTreeMap<String, String>,
@@ -326,7 +326,7 @@ pub fn node_context(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::local::Manifests;
+    use crate::model::snapshot::Manifests;
 
     const DOCS: &str = r#"
 apiVersion: v1

@@ -23,11 +23,11 @@ pub mod conntrack;
 pub mod convert;
 pub mod userspace;
 
+use crate::contract::bindings::imports::switchyard::plugin::types as wit;
 use crate::datapath::nft::{self, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
 use crate::plan::{Change, Fragment, PlanStore, skeleton};
 use crate::registry::Registry;
-use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;

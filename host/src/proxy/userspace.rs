@@ -23,12 +23,12 @@
 //! Not served in this mode: UDP and SCTP ports (reported in the Service's
 //! status), node ports, external and load-balancer IPs.
 
+use crate::contract::bindings::imports::switchyard::plugin::types as wit;
+use crate::contract::bindings::scheduler as sched;
 use crate::datapath::nft::NftRunner;
 use crate::datapath::probes::ProbeView;
 use crate::model::{FailurePolicy, ObjectRef, Role};
 use crate::registry::Registry;
-use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
-use crate::runtime::bindings::scheduler as sched;
 use crate::runtime::{wit_ip, wit_to_ip as ip};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};

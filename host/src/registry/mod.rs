@@ -12,11 +12,12 @@
 pub mod source;
 pub mod stats;
 
+use crate::contract::bindings::imports::switchyard::plugin::types as wit;
+use crate::contract::bindings::scheduler as sched;
+use crate::model::crd::{LimitsSpec, NetworkModuleSpec};
 use crate::model::{FailurePolicy, ObjectRef, Role};
 use crate::plan::grants::Grants;
 use crate::plan::{self, Fragment, PlanLimits};
-use crate::runtime::bindings::imports::switchyard::plugin::types as wit;
-use crate::runtime::bindings::scheduler as sched;
 use crate::runtime::{
     BoundModule, CallError, CallErrorKind, HostServices, Limits, LoadError, Runtime, Session,
 };
@@ -51,7 +52,60 @@ pub struct ModuleSpec {
     pub referenced_only: bool,
 }
 
+/// A NetworkModule's limits over `base` (the role's defaults).
+pub fn limits_over(l: &LimitsSpec, base: Limits) -> Limits {
+    Limits {
+        deadline: l
+            .deadline_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(base.deadline),
+        memory_bytes: l.memory_bytes.unwrap_or(base.memory_bytes),
+        fuel: l.fuel.or(base.fuel),
+        max_output_bytes: l.max_output_bytes.unwrap_or(base.max_output_bytes),
+        max_log_bytes: l.max_log_bytes.unwrap_or(base.max_log_bytes),
+        max_log_records: l.max_log_records.unwrap_or(base.max_log_records),
+        max_stdio_bytes: base.max_stdio_bytes,
+    }
+}
+
 impl ModuleSpec {
+    /// The registry's view of the NetworkModule `name` (its spec `m`, at
+    /// `generation`).
+    pub fn from_crd(
+        name: &str,
+        generation: i64,
+        m: &NetworkModuleSpec,
+    ) -> Result<ModuleSpec, String> {
+        let s = &m.source;
+        let source = match (&s.builtin, &s.url, &s.file, &s.oci, &s.config_map) {
+            (Some(b), None, None, None, None) => ModuleSource::Builtin(b.clone()),
+            (None, Some(u), None, None, None) => ModuleSource::Url(u.clone()),
+            (None, None, Some(f), None, None) => ModuleSource::File(f.into()),
+            (None, None, None, Some(o), None) => ModuleSource::Oci(o.clone()),
+            (None, None, None, None, Some(c)) => ModuleSource::ConfigMap {
+                name: c.name.clone(),
+                key: c.key.clone(),
+                bytes: None,
+            },
+            _ => {
+                return Err(format!(
+                    "NetworkModule {name:?} is invalid: spec.source: exactly one of builtin, url, file, oci and configMap must be set"
+                ));
+            }
+        };
+        let mut spec = ModuleSpec::new(name, m.role, source);
+        spec.sha256 = s.sha256.clone();
+        spec.config = m.config.clone().unwrap_or_else(|| serde_json::json!({}));
+        spec.failure_policy = m.failure_policy;
+        spec.priority = m.priority;
+        spec.generation = generation;
+        spec.referenced_only = m.referenced_only;
+        if let Some(l) = &m.limits {
+            spec.limits = limits_over(l, Limits::for_role(m.role));
+        }
+        Ok(spec)
+    }
+
     pub fn new(name: &str, role: Role, source: ModuleSource) -> Self {
         ModuleSpec {
             name: name.to_string(),
@@ -208,15 +262,6 @@ fn load_reason(e: &LoadError) -> &'static str {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn is_semver(s: &str) -> bool {
     let core = s.split(['-', '+']).next().unwrap_or("");
     let parts: Vec<&str> = core.split('.').collect();
@@ -251,7 +296,7 @@ pub fn check_description(
             role: role.to_string(),
         });
     }
-    if !is_dns_label(&info.name) {
+    if !crate::k8s::names::is_dns1123_label(&info.name) {
         return Err(bad(
             "name",
             &info.name,

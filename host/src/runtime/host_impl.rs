@@ -4,9 +4,11 @@
 //! call with a reason that names the function, while an operational failure
 //! (a pool is exhausted, a link exists) is returned to the module to handle.
 
-use super::bindings::imports::switchyard::plugin::{cni_types, ipam, links, log, probes, types};
-use super::convert::{cidr, ip, network, wit_cidr, wit_ip};
 use super::state::{Attachment, Effect, HostState, LogRecord};
+use crate::contract::bindings::imports::switchyard::plugin::{
+    cni_types, ipam, links, log, probes, types,
+};
+use crate::contract::convert::{cidr, ip, network, wit_cidr, wit_ip};
 use crate::datapath::ipam::IpamError;
 use crate::datapath::links::{LinkError, LinkState, Netns, RouteEntry};
 use crate::datapath::probes::ProbeResult;
@@ -109,44 +111,16 @@ impl HostState {
     }
 
     fn effect(&mut self, e: Effect) {
-        if let Some(path) = self.attachment.as_ref().and_then(|a| a.journal.as_ref()) {
-            // Not fsynced: it must survive the agent's crash, not the node's
-            // (a node that restarts has lost every pod namespace anyway).
-            let line = serde_json::to_string(&e).expect("effects serialize");
-            let r = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| {
-                    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
-                });
-            if let Err(err) = r {
-                tracing::error!(module = %self.module, "cannot journal {line} to {}: {err}", path.display());
-            }
+        if let Some(j) = self.attachment.as_ref().and_then(|a| a.journal.clone())
+            && let Err(err) = j.append(&e)
+        {
+            tracing::error!(module = %self.module, "cannot journal {e:?} to {j:?}: {err}");
         }
         self.call.effects.push(e);
     }
 }
 
-/// Linux interface names: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
-pub fn check_ifname(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!(
-            "interface name {name:?} must be 1 to 15 bytes long"
-        ));
-    }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "interface name {name:?} contains a character Linux does not allow"
-        ));
-    }
-    Ok(())
-}
+pub use crate::contract::check_ifname;
 
 impl types::Host for HostState {}
 impl cni_types::Host for HostState {}
@@ -228,7 +202,7 @@ impl ipam::Host for HostState {
             .into_iter()
             .map(|p| ipam::Pool {
                 name: p.name,
-                family: super::convert::family(&p.subnet.addr()),
+                family: crate::contract::convert::family(&p.subnet.addr()),
                 subnet: wit_cidr(p.subnet),
                 gateway: wit_ip(p.gateway),
                 free: p.free,

@@ -13,20 +13,19 @@
 //! Calls are synchronous and CPU-bound: async callers run them on blocking
 //! threads (see `registry`), never on the executor.
 
-pub mod bindings;
-mod convert;
 pub mod error;
 mod host_impl;
 pub mod limits;
 mod output;
 pub mod state;
 
-pub use convert::{cidr as wit_to_net, ip as wit_to_ip, wit_cidr, wit_ip};
+pub use crate::contract::{wit_cidr, wit_ip, wit_to_ip, wit_to_net};
 pub use error::{CallError, CallErrorKind, LoadError};
 pub use host_impl::{HostCallViolation, LogBudgetExceeded, check_ifname};
 pub use limits::{Limits, MemoryLimitExceeded};
-pub use state::{Attachment, Effect, HostServices, LogRecord};
+pub use state::{Attachment, Effect, EffectJournal, HostServices, LogRecord};
 
+use crate::contract::bindings;
 use crate::model::Role;
 use crate::plan::grants::Grants;
 use bindings::imports::switchyard::plugin::{cni_types, types as wit};

@@ -33,7 +33,7 @@ impl std::fmt::Debug for HostServices {
 }
 
 /// The CNI attachment a call serves; `ipam` and `links` act only for it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Attachment {
     pub container_id: String,
     pub ifname: String,
@@ -41,9 +41,10 @@ pub struct Attachment {
     pub netns: Option<PathBuf>,
     /// The pod's `namespace/name` when its addresses are sticky (StatefulSet).
     pub owner: Option<String>,
-    /// Where each effect is appended as it happens (one JSON line each), so a
-    /// crash in the middle of an ADD can be undone at start-up.
-    pub journal: Option<PathBuf>,
+    /// Where each effect is recorded as it is made (the CNI server appends a
+    /// JSON line per effect to a file), so a crash in the middle of an ADD
+    /// can be undone at start-up.
+    pub journal: Option<std::sync::Arc<dyn EffectJournal>>,
 }
 
 impl Attachment {
@@ -172,4 +173,10 @@ impl WasiView for HostState {
             table: &mut self.table,
         }
     }
+}
+
+/// Records each effect of a call as the host function makes it (the CNI
+/// server's file per ADD in progress), so a crash mid-call can be undone.
+pub trait EffectJournal: Send + Sync + std::fmt::Debug {
+    fn append(&self, effect: &Effect) -> std::io::Result<()>;
 }

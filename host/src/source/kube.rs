@@ -21,8 +21,8 @@
 //! kind before it is stored (about half of an object's metadata, and
 //! nothing here reads them).
 
-use super::local::{ClusterNetwork, Manifests, NetworkModule};
 use crate::model::crd;
+use crate::model::snapshot::{ClusterNetwork, Manifests, NetworkModule};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -173,7 +173,7 @@ impl Stores {
 
 /// Keep of a pod only what the agent reads of it: what
 /// [`crate::policy::resolve::pod`] makes a peer of, and what
-/// [`crate::source::local::sticky_owner`] decides by. Images, probes,
+/// [`crate::model::snapshot::sticky_owner`] decides by. Images, probes,
 /// volumes, env, resources and container statuses go: on a real pod they
 /// are most of the object.
 pub fn trim_pod(p: &mut Pod) {
@@ -368,8 +368,8 @@ pub fn start(client: Client, namespace: &str) -> watch::Receiver<Snapshot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::snapshot::sticky_owner;
     use crate::policy::resolve;
-    use crate::source::local::sticky_owner;
 
     /// A pod as the API server sends it, with what a real one carries
     /// beyond what the agent reads.

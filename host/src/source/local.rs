@@ -1,13 +1,10 @@
-//! The local source: Kubernetes manifests read from a directory, for an agent
-//! that runs without Kubernetes (and for the lab). The same YAML goes to a
-//! cluster.
+//! The local source: Kubernetes manifests read from a directory into the
+//! model's [`Manifests`], for an agent that runs without Kubernetes. The same
+//! YAML goes to a cluster.
 
 use crate::model::crd::{API_VERSION, ClusterNetworkSpec, NetworkModuleSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use crate::model::snapshot::{ClusterNetwork, Manifests, NetworkModule};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,44 +15,6 @@ pub struct ManifestError {
     pub file: PathBuf,
     pub document: Option<usize>,
     pub message: String,
-}
-
-/// A NetworkModule from a manifest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NetworkModule {
-    pub name: String,
-    pub generation: i64,
-    pub spec: NetworkModuleSpec,
-}
-
-/// A ClusterNetwork from a manifest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterNetwork {
-    pub name: String,
-    /// `metadata.generation` (1 when a manifest does not say).
-    pub generation: i64,
-    pub spec: ClusterNetworkSpec,
-}
-
-pub use crate::model::crd::WasmNetworkPolicy;
-
-/// Everything the directory holds that the agent understands.
-#[derive(Debug, Default, Clone)]
-pub struct Manifests {
-    pub nodes: Vec<Node>,
-    pub pods: Vec<Arc<Pod>>,
-    pub namespaces: Vec<Namespace>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub network_policies: Vec<NetworkPolicy>,
-    /// ConfigMaps that may hold modules (the kube source watches only the
-    /// agents' namespace).
-    pub config_maps: Vec<ConfigMap>,
-    pub wasm_network_policies: Vec<WasmNetworkPolicy>,
-    pub modules: Vec<NetworkModule>,
-    pub cluster_networks: Vec<ClusterNetwork>,
-    /// Kinds this agent does not read (yet), by `kind/name`.
-    pub ignored: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,21 +142,6 @@ impl Manifests {
         }
         Ok(())
     }
-
-    /// The cluster's network settings: the ClusterNetwork named `default`.
-    pub fn cluster_network(&self) -> Option<&ClusterNetworkSpec> {
-        self.cluster_networks
-            .iter()
-            .find(|c| c.name == "default")
-            .map(|c| &c.spec)
-    }
-
-    /// The Node object named `name`.
-    pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(name))
-    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -215,38 +159,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The sticky owner (`namespace/name`) of a pod whose address should survive
-/// its re-creation: a StatefulSet's pod, or one annotated
-/// `switchyard.dev/sticky-ip: "true"`.
-pub fn sticky_owner(pod: &Pod) -> Option<String> {
-    let m = &pod.metadata;
-    let stateful = m
-        .owner_references
-        .as_ref()
-        .is_some_and(|o| o.iter().any(|r| r.kind == "StatefulSet"));
-    let annotated = m
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("switchyard.dev/sticky-ip"))
-        .is_some_and(|v| v == "true");
-    (stateful || annotated).then(|| {
-        format!(
-            "{}/{}",
-            m.namespace.as_deref().unwrap_or("default"),
-            m.name.as_deref().unwrap_or_default()
-        )
-    })
-}
-
-/// The labels of a node, for NetworkModule node selectors.
-pub fn node_labels(node: Option<&Node>) -> BTreeMap<String, String> {
-    node.and_then(|n| n.metadata.labels.clone())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::snapshot::{node_labels, sticky_owner};
 
     const DOCS: &str = r#"
 apiVersion: v1
@@ -294,7 +210,7 @@ metadata: {name: web}
         );
         assert_eq!(sticky_owner(&m.pods[0]).as_deref(), Some("prod/db-0"));
         assert_eq!(m.modules[0].spec.role, crate::model::Role::Cni);
-        let spec = m.modules[0].spec.to_module_spec("cni", 1).unwrap();
+        let spec = crate::registry::ModuleSpec::from_crd("cni", 1, &m.modules[0].spec).unwrap();
         assert_eq!(spec.config["mtu"], 1450);
         assert_eq!(
             spec.limits.deadline,
@@ -307,7 +223,10 @@ metadata: {name: web}
             ..Default::default()
         });
         assert_eq!(
-            with.to_module_spec("cni", 1).unwrap().limits.deadline,
+            crate::registry::ModuleSpec::from_crd("cni", 1, &with)
+                .unwrap()
+                .limits
+                .deadline,
             std::time::Duration::from_millis(100)
         );
         assert_eq!(m.services.len(), 1);
@@ -332,7 +251,7 @@ metadata: {name: web}
         )
         .unwrap();
         assert!(
-            spec.to_module_spec("m", 1)
+            crate::registry::ModuleSpec::from_crd("m", 1, &spec)
                 .unwrap_err()
                 .contains("exactly one of builtin, url, file, oci and configMap")
         );

@@ -2,13 +2,13 @@
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
 use switchyard::datapath::ipam::{Ledger, PoolConfig};
 use switchyard::datapath::links::RecordingLinks;
 use switchyard::datapath::probes::ProbeTable;
 use switchyard::model::Role;
 use switchyard::registry::source::{Fetcher, ModuleSource};
 use switchyard::registry::{ModuleSpec, Registry};
-use switchyard::runtime::bindings::imports::switchyard::plugin::types::*;
 use switchyard::runtime::{HostServices, Runtime};
 
 /// One runtime per test binary: modules compile once per digest.

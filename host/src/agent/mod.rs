@@ -1,16 +1,22 @@
-//! `switchyard agent`: the node agent. Without Kubernetes it runs from a
-//! directory of manifests (`--local`) and a data directory; in a cluster it
-//! runs as a DaemonSet, following the API server ([`crate::cluster`]).
+//! `switchyard agent`: the node agent's composition. Without Kubernetes it
+//! runs from a directory of manifests (`--local`) and a data directory; in a
+//! cluster (and in the lab) it runs as a DaemonSet, following the API server
+//! ([`cluster`]), with the node's datapath ([`node`]) and the status it
+//! writes back ([`status`]).
+
+pub mod cluster;
+pub mod node;
+pub mod status;
 
 use crate::cni::{CniService, StickyPods, journal::Journal, store::AttachmentStore};
 use crate::datapath::ipam::{Ledger, PoolConfig};
 use crate::datapath::netlink::NetlinkLinks;
 use crate::datapath::probes::ProbeTable;
+use crate::model::snapshot::{Manifests, sticky_owner};
 use crate::model::{FailurePolicy, Role};
 use crate::registry::source::{Blob, Fetcher, ModuleSource};
 use crate::registry::{ModuleSpec, Registry};
 use crate::runtime::{HostServices, Runtime, RuntimeConfig};
-use crate::source::local::{Manifests, sticky_owner};
 use anyhow::{Context, bail};
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -100,7 +106,7 @@ pub fn sticky_pods(manifests: &Manifests) -> HashMap<(String, String), String> {
 /// other NetworkModule that selects the node, and the built-in
 /// proxy-nftables when none of them proxies Services.
 pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSpec>, String> {
-    let labels = crate::source::local::node_labels(manifests.node(node));
+    let labels = crate::model::snapshot::node_labels(manifests.node(node));
     let mut mine: Vec<_> = manifests
         .modules
         .iter()
@@ -133,7 +139,7 @@ pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSp
         if m.spec.role == Role::Cni && i > 0 {
             continue;
         }
-        let mut spec = m.spec.to_module_spec(&m.name, m.generation)?;
+        let mut spec = ModuleSpec::from_crd(&m.name, m.generation, &m.spec)?;
         // A ConfigMap source loads the bytes the cluster holds now.
         if let ModuleSource::ConfigMap { name, key, bytes } = &mut spec.source {
             *bytes = manifests

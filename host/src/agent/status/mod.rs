@@ -18,8 +18,8 @@ pub mod objects;
 use crate::model::crd::{
     ModuleState, NetworkModule, NetworkModuleStatus, NodeCounts, NodeModuleResult,
 };
+use crate::model::snapshot::Manifests;
 use crate::registry::ModuleStatus;
-use crate::source::local::Manifests;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};

@@ -6,23 +6,25 @@
 //! modules what the NetworkModules ask for (a hot swap; a version that does
 //! not load leaves the last good one serving) and writes this node's result
 //! into each NetworkModule's status, with an Event on a failure
-//! ([`crate::status`]). The agents elect a leader with a Lease; it
+//! ([`crate::agent::status`]). The agents elect a leader with a Lease; it
 //! summarizes every node's results into the conditions. The node's
-//! datapath ([`crate::node`]: node networking for the ClusterNetwork's
+//! datapath ([`crate::agent::node`]: node networking for the ClusterNetwork's
 //! model over the Nodes' InternalIPs and podCIDRs, the Service proxies in
 //! the mode the ClusterNetwork names, the (Wasm)NetworkPolicy table) is the
 //! one the lab's agents run, fed from the same model. The kubelet probes
 //! pods and kube-controller-manager writes EndpointSlices: the agent reads
 //! both from the API server.
 
+use crate::agent::node::{DatapathReport, NodeDatapath, Uplink, internal_ips};
+use crate::agent::status::lease::LeaderLease;
+use crate::agent::status::objects::{
+    ObjectResult, ObjectStatusWriter, StatusObject, summarize_objects,
+};
+use crate::agent::status::{StatusWriter, summarize_all};
 use crate::agent::{Agent, AgentOptions, sticky_pods};
+use crate::model::snapshot::{Manifests, node_labels};
 use crate::model::{ObjectKind, ObjectRef};
-use crate::node::{DatapathReport, NodeDatapath, Uplink, internal_ips};
 use crate::source::kube::{self, Snapshot};
-use crate::source::local::{Manifests, node_labels};
-use crate::status::lease::LeaderLease;
-use crate::status::objects::{ObjectResult, ObjectStatusWriter, StatusObject, summarize_objects};
-use crate::status::{StatusWriter, summarize_all};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //! values, a malformed key or value) is an error, never a match or a miss:
 //! a wrong selector must not silently widen or narrow a policy.
 
+use super::names::{check_key, check_value};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -182,78 +183,6 @@ pub fn describe(sel: &LabelSelector) -> String {
     } else {
         parts.join(",")
     }
-}
-
-// ------------------------------------------------------------- validation
-// apimachinery's `IsQualifiedName` and `IsValidLabelValue`.
-
-const NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName', or 'my.name', or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
-const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue', or 'my_value', or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
-
-/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, non-empty.
-fn is_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
-fn check_key(key: &str, at: &str) -> Result<(), String> {
-    let bad = |msg: &str| Err(format!("{at}: Invalid value: {key:?}: {msg}"));
-    let name = match key.split('/').collect::<Vec<_>>()[..] {
-        [name] => name,
-        [prefix, name] => {
-            if prefix.is_empty() {
-                return bad("prefix part must be non-empty");
-            }
-            if !is_dns1123_subdomain(prefix) {
-                return bad(&format!("prefix part {SUBDOMAIN_MSG}"));
-            }
-            name
-        }
-        _ => {
-            return bad(&format!(
-                "a qualified name {NAME_MSG} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
-            ));
-        }
-    };
-    if name.is_empty() {
-        return bad("name part must be non-empty");
-    }
-    if name.len() > 63 {
-        return bad("name part must be no more than 63 characters");
-    }
-    if !is_name(name) {
-        return bad(&format!("name part {NAME_MSG}"));
-    }
-    Ok(())
-}
-
-fn check_value(value: &str, at: &str) -> Result<(), String> {
-    if value.len() > 63 {
-        return Err(format!(
-            "{at}: Invalid value: {value:?}: must be no more than 63 characters"
-        ));
-    }
-    if !value.is_empty() && !is_name(value) {
-        return Err(format!("{at}: Invalid value: {value:?}: {VALUE_MSG}"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

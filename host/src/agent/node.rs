@@ -5,20 +5,20 @@
 //! userspace proxy for Services a scheduler module serves, and the
 //! NetworkPolicy table.
 //!
-//! The cluster agent ([`crate::cluster`]) feeds it [`Manifests`] snapshots
+//! The cluster agent ([`crate::agent::cluster`]) feeds it [`Manifests`] snapshots
 //! from the API server, in a cluster and in the lab alike (the lab runs a
 //! real control plane); the kubelet probes pods and kube-controller-manager
 //! writes EndpointSlices.
 
 use crate::agent::Agent;
+use crate::datapath::conntrack::ConntrackTool;
 use crate::datapath::nft::Nft;
 use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
 use crate::model::ObjectRef;
+use crate::model::snapshot::Manifests;
 use crate::policy::engine::PolicyEngine;
-use crate::proxy::conntrack::ConntrackTool;
 use crate::proxy::userspace::{PortReport, UserspaceProxy};
 use crate::proxy::{MIN_SYNC_INTERVAL, ServiceProxy, convert};
-use crate::source::local::Manifests;
 use k8s_openapi::api::core::v1::{Node, PodStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -161,7 +161,7 @@ impl NodeDatapath {
         // br_netfilter: a node-wide setting, left alone when the agent
         // programs another namespace.
         if path.is_none()
-            && let Err(e) = crate::policy::engine::enable_bridge_netfilter()
+            && let Err(e) = crate::datapath::sysctl::enable_bridge_netfilter()
         {
             tracing::error!("{e}");
             policy_error = Some(e);

@@ -1,6 +1,5 @@
-//! Kubernetes syntax the agent checks itself, in the API server's words.
-//! The API server validates what it stores; this is for what it leaves to
-//! the consumer (a probe's or a policy's named port must name a real port).
+//! Port names as the API server checks them (`IsValidPortName`), for what
+//! it leaves to the consumer: a probe's or a policy's named port.
 
 /// `IsValidPortName`: every reason a name is not an IANA service name, in
 /// the API server's order.
