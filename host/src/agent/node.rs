@@ -13,13 +13,14 @@
 use crate::agent::Agent;
 use crate::datapath::conntrack::ConntrackTool;
 use crate::datapath::nft::Nft;
-use crate::datapath::nodenet::{self, NodeInfo, NodePlan};
+use crate::datapath::nodenet::{self, NodePlan};
 use crate::model::ObjectRef;
+use crate::model::service as convert;
 use crate::model::snapshot::Manifests;
 use crate::policy::engine::PolicyEngine;
 use crate::proxy::userspace::{PortReport, UserspaceProxy};
-use crate::proxy::{MIN_SYNC_INTERVAL, ServiceProxy, convert};
-use k8s_openapi::api::core::v1::{Node, PodStatus};
+use crate::proxy::{MIN_SYNC_INTERVAL, ServiceProxy};
+use k8s_openapi::api::core::v1::PodStatus;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -63,35 +64,7 @@ pub struct DatapathReport {
     pub policy_errors: BTreeMap<String, String>,
 }
 
-/// Node networking's view of the Node objects.
-pub fn node_infos(m: &Manifests) -> Vec<NodeInfo> {
-    m.nodes
-        .iter()
-        .map(|n| NodeInfo {
-            name: n.metadata.name.clone().unwrap_or_default(),
-            addresses: internal_ips(Some(n)),
-            pod_cidrs: n
-                .spec
-                .as_ref()
-                .and_then(|s| s.pod_cidrs.clone())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .collect(),
-        })
-        .collect()
-}
-
-/// A Node's InternalIP addresses.
-pub fn internal_ips(n: Option<&Node>) -> Vec<IpAddr> {
-    n.and_then(|n| n.status.as_ref())
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect()
-}
+pub use crate::model::node::{internal_ips, node_infos};
 
 fn describe_plan(plan: &NodePlan, r: &mut DatapathReport) {
     r.routes = plan

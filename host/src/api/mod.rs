@@ -320,17 +320,11 @@ async fn probes(State(s): State<ApiState>) -> axum::Json<Value> {
         .entries()
         .into_iter()
         .map(|((address, port), h)| {
-            json!({
-                "address": address,
-                // Port 0 is an address-level entry, read from Pod status.
-                "port": (port != 0).then_some(port),
-                "source": if port == 0 { "pod-status" } else { "probe" },
-                "ready": h.ready,
-                "lastResult": h.last_result,
-                "lastLatencyUs": h.last_latency.map(|d| d.as_micros() as u64),
-                "consecutiveFailures": h.consecutive_failures,
-                "consecutiveSuccesses": h.consecutive_successes,
-            })
+            let mut e = crate::datapath::probes::entry_json(address, port, &h);
+            // Port 0 is an address-level entry, read from Pod status.
+            e["port"] = json!((port != 0).then_some(port));
+            e["source"] = json!(if port == 0 { "pod-status" } else { "probe" });
+            e
         })
         .collect();
     axum::Json(json!({ "endpoints": entries }))

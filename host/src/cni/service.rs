@@ -52,21 +52,14 @@ impl PodDirectory for StickyPods {
     }
 }
 
-/// Run one module call and count it in the binding's status (calls, errors,
-/// latency), as every other role's calls are.
-fn timed<T>(
-    active: &Active,
-    call: impl FnOnce() -> Result<Result<T, cni_types::CniError>, CallError>,
-) -> Result<Result<T, cni_types::CniError>, CallError> {
-    let t = std::time::Instant::now();
-    let r = call();
-    let error = match &r {
+/// Why a CNI call counts as failed in the module's statistics: the call
+/// failed, or the module answered with a CNI error.
+fn cni_failure<T>(r: &Result<Result<T, cni_types::CniError>, CallError>) -> Option<String> {
+    match r {
         Ok(Ok(_)) => None,
         Ok(Err(e)) => Some(format!("error {}: {}", e.code, e.msg)),
         Err(e) => Some(e.to_string()),
-    };
-    active.stats.record(t.elapsed(), error.as_deref());
-    r
+    }
 }
 
 /// What start-up reconciliation did.
@@ -312,7 +305,7 @@ impl CniService {
                         .to_string(),
                 prev_result: rec.result.as_ref().map(Value::to_string),
             };
-            let mut s = active.session(self.registry.runtime(), self.registry.services().clone());
+            let mut s = self.registry.cni_session(&active);
             s.set_attachment(Some(Attachment {
                 container_id: rec.container_id.clone(),
                 ifname: rec.ifname.clone(),
@@ -320,7 +313,7 @@ impl CniService {
                 owner: rec.owner.clone(),
                 journal: None,
             }));
-            match timed(&active, || s.cni(CniVerb::Del, &req, &active.config)) {
+            match active.timed(|| s.cni(CniVerb::Del, &req, &active.config), cni_failure) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => problems.push(format!("module DEL: {}", e.msg)),
                 Err(e) => problems.push(format!("module DEL: {e}")),
@@ -415,7 +408,7 @@ impl CniService {
             }
         };
         let wreq = Self::wit_request(req, Some(&ns_path));
-        let mut s = active.session(self.registry.runtime(), self.registry.services().clone());
+        let mut s = self.registry.cni_session(&active);
         s.set_attachment(Some(Attachment {
             container_id: key.container_id.clone(),
             ifname: key.ifname.clone(),
@@ -423,7 +416,7 @@ impl CniService {
             owner,
             journal: Some(journal),
         }));
-        let outcome = timed(&active, || s.cni(CniVerb::Add, &wreq, &active.config));
+        let outcome = active.timed(|| s.cni(CniVerb::Add, &wreq, &active.config), cni_failure);
         let report = s.report();
         let failure = match outcome {
             Ok(Ok(Some(r))) => {
@@ -482,7 +475,7 @@ impl CniService {
         });
         let mut problems = vec![];
         if let Ok(active) = self.active() {
-            let mut s = active.session(self.registry.runtime(), self.registry.services().clone());
+            let mut s = self.registry.cni_session(&active);
             s.set_attachment(Some(Attachment {
                 container_id: key.container_id.clone(),
                 ifname: key.ifname.clone(),
@@ -490,13 +483,16 @@ impl CniService {
                 owner: rec.as_ref().and_then(|r| r.owner.clone()),
                 journal: None,
             }));
-            match timed(&active, || {
-                s.cni(
-                    CniVerb::Del,
-                    &Self::wit_request(req, netns.as_deref()),
-                    &active.config,
-                )
-            }) {
+            match active.timed(
+                || {
+                    s.cni(
+                        CniVerb::Del,
+                        &Self::wit_request(req, netns.as_deref()),
+                        &active.config,
+                    )
+                },
+                cni_failure,
+            ) {
                 Ok(Ok(_)) => {}
                 // The host's cleanup below covers what the module did not.
                 Ok(Err(e)) => tracing::warn!("module DEL of {key:?}: {}", e.msg),
@@ -581,7 +577,7 @@ impl CniService {
             }
         }
         let active = self.active()?;
-        let mut s = active.session(self.registry.runtime(), self.registry.services().clone());
+        let mut s = self.registry.cni_session(&active);
         s.set_attachment(Some(Attachment {
             container_id: key.container_id.clone(),
             ifname: key.ifname.clone(),
@@ -589,13 +585,16 @@ impl CniService {
             owner: rec.owner.clone(),
             journal: None,
         }));
-        match timed(&active, || {
-            s.cni(
-                CniVerb::Check,
-                &Self::wit_request(req, Some(&netns)),
-                &active.config,
-            )
-        }) {
+        match active.timed(
+            || {
+                s.cni(
+                    CniVerb::Check,
+                    &Self::wit_request(req, Some(&netns)),
+                    &active.config,
+                )
+            },
+            cni_failure,
+        ) {
             Ok(Ok(_)) => Ok(None),
             Ok(Err(e)) => Err(module_err(e)),
             Err(e) => Err(call_err(&e)),
@@ -642,10 +641,10 @@ impl CniService {
                 network_config: config.to_string(),
                 valid_attachments: valid.iter().cloned().collect(),
             };
-            let mut s = active.session(self.registry.runtime(), self.registry.services().clone());
+            let mut s = self.registry.cni_session(&active);
             // GC acts on the node only; no attachment is being served.
             s.set_attachment(Some(Attachment::default()));
-            match timed(&active, || s.cni_gc(&greq, &active.config)) {
+            match active.timed(|| s.cni_gc(&greq, &active.config), cni_failure) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => problems.push(e.msg),
                 Err(e) => problems.push(e.to_string()),
@@ -673,15 +672,16 @@ impl CniService {
         self.ledger
             .attachments()
             .map_err(|e| not_available(format!("the address ledger cannot be read: {e}")))?;
-        let mut s = active.session(self.registry.runtime(), self.registry.services().clone());
+        let mut s = self.registry.cni_session(&active);
         s.set_attachment(Some(Attachment::default()));
         let mut config = req.config.clone();
         if let Some(o) = config.as_object_mut() {
             o.remove("prevResult");
         }
-        match timed(&active, || {
-            s.cni_status(&config.to_string(), &active.config)
-        }) {
+        match active.timed(
+            || s.cni_status(&config.to_string(), &active.config),
+            cni_failure,
+        ) {
             Ok(Ok(())) => Ok(None),
             Ok(Err(e)) => Err(Error {
                 code: if e.code == code::NOT_AVAILABLE_DEGRADED {

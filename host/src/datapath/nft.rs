@@ -14,7 +14,7 @@
 
 use crate::contract::bindings::imports::switchyard::plugin::types::*;
 use crate::contract::wit_to_ip as ip;
-use crate::plan::skeleton::{CLASS_MAX, STASHED_MARK, Skeleton, SkeletonData};
+use crate::plan::skeleton::{Skeleton, SkeletonData};
 use crate::plan::validate::{field_name, type_name};
 use crate::plan::{Change, Claim, store::claim};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -22,8 +22,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The mark bit the proxy's postrouting chain masquerades (kube-proxy's).
-pub const MASQUERADE_MARK: u32 = 0x4000;
+pub use crate::plan::skeleton::MASQUERADE_MARK;
 
 fn value(v: &NftValue) -> String {
     match v {
@@ -283,176 +282,8 @@ pub fn skeleton_body(sk: &Skeleton) -> String {
         };
         let _ = writeln!(t, "  {kind} {} {{ {}; }}", m.name, m.declaration);
     }
-    if sk.table == crate::plan::skeleton::for_role(crate::model::Role::ServiceProxy).table {
-        t.push_str(&proxy_chains());
-    }
-    if sk.table == crate::plan::skeleton::for_role(crate::model::Role::NetworkPolicy).table {
-        t.push_str(&policy_chains());
-    }
+    t.push_str(&(sk.host_chains)());
     t
-}
-
-/// The policy table's base chains and drop maps.
-///
-/// Policy is judged in the filter hooks, after Service DNAT (so on the
-/// backend pod) and on new connections only: return traffic of an allowed
-/// connection is established. Traffic between pods of one node is bridged,
-/// and reaches these hooks through br_netfilter (the agent turns
-/// `bridge-nf-call-ip(6)tables` on in its namespace). The node's own
-/// traffic to its pods (kubelet probes) is never judged: Kubernetes always
-/// allows it.
-///
-/// Egress is judged where the packet leaves its pod (forward, or input for
-/// the node's own addresses), ingress where it reaches its pod: a packet
-/// between two nodes is judged once on each. An isolated pod's packet must
-/// match an allow box or is dropped through `<dir>-drops`, whose element
-/// for the pod jumps to a chain that counts the drop for every policy
-/// isolating the pod, logs it and drops it. Monitored pods (selected by a
-/// policy in monitor mode) go through the same test with the monitor boxes
-/// added, and what fails is counted and logged but not dropped.
-fn policy_chains() -> String {
-    let mut t = String::new();
-    for d in ["ingress", "egress"] {
-        for (f, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
-            for m in ["", "monitor-"] {
-                let _ = writeln!(t, "  map {d}-{m}drops{f} {{ type {ty} : verdict; }}");
-            }
-        }
-    }
-    for (d, pod, peer) in [("ingress", "daddr", "saddr"), ("egress", "saddr", "daddr")] {
-        let _ = writeln!(t, "  chain {d} {{");
-        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
-            let _ = writeln!(t, "    {ip} {pod} @{d}-isolated{f} jump {d}-check{f}");
-        }
-        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
-            let _ = writeln!(t, "    {ip} {pod} @{d}-monitored{f} jump {d}-monitor{f}");
-        }
-        t.push_str("  }\n");
-        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
-            let boxes = |m: &str| {
-                format!(
-                    "    {ip} {pod} . {ip} {peer} @{d}-{m}allow-all{f} return\n    {ip} {pod} . {ip} {peer} . meta l4proto . th dport @{d}-{m}allow{f} return\n"
-                )
-            };
-            let _ = write!(
-                t,
-                "  chain {d}-check{f} {{\n{}    {ip} {pod} vmap @{d}-drops{f}\n    drop\n  }}\n",
-                boxes("")
-            );
-            let _ = write!(
-                t,
-                "  chain {d}-monitor{f} {{\n{}{}    {ip} {pod} vmap @{d}-monitor-drops{f}\n  }}\n",
-                boxes(""),
-                boxes("monitor-")
-            );
-        }
-    }
-    // Neighbour discovery is below policy (as ARP is): between pods of
-    // one bridge it crosses these hooks, and an isolated pod must still
-    // find its allowed peers.
-    let nd = "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept\n";
-    let _ = write!(
-        t,
-        "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n{nd}    jump egress\n    jump ingress\n  }}\n"
-    );
-    let _ = write!(
-        t,
-        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    ct state established,related accept\n{nd}    jump egress\n  }}\n"
-    );
-    t
-}
-
-/// The proxy's base chains: dispatch in the NAT hooks, the rejection of
-/// Services without endpoints in the filter hooks (reject is not allowed in
-/// NAT hooks), and masquerade.
-///
-/// Dispatch borrows the packet mark for a Service's class (see the
-/// skeleton's doc): `meta mark set <key> map @service-ips` then `meta mark
-/// vmap @service-classes`, which goes to the class's chain, whose first rule
-/// jumps to `restore-mark`. A packet that arrives marked has its mark
-/// stashed in the conntrack mark first (when that is free) and the class
-/// gets the `STASHED_MARK` bit, so `restore-mark` knows to put it back. A
-/// lookup that misses leaves the mark untouched, so other traffic keeps its
-/// mark; a class without an entry in `service-classes` (which validation
-/// rules out) is cleared at once.
-fn proxy_chains() -> String {
-    let m = MASQUERADE_MARK;
-    let s = STASHED_MARK;
-    let c = CLASS_MAX;
-    format!(
-        r#"  chain mark-for-masquerade {{
-    meta mark set meta mark | 0x{m:x}
-  }}
-  chain restore-mark {{
-    meta mark & 0x{s:x} == 0 meta mark set 0 return
-    meta mark set ct mark ct mark set 0
-  }}
-  chain services {{
-    meta mark != 0 goto services-marked
-    meta mark set ip daddr . meta l4proto . th dport map @service-ips
-    meta mark set ip6 daddr . meta l4proto . th dport map @service-ips6
-    meta mark vmap @service-classes
-    meta mark != 0 meta mark set 0
-    ip daddr . meta l4proto . th dport vmap @service-chains
-    ip6 daddr . meta l4proto . th dport vmap @service-chains6
-    fib daddr type local goto nodeports
-  }}
-  chain nodeports {{
-    meta mark set meta nfproto . meta l4proto . th dport map @service-nodeports
-    meta mark vmap @service-classes
-    meta mark != 0 meta mark set 0
-    meta nfproto . meta l4proto . th dport vmap @service-nodeport-chains
-  }}
-  chain services-marked {{
-    ip daddr . meta l4proto . th dport vmap @service-chains
-    ip6 daddr . meta l4proto . th dport vmap @service-chains6
-    fib daddr type local meta nfproto . meta l4proto . th dport vmap @service-nodeport-chains
-    ct mark != 0 return
-    ct mark set meta mark meta mark set 0
-    meta mark set ip daddr . meta l4proto . th dport map @service-ips
-    meta mark set ip6 daddr . meta l4proto . th dport map @service-ips6
-    meta mark 0 fib daddr type local meta mark set meta nfproto . meta l4proto . th dport map @service-nodeports
-    meta mark != 0 meta mark set meta mark | 0x{s:x}
-    meta mark & 0x{c:x} vmap @service-classes
-    meta mark set ct mark ct mark set 0
-  }}
-  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    jump services
-  }}
-  chain output {{
-    type nat hook output priority -100; policy accept;
-    jump services
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    meta mark & 0x{m:x} == 0x{m:x} meta mark set meta mark & 0x{:x} masquerade fully-random
-    ct status dnat ip saddr . ip daddr @hairpin4 masquerade
-    ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade
-  }}
-  chain reject-services {{
-    ip daddr . meta l4proto . th dport vmap @no-endpoints
-    ip6 daddr . meta l4proto . th dport vmap @no-endpoints6
-    fib daddr type local meta nfproto . meta l4proto . th dport vmap @no-endpoint-nodeports
-  }}
-  chain reject-traffic {{
-    reject
-  }}
-  chain filter-input {{
-    type filter hook input priority -10; policy accept;
-    ct state new jump reject-services
-  }}
-  chain filter-forward {{
-    type filter hook forward priority -10; policy accept;
-    ct state new jump reject-services
-  }}
-  chain filter-output {{
-    type filter hook output priority -10; policy accept;
-    ct state new jump reject-services
-  }}
-"#,
-        !m
-    )
 }
 
 /// Commands that change a table, sorted into the phases of one transaction.
@@ -844,4 +675,27 @@ pub fn list_counters(table: &str) -> Result<Option<serde_json::Value>, String> {
     serde_json::from_slice(&out.stdout)
         .map(Some)
         .map_err(|e| format!("nft -j output: {e}"))
+}
+
+/// The plan's tables applied through an nftables runner: a delta as one
+/// transaction, the whole table as one atomic replace.
+pub struct NftApplier(pub Arc<dyn NftRunner>);
+
+impl crate::plan::reconcile::Applier for NftApplier {
+    fn delta(&self, table: &Skeleton, changes: &[Change]) -> Result<usize, String> {
+        let script = delta_script(table.table, changes);
+        if script.is_empty() {
+            return Ok(0);
+        }
+        let text = script.text();
+        self.0.run(&text).map(|()| text.len())
+    }
+
+    fn full(
+        &self,
+        table: &Skeleton,
+        store: &crate::plan::PlanStore,
+    ) -> (usize, Result<(), String>) {
+        load_store(&*self.0, table, store)
+    }
 }

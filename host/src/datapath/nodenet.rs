@@ -45,35 +45,7 @@ pub const VXLAN_DEVICE: &str = "sy-vxlan";
 /// The nftables table node networking owns.
 pub const NFT_TABLE: &str = "switchyard-node";
 
-/// What node networking needs to know about a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub name: String,
-    /// Underlay addresses (InternalIP), at most one per family.
-    pub addresses: Vec<IpAddr>,
-    /// Pod CIDRs, at most one per family.
-    pub pod_cidrs: Vec<IpNet>,
-}
-
-impl NodeInfo {
-    fn address(&self, v4: bool) -> Option<IpAddr> {
-        self.addresses.iter().copied().find(|a| a.is_ipv4() == v4)
-    }
-
-    /// The VTEP MAC of this node: locally administered, from its name.
-    pub fn vtep_mac(&self) -> [u8; 6] {
-        let h = self.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-        let b = h.to_be_bytes();
-        [0x0a, 0x58, b[0], b[1], b[2], b[3]]
-    }
-
-    /// The VTEP address of a pod CIDR: its network address.
-    fn vtep_ip(cidr: &IpNet) -> IpAddr {
-        cidr.network()
-    }
-}
+pub use crate::model::node::NodeInfo;
 
 /// What this node should have, computed from the model alone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

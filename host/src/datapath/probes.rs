@@ -13,6 +13,19 @@ pub enum ProbeResult {
     Unknown,
 }
 
+/// One entry of the table as the admin API and the lab kubelet serve it.
+pub fn entry_json(address: IpAddr, port: u16, h: &EndpointHealth) -> serde_json::Value {
+    serde_json::json!({
+        "address": address,
+        "port": port,
+        "ready": h.ready,
+        "lastResult": h.last_result,
+        "lastLatencyUs": h.last_latency.map(|d| d.as_micros() as u64),
+        "consecutiveFailures": h.consecutive_failures,
+        "consecutiveSuccesses": h.consecutive_successes,
+    })
+}
+
 /// What modules may read about an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EndpointHealth {

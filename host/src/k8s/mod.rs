@@ -9,4 +9,4 @@ pub mod net;
 pub mod ports;
 pub mod selector;
 
-pub use ports::{iana_svc_name, port_name};
+pub use ports::{iana_svc_name, port_name, protocol};

@@ -27,6 +27,20 @@ pub fn port_name(s: &str) -> Vec<&'static str> {
     out
 }
 
+/// A Kubernetes protocol name (`TCP` when absent), in the API server's
+/// words when it is none of `TCP`, `UDP` and `SCTP`.
+pub fn protocol(p: Option<&str>) -> Result<crate::contract::wit::Protocol, String> {
+    use crate::contract::wit::Protocol;
+    match p.unwrap_or("TCP") {
+        "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Ok(Protocol::Sctp),
+        other => Err(format!(
+            "Unsupported value: {other:?}: supported values: \"TCP\", \"UDP\", \"SCTP\""
+        )),
+    }
+}
+
 /// IANA service names (`IsValidPortName`): the first reason a name is not
 /// one, as the API server lists them.
 pub fn iana_svc_name(s: &str) -> Result<(), &'static str> {

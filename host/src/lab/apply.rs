@@ -17,7 +17,7 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How many requests `lab apply` has in flight at once.
@@ -42,9 +42,8 @@ pub fn read(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
         if p.as_os_str() == "-" {
             files.push(p.clone());
         } else if p.is_dir() {
-            let mut found = vec![];
-            collect(p, &mut found).with_context(|| format!("reading {}", p.display()))?;
-            found.sort();
+            let found = crate::source::local::manifest_files(p)
+                .with_context(|| format!("reading {}", p.display()))?;
             if found.is_empty() {
                 anyhow::bail!("{}: no .yaml, .yml or .json files", p.display());
             }
@@ -100,21 +99,6 @@ pub fn read(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
         }
     }
     Ok(docs)
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 /// A document resolved to its API resource.

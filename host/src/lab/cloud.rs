@@ -13,14 +13,13 @@
 //! LoadBalancer; a deleted Service's address is free again.
 
 use super::controlplane::cloud_kubeconfig;
-use super::layout::{Lab, kube_client};
+use super::layout::{Lab, kube_client, watch_store};
 use anyhow::Context;
-use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -121,23 +120,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let pools = lab.config.load_balancer_pools();
     let client = kube_client(&cloud_kubeconfig(&lab)).await?;
     let api: Api<Service> = Api::all(client.clone());
-    let (reader, writer) = reflector::store::<Service>();
     // The watch runs on its own task, which wakes the loop on every change.
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let w = wake.clone();
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
-        futures::pin_mut!(stream);
-        while let Some(e) = stream.next().await {
-            if let Err(e) = e {
-                tracing::warn!(error = %e, "watching Services");
-            }
-            w.notify_one();
-        }
-    });
+    let (reader, wake) = watch_store(api, watcher::Config::default(), "Services");
     tracing::info!(pools = ?pools, "lab cloud controller: LoadBalancer ingress IPs");
     let mut shutdown = std::pin::pin!(crate::agent::shutdown_signal());
     tokio::select! {

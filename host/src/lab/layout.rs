@@ -346,6 +346,47 @@ impl Lab {
     }
 }
 
+/// Watch what `api` lists (with `config`) into a store, on a task of its
+/// own that pokes the returned `Notify` at every change; `what` names it in
+/// the log.
+pub fn watch_store<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+    what: &'static str,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    std::sync::Arc<tokio::sync::Notify>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let (reader, writer) = kube::runtime::reflector::store::<K>();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let w = wake.clone();
+    tokio::spawn(async move {
+        let stream = kube::runtime::watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        futures::pin_mut!(stream);
+        while let Some(e) = stream.next().await {
+            if let Err(e) = e {
+                tracing::warn!(error = %e, "watching {what}");
+            }
+            w.notify_one();
+        }
+    });
+    (reader, wake)
+}
+
 /// A client from a kubeconfig file.
 pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(path)

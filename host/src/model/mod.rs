@@ -2,6 +2,9 @@
 //! CRDs. It knows no kernel and no wasm; sources fill it, modules render it.
 
 pub mod crd;
+pub mod node;
+pub mod pod;
+pub mod service;
 pub mod snapshot;
 
 pub use snapshot::Manifests;

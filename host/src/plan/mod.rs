@@ -6,6 +6,7 @@
 //! only what changed.
 
 pub mod grants;
+pub mod reconcile;
 pub mod skeleton;
 pub mod store;
 pub mod validate;

@@ -4,6 +4,7 @@
 
 use crate::contract::bindings::imports::switchyard::plugin::types::{NftMapData, NftType};
 use crate::model::Role;
+use std::fmt::Write as _;
 
 /// What a skeleton set or map holds besides its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,10 @@ pub struct Skeleton {
     pub reserved: &'static [&'static str],
     /// Whether the module's chains run in NAT hooks (no `reject` there).
     pub nat: bool,
+    /// The host's own chains (and drop maps) in nft syntax: the hooks that
+    /// lead to the module's maps. With the maps above, the whole of what the
+    /// host owns in the table, as data beside the maps it reads.
+    pub host_chains: fn() -> String,
 }
 
 /// The proxy chain a class's chain starts by jumping to (see [`PROXY`]).
@@ -70,6 +75,8 @@ pub const CLASS_DISPATCH: [&str; 3] = ["service-ips", "service-ips6", "service-n
 pub const STASHED_MARK: u32 = 0x8000_0000;
 /// The largest class value (the bits below [`STASHED_MARK`]).
 pub const CLASS_MAX: u32 = STASHED_MARK - 1;
+/// The mark bit the proxy's postrouting chain masquerades (kube-proxy's).
+pub const MASQUERADE_MARK: u32 = 0x4000;
 
 use NftType::{InetProto, InetService, Ipv4Addr, Ipv6Addr, Mark, Nfproto};
 
@@ -294,10 +301,11 @@ const PROXY: Skeleton = Skeleton {
         "reject-traffic",
     ],
     nat: true,
+    host_chains: proxy_chains,
 };
 
 /// The policy table (see `switchyard_sdk::policy` for the contract and
-/// `datapath::nft::policy_chains` for the base chains). Modules add
+/// [`policy_chains`] for the base chains). Modules add
 /// elements to the isolation sets and boxes to the allow sets; the allow
 /// sets are interval sets, which cannot hold overlapping elements, so the
 /// host merges every box of a pod (from every policy) into disjoint
@@ -500,6 +508,7 @@ const POLICY: Skeleton = Skeleton {
         "egress-monitor-drops6",
     ],
     nat: false,
+    host_chains: policy_chains,
 };
 
 const NONE: Skeleton = Skeleton {
@@ -508,7 +517,171 @@ const NONE: Skeleton = Skeleton {
     maps: &[],
     reserved: &[],
     nat: false,
+    host_chains: String::new,
 };
+
+/// The policy table's base chains and drop maps.
+///
+/// Policy is judged in the filter hooks, after Service DNAT (so on the
+/// backend pod) and on new connections only: return traffic of an allowed
+/// connection is established. Traffic between pods of one node is bridged,
+/// and reaches these hooks through br_netfilter (the agent turns
+/// `bridge-nf-call-ip(6)tables` on in its namespace). The node's own
+/// traffic to its pods (kubelet probes) is never judged: Kubernetes always
+/// allows it.
+///
+/// Egress is judged where the packet leaves its pod (forward, or input for
+/// the node's own addresses), ingress where it reaches its pod: a packet
+/// between two nodes is judged once on each. An isolated pod's packet must
+/// match an allow box or is dropped through `<dir>-drops`, whose element
+/// for the pod jumps to a chain that counts the drop for every policy
+/// isolating the pod, logs it and drops it. Monitored pods (selected by a
+/// policy in monitor mode) go through the same test with the monitor boxes
+/// added, and what fails is counted and logged but not dropped.
+fn policy_chains() -> String {
+    let mut t = String::new();
+    for d in ["ingress", "egress"] {
+        for (f, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+            for m in ["", "monitor-"] {
+                let _ = writeln!(t, "  map {d}-{m}drops{f} {{ type {ty} : verdict; }}");
+            }
+        }
+    }
+    for (d, pod, peer) in [("ingress", "daddr", "saddr"), ("egress", "saddr", "daddr")] {
+        let _ = writeln!(t, "  chain {d} {{");
+        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
+            let _ = writeln!(t, "    {ip} {pod} @{d}-isolated{f} jump {d}-check{f}");
+        }
+        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
+            let _ = writeln!(t, "    {ip} {pod} @{d}-monitored{f} jump {d}-monitor{f}");
+        }
+        t.push_str("  }\n");
+        for (f, ip) in [("4", "ip"), ("6", "ip6")] {
+            let boxes = |m: &str| {
+                format!(
+                    "    {ip} {pod} . {ip} {peer} @{d}-{m}allow-all{f} return\n    {ip} {pod} . {ip} {peer} . meta l4proto . th dport @{d}-{m}allow{f} return\n"
+                )
+            };
+            let _ = write!(
+                t,
+                "  chain {d}-check{f} {{\n{}    {ip} {pod} vmap @{d}-drops{f}\n    drop\n  }}\n",
+                boxes("")
+            );
+            let _ = write!(
+                t,
+                "  chain {d}-monitor{f} {{\n{}{}    {ip} {pod} vmap @{d}-monitor-drops{f}\n  }}\n",
+                boxes(""),
+                boxes("monitor-")
+            );
+        }
+    }
+    // Neighbour discovery is below policy (as ARP is): between pods of
+    // one bridge it crosses these hooks, and an isolated pod must still
+    // find its allowed peers.
+    let nd = "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept\n";
+    let _ = write!(
+        t,
+        "  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n{nd}    jump egress\n    jump ingress\n  }}\n"
+    );
+    let _ = write!(
+        t,
+        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    ct state established,related accept\n{nd}    jump egress\n  }}\n"
+    );
+    t
+}
+
+/// The proxy's base chains: dispatch in the NAT hooks, the rejection of
+/// Services without endpoints in the filter hooks (reject is not allowed in
+/// NAT hooks), and masquerade.
+///
+/// Dispatch borrows the packet mark for a Service's class (see the
+/// skeleton's doc): `meta mark set <key> map @service-ips` then `meta mark
+/// vmap @service-classes`, which goes to the class's chain, whose first rule
+/// jumps to `restore-mark`. A packet that arrives marked has its mark
+/// stashed in the conntrack mark first (when that is free) and the class
+/// gets the `STASHED_MARK` bit, so `restore-mark` knows to put it back. A
+/// lookup that misses leaves the mark untouched, so other traffic keeps its
+/// mark; a class without an entry in `service-classes` (which validation
+/// rules out) is cleared at once.
+fn proxy_chains() -> String {
+    let m = MASQUERADE_MARK;
+    let s = STASHED_MARK;
+    let c = CLASS_MAX;
+    format!(
+        r#"  chain mark-for-masquerade {{
+    meta mark set meta mark | 0x{m:x}
+  }}
+  chain restore-mark {{
+    meta mark & 0x{s:x} == 0 meta mark set 0 return
+    meta mark set ct mark ct mark set 0
+  }}
+  chain services {{
+    meta mark != 0 goto services-marked
+    meta mark set ip daddr . meta l4proto . th dport map @service-ips
+    meta mark set ip6 daddr . meta l4proto . th dport map @service-ips6
+    meta mark vmap @service-classes
+    meta mark != 0 meta mark set 0
+    ip daddr . meta l4proto . th dport vmap @service-chains
+    ip6 daddr . meta l4proto . th dport vmap @service-chains6
+    fib daddr type local goto nodeports
+  }}
+  chain nodeports {{
+    meta mark set meta nfproto . meta l4proto . th dport map @service-nodeports
+    meta mark vmap @service-classes
+    meta mark != 0 meta mark set 0
+    meta nfproto . meta l4proto . th dport vmap @service-nodeport-chains
+  }}
+  chain services-marked {{
+    ip daddr . meta l4proto . th dport vmap @service-chains
+    ip6 daddr . meta l4proto . th dport vmap @service-chains6
+    fib daddr type local meta nfproto . meta l4proto . th dport vmap @service-nodeport-chains
+    ct mark != 0 return
+    ct mark set meta mark meta mark set 0
+    meta mark set ip daddr . meta l4proto . th dport map @service-ips
+    meta mark set ip6 daddr . meta l4proto . th dport map @service-ips6
+    meta mark 0 fib daddr type local meta mark set meta nfproto . meta l4proto . th dport map @service-nodeports
+    meta mark != 0 meta mark set meta mark | 0x{s:x}
+    meta mark & 0x{c:x} vmap @service-classes
+    meta mark set ct mark ct mark set 0
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    jump services
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    jump services
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    meta mark & 0x{m:x} == 0x{m:x} meta mark set meta mark & 0x{:x} masquerade fully-random
+    ct status dnat ip saddr . ip daddr @hairpin4 masquerade
+    ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade
+  }}
+  chain reject-services {{
+    ip daddr . meta l4proto . th dport vmap @no-endpoints
+    ip6 daddr . meta l4proto . th dport vmap @no-endpoints6
+    fib daddr type local meta nfproto . meta l4proto . th dport vmap @no-endpoint-nodeports
+  }}
+  chain reject-traffic {{
+    reject
+  }}
+  chain filter-input {{
+    type filter hook input priority -10; policy accept;
+    ct state new jump reject-services
+  }}
+  chain filter-forward {{
+    type filter hook forward priority -10; policy accept;
+    ct state new jump reject-services
+  }}
+  chain filter-output {{
+    type filter hook output priority -10; policy accept;
+    ct state new jump reject-services
+  }}
+"#,
+        !m
+    )
+}
 
 /// The skeleton of a role's table.
 pub fn for_role(role: Role) -> &'static Skeleton {

@@ -27,12 +27,13 @@ use super::inputs::PolicyInput;
 use super::merge::{self, AllowBox};
 use crate::contract::bindings::imports::switchyard::plugin::types as wit;
 use crate::datapath::nflog::POLICY_DROP_GROUP;
-use crate::datapath::nft::{self, NftRunner};
+use crate::datapath::nft::{NftApplier, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
-use crate::plan::{Change, Fragment, PlanStore, skeleton};
+use crate::plan::reconcile::{Table, Tracker};
+use crate::plan::{Change, Fragment, skeleton};
 use crate::registry::Registry;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -68,14 +69,13 @@ pub struct Provenance {
 pub struct PolicyEngine {
     registry: Arc<Registry>,
     runner: Arc<dyn NftRunner>,
-    store: PlanStore,
-    inputs: HashMap<ObjectRef, u64>,
-    dirty: BTreeMap<ObjectRef, Option<PolicyInput>>,
+    /// Which policies changed since the last sync: a policy's input is the
+    /// resolved policy and, for a WasmNetworkPolicy, its module's digest.
+    tracker: Tracker<(PolicyInput, Option<String>)>,
+    /// The `switchyard-policy` table.
+    table: Table,
     ctx: Option<wit::NodeContext>,
-    needs_full: bool,
     errors: BTreeMap<ObjectRef, String>,
-    rendered_by: Option<String>,
-    rebuild: bool,
     /// Each policy's boxes, as rendered.
     boxes: BTreeMap<ObjectRef, Arc<Vec<Provenance>>>,
     /// Which policies have boxes for a pod address.
@@ -260,14 +260,6 @@ pub fn counter_name(direction: &str, monitor: bool, object: &ObjectRef) -> Strin
     format!("{direction}{m}{w}.{}.{}", object.namespace, object.name)
 }
 
-/// What a policy's render depends on: the node, the resolved policy, and
-/// for a WasmNetworkPolicy its module's version and config.
-fn fingerprint(ctx: &wit::NodeContext, p: &PolicyInput, module_digest: Option<&str>) -> u64 {
-    let mut h = DefaultHasher::new();
-    format!("{ctx:?}{:?}{:?}{module_digest:?}", p.policy, p.module).hash(&mut h);
-    h.finish()
-}
-
 fn element(set: &str, key: Vec<wit::NftValue>, value: Option<wit::NftMapValue>) -> wit::PlanItem {
     wit::PlanItem {
         rule_id: "host".into(),
@@ -286,14 +278,10 @@ impl PolicyEngine {
         PolicyEngine {
             registry,
             runner,
-            store: PlanStore::new(),
-            inputs: HashMap::new(),
-            dirty: BTreeMap::new(),
+            tracker: Tracker::default(),
+            table: Table::new(skeleton::for_role(Role::NetworkPolicy)),
             ctx: None,
-            needs_full: true,
             errors: BTreeMap::new(),
-            rendered_by: None,
-            rebuild: false,
             boxes: BTreeMap::new(),
             index: BTreeMap::new(),
             policies: BTreeMap::new(),
@@ -309,7 +297,12 @@ impl PolicyEngine {
     /// The isolation elements of the installed policy fragments, grouped.
     fn groups(&self) -> Groups {
         let mut groups = Groups::new();
-        for fr in self.store.installed().filter(|f| is_policy(&f.object)) {
+        for fr in self
+            .table
+            .store
+            .installed()
+            .filter(|f| is_policy(&f.object))
+        {
             for i in &fr.items {
                 let wit::PlanBody::NftElement(e) = &i.body else {
                     continue;
@@ -371,7 +364,7 @@ impl PolicyEngine {
     pub fn set_context(&mut self, ctx: wit::NodeContext) {
         if self.ctx.as_ref() != Some(&ctx) {
             self.ctx = Some(ctx);
-            self.inputs.clear();
+            self.tracker.forget_all();
         }
     }
 
@@ -379,45 +372,39 @@ impl PolicyEngine {
     /// in `keep` could not be resolved this time: what is installed for
     /// them stays in force.
     pub fn set_policies(&mut self, all: Vec<PolicyInput>, keep: &BTreeSet<ObjectRef>) {
-        let Some(ctx) = self.ctx.clone() else { return };
-        let module = self.module_identity();
-        if module.is_some() && self.rendered_by.is_some() && module != self.rendered_by {
-            tracing::info!("the policy module changed: rendering every policy again");
-            self.inputs.clear();
-            self.dirty.clear();
-            self.rebuild = true;
+        if self.ctx.is_none() {
+            return;
         }
-        let mut seen = BTreeSet::new();
-        for p in all {
-            let r = p.object.clone();
-            seen.insert(r.clone());
+        if self.table.module_is(self.module_identity()) {
+            tracing::info!("the policy module changed: rendering every policy again");
+            self.tracker.reset();
+        }
+        let registry = &self.registry;
+        let inputs = all.into_iter().map(|p| {
             let digest = p
                 .module
                 .as_ref()
-                .and_then(|m| self.registry.binding(&m.name))
+                .and_then(|m| registry.binding(&m.name))
                 .and_then(|b| b.active())
                 .map(|a| a.digest().to_string());
-            let f = fingerprint(&ctx, &p, digest.as_deref());
-            if self.inputs.get(&r) != Some(&f) {
-                self.inputs.insert(r.clone(), f);
-                self.dirty.insert(r, Some(p));
-            }
-        }
-        let gone: Vec<ObjectRef> = self
-            .inputs
+            (p.object.clone(), (p, digest))
+        });
+        let installed = &self.policies;
+        self.tracker.set_all(inputs, |r| keep.contains(r));
+        // Policies installed but no longer given (after a context change
+        // cleared the inputs) go too, unless kept.
+        let gone: Vec<ObjectRef> = installed
             .keys()
-            .chain(self.policies.keys())
-            .filter(|r| !seen.contains(*r) && !keep.contains(*r))
+            .filter(|r| !self.tracker.knows(r) && !keep.contains(*r))
             .cloned()
             .collect();
         for r in gone {
-            self.inputs.remove(&r);
-            self.dirty.insert(r, None);
+            self.tracker.gone(r);
         }
     }
 
     pub fn pending(&self) -> bool {
-        !self.dirty.is_empty() || self.needs_full
+        self.tracker.pending() || self.table.needs_full()
     }
 
     /// Policies that could not be rendered or installed, with the reason.
@@ -648,7 +635,7 @@ impl PolicyEngine {
         match r {
             Ok(fragment) => {
                 let (rest, boxes) = Self::split(fragment);
-                match self.store.rendered(rest) {
+                match self.table.store.rendered(rest) {
                     Ok(c) => {
                         self.errors.remove(object);
                         changes.push(c);
@@ -663,7 +650,11 @@ impl PolicyEngine {
                 tracing::warn!(policy = %object, error = %e, "rendering a policy");
                 self.errors.insert(object.clone(), e.clone());
                 let closed = self.closed(object, &p.policy, module);
-                changes.push(self.store.failed(object, e, failure_policy, Some(closed)));
+                changes.push(
+                    self.table
+                        .store
+                        .failed(object, e, failure_policy, Some(closed)),
+                );
                 // Keep the last good boxes only when its fragment stays.
                 if failure_policy != FailurePolicy::KeepLastGood {
                     touched.extend(self.set_boxes(object, None));
@@ -768,46 +759,45 @@ impl PolicyEngine {
         // The module rendering NetworkPolicies; WasmNetworkPolicies name
         // their own.
         let active = self.registry.active_for(Role::NetworkPolicy);
-        // What to go back to if a new module cannot be called at all.
+        // What to go back to if a new module cannot be called at all: the
+        // store (kept by the table) and the boxes rendered into it.
         let mut previous = None;
         if let Some(active) = &active {
             let identity = format!("{} {}", active.bound.module.digest, active.config);
-            if self.rebuild {
+            if let Some(kept) = self.table.begin(identity) {
                 // Every policy is in this batch: render into an empty store,
                 // and replace the table in one transaction.
-                self.rebuild = false;
                 previous = Some((
-                    std::mem::take(&mut self.store),
+                    kept,
                     std::mem::take(&mut self.boxes),
                     std::mem::take(&mut self.index),
-                    self.needs_full,
                 ));
-                self.needs_full = true;
             }
-            self.rendered_by = Some(identity);
         }
-        let dirty = std::mem::take(&mut self.dirty);
+        let dirty = self.tracker.take();
         let mut changes: Vec<Change> = vec![];
         let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
         let mut batch = vec![];
         let mut wasm: BTreeMap<String, Vec<(ObjectRef, PolicyInput)>> = BTreeMap::new();
+        let mut digests: BTreeMap<ObjectRef, Option<String>> = BTreeMap::new();
         for (object, input) in dirty {
             match input {
                 None => {
                     self.errors.remove(&object);
                     self.policies.remove(&object);
-                    changes.push(self.store.remove(&object));
+                    changes.push(self.table.store.remove(&object));
                     touched.extend(self.set_boxes(&object, None));
                 }
-                Some(p) => {
+                Some((p, digest)) => {
                     self.policies.insert(object.clone(), p.clone());
                     match (&p.module, &active) {
                         (Some(m), _) => wasm.entry(m.name.clone()).or_default().push((object, p)),
-                        (None, Some(_)) => batch.push((object, p)),
-                        // No policy module yet: wait for one.
-                        (None, None) => {
-                            self.dirty.insert(object, Some(p));
+                        (None, Some(_)) => {
+                            digests.insert(object.clone(), digest);
+                            batch.push((object, p))
                         }
+                        // No policy module yet: wait for one.
+                        (None, None) => self.tracker.defer(object, Some((p, digest))),
                     }
                 }
             }
@@ -845,18 +835,16 @@ impl PolicyEngine {
                 Err(e) => {
                     for (object, p) in batch {
                         self.errors.insert(object.clone(), e.to_string());
-                        self.inputs.remove(&object);
-                        self.dirty.insert(object, Some(p));
+                        let digest = digests.remove(&object).flatten();
+                        self.tracker.retry(object, (p, digest));
                     }
-                    if let Some((store, boxes, index, needs_full)) = previous.take() {
-                        self.store = store;
+                    if let Some((kept, boxes, index)) = previous.take() {
+                        self.table.restore(kept);
                         self.boxes = boxes;
                         self.index = index;
-                        self.needs_full = needs_full;
-                        self.rebuild = true;
                         // The WasmNetworkPolicies of this batch wait too.
                         for (object, p) in wasm.into_values().flatten() {
-                            self.dirty.insert(object, Some(p));
+                            self.tracker.retry(object, (p, None));
                         }
                         return report;
                     }
@@ -871,47 +859,34 @@ impl PolicyEngine {
         report.merged = touched.len();
         for pod in touched {
             let c = match self.merged(pod) {
-                Some(f) => match self.store.rendered(f) {
+                Some(f) => match self.table.store.rendered(f) {
                     Ok(c) => c,
                     Err(conflict) => {
                         tracing::error!(%conflict, "merged policy boxes conflict");
                         continue;
                     }
                 },
-                None => self.store.remove(&merged_ref(pod)),
+                None => self.table.store.remove(&merged_ref(pod)),
             };
             changes.push(c);
         }
         let groups = self.groups();
-        match self.store.rendered(Self::drops(&groups)) {
+        match self.table.store.rendered(Self::drops(&groups)) {
             Ok(c) => changes.push(c),
             Err(conflict) => tracing::error!(%conflict, "policy drop chains conflict"),
         }
         let t = Instant::now();
-        let table = skeleton::for_role(Role::NetworkPolicy);
-        if !self.needs_full {
-            let script = nft::delta_script(table.table, &changes);
-            if !script.is_empty() {
-                let text = script.text();
-                report.script_bytes = text.len();
-                if let Err(e) = self.runner.run(&text) {
-                    tracing::warn!(error = %e, "the policy delta was refused; loading the whole table");
-                    self.needs_full = true;
-                }
-            }
+        let applied = self
+            .table
+            .apply(&NftApplier(self.runner.clone()), &changes, |_, e| {
+                tracing::warn!(error = %e, "the policy delta was refused; loading the whole table");
+            });
+        report.full = applied.full;
+        report.script_bytes = applied.script_bytes;
+        if let Some(e) = &applied.error {
+            tracing::error!(error = %e, "the policy table could not be loaded");
         }
-        if self.needs_full {
-            report.full = true;
-            let (bytes, result) = nft::load_store(&*self.runner, table, &self.store);
-            report.script_bytes = bytes;
-            match result {
-                Ok(()) => self.needs_full = false,
-                Err(e) => {
-                    tracing::error!(error = %e, "the policy table could not be loaded");
-                    report.error = Some(e);
-                }
-            }
-        }
+        report.error = applied.error;
         report.apply = t.elapsed();
         self.publish(&groups);
         report

@@ -22,11 +22,11 @@
 //! API server's words: nothing here panics or silently allows.
 
 use crate::contract::bindings::imports::switchyard::plugin::types as wit;
-use crate::k8s::net::{parse_cidr, parse_ip};
+use crate::k8s::net::parse_cidr;
 use crate::k8s::selector::Selector;
+use crate::model::pod::pairs;
 use crate::runtime::{wit_cidr, wit_ip, wit_to_ip};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,82 +37,7 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 // ----------------------------------------------------------------------- pods
 
-/// A pod as the contract sees it. Addresses that do not parse are left out
-/// (at most one per family, primary first); so are container ports with an
-/// unknown protocol or a number out of range.
-pub fn pod(p: &Pod) -> wit::Pod {
-    let spec = p.spec.as_ref();
-    let status = p.status.as_ref();
-    let texts: Vec<&str> = match status.and_then(|s| s.pod_ips.as_ref()) {
-        Some(ips) if !ips.is_empty() => ips.iter().map(|i| i.ip.as_str()).collect(),
-        _ => status
-            .and_then(|s| s.pod_ip.as_deref())
-            .into_iter()
-            .collect(),
-    };
-    let mut ips: Vec<IpAddr> = vec![];
-    for ip in texts.iter().filter_map(|t| parse_ip(t)) {
-        if !ips.iter().any(|i| i.is_ipv4() == ip.is_ipv4()) {
-            ips.push(ip);
-        }
-    }
-    // Ports of the containers, then of sidecars (restartable init
-    // containers), as named targetPorts are looked up.
-    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let sidecars = spec
-        .and_then(|s| s.init_containers.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    let ports = containers
-        .iter()
-        .chain(sidecars)
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|cp| {
-            Some(wit::ContainerPort {
-                name: cp.name.clone().filter(|n| !n.is_empty()),
-                port: u16::try_from(cp.container_port).ok().filter(|p| *p != 0)?,
-                protocol: protocol_of(cp.protocol.as_deref()).ok()?,
-            })
-        })
-        .collect();
-    let phase = match status.and_then(|s| s.phase.as_deref()) {
-        None | Some("Pending") => wit::PodPhase::Pending,
-        Some("Running") => wit::PodPhase::Running,
-        Some("Succeeded") => wit::PodPhase::Succeeded,
-        Some("Failed") => wit::PodPhase::Failed,
-        Some(_) => wit::PodPhase::Unknown,
-    };
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    wit::Pod {
-        namespace: p
-            .metadata
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".to_string()),
-        name: p.metadata.name.clone().unwrap_or_default(),
-        uid: p.metadata.uid.clone().unwrap_or_default(),
-        labels: pairs(p.metadata.labels.as_ref()),
-        ips: ips.into_iter().map(wit_ip).collect(),
-        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        ports,
-        phase,
-        ready,
-    }
-}
-
-fn pairs(m: Option<&BTreeMap<String, String>>) -> Vec<(String, String)> {
-    m.into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
+pub use crate::model::pod::pod;
 
 /// Whether a pod takes part in policy at all: not on the host network (its
 /// address is the node's) and not finished.
@@ -128,17 +53,6 @@ fn host_cidr(a: IpAddr) -> wit::IpCidr {
 
 // --------------------------------------------------------------------- ports
 
-fn protocol_of(p: Option<&str>) -> Result<wit::Protocol, String> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Ok(wit::Protocol::Tcp),
-        "UDP" => Ok(wit::Protocol::Udp),
-        "SCTP" => Ok(wit::Protocol::Sctp),
-        other => Err(format!(
-            "Unsupported value: {other:?}: supported values: \"TCP\", \"UDP\", \"SCTP\""
-        )),
-    }
-}
-
 /// One entry of a rule's `ports`.
 enum PortSpec {
     Range(wit::PortRange),
@@ -146,7 +60,8 @@ enum PortSpec {
 }
 
 fn port_spec(p: &NetworkPolicyPort, at: &str) -> Result<PortSpec, String> {
-    let protocol = protocol_of(p.protocol.as_deref()).map_err(|e| format!("{at}.protocol: {e}"))?;
+    let protocol =
+        crate::k8s::protocol(p.protocol.as_deref()).map_err(|e| format!("{at}.protocol: {e}"))?;
     let number = |n: i64, field: &str| -> Result<u16, String> {
         match u16::try_from(n) {
             Ok(n) if n != 0 => Ok(n),
@@ -614,6 +529,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::net::parse_ip;
     use serde_json::{Value, json};
 
     fn k8s_pod(v: Value) -> wit::Pod {

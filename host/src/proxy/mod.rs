@@ -20,16 +20,15 @@
 //! nftables module: [`userspace`] carries their connections in the agent.
 
 pub mod conntrack;
-pub mod convert;
 pub mod userspace;
 
 use crate::contract::bindings::imports::switchyard::plugin::types as wit;
-use crate::datapath::nft::{self, NftRunner};
+use crate::datapath::nft::{self, NftApplier, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
+use crate::plan::reconcile::{Table, Tracker};
 use crate::plan::{Change, Fragment, PlanStore, skeleton};
 use crate::registry::Registry;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,32 +54,21 @@ pub struct SyncReport {
     pub error: Option<String>,
 }
 
+/// A Service with its endpoints: what the proxy module renders.
+pub type ServiceInput = (wit::Service, Vec<wit::Endpoint>);
+
 /// The proxy of one node.
 pub struct ServiceProxy {
     registry: Arc<Registry>,
     runner: Arc<dyn NftRunner>,
     conntrack: Arc<dyn conntrack::Conntrack>,
-    store: PlanStore,
-    /// A fingerprint of each Service's input, as last rendered.
-    inputs: HashMap<ObjectRef, u64>,
-    /// Services waiting to be rendered (`None`: deleted).
-    dirty: BTreeMap<ObjectRef, Option<(wit::Service, Vec<wit::Endpoint>)>>,
+    /// Which Services changed since the last sync.
+    tracker: Tracker<ServiceInput>,
+    /// The `switchyard-proxy` table.
+    table: Table,
     ctx: Option<wit::NodeContext>,
-    /// Set until a full sync succeeded.
-    needs_full: bool,
     /// Why a Service is not (fully) programmed, by Service.
     errors: BTreeMap<ObjectRef, String>,
-    /// The module version and config the store was rendered with.
-    rendered_by: Option<String>,
-    /// Set when the module changed: the next sync renders every Service
-    /// into a fresh store and replaces the table.
-    rebuild: bool,
-}
-
-fn fingerprint(ctx: &wit::NodeContext, svc: &wit::Service, eps: &[wit::Endpoint]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{ctx:?}{svc:?}{eps:?}").hash(&mut h);
-    h.finish()
 }
 
 /// What a module version renders by: its digest and its config.
@@ -103,14 +91,10 @@ impl ServiceProxy {
             registry,
             runner,
             conntrack,
-            store: PlanStore::new(),
-            inputs: HashMap::new(),
-            dirty: BTreeMap::new(),
+            tracker: Tracker::default(),
+            table: Table::new(skeleton::for_role(Role::ServiceProxy)),
             ctx: None,
-            needs_full: true,
             errors: BTreeMap::new(),
-            rendered_by: None,
-            rebuild: false,
         }
     }
 
@@ -126,73 +110,44 @@ impl ServiceProxy {
     pub fn set_context(&mut self, ctx: wit::NodeContext) {
         if self.ctx.as_ref() != Some(&ctx) {
             self.ctx = Some(ctx);
-            self.inputs.clear();
+            self.tracker.forget_all();
         }
     }
 
     /// The whole set of Services this node proxies, with their endpoints.
     /// Marks what changed since the last call; `sync` renders it.
-    pub fn set_services(&mut self, all: Vec<(wit::Service, Vec<wit::Endpoint>)>) {
-        let Some(ctx) = self.ctx.clone() else { return };
-        let module = self.module_identity();
-        if module.is_some() && self.rendered_by.is_some() && module != self.rendered_by {
+    pub fn set_services(&mut self, all: Vec<ServiceInput>) {
+        if self.ctx.is_none() {
+            return;
+        }
+        if self.table.module_is(self.module_identity()) {
             tracing::info!("the proxy module changed: rendering every Service again");
-            self.inputs.clear();
-            self.dirty.clear();
-            self.rebuild = true;
+            self.tracker.reset();
         }
-        let mut seen = std::collections::HashSet::new();
-        for (svc, eps) in all {
-            let r = service_ref(&svc);
-            seen.insert(r.clone());
-            let f = fingerprint(&ctx, &svc, &eps);
-            if self.inputs.get(&r) != Some(&f) {
-                self.inputs.insert(r.clone(), f);
-                self.dirty.insert(r, Some((svc, eps)));
-            }
-        }
-        let gone: Vec<ObjectRef> = self
-            .inputs
-            .keys()
-            .filter(|r| !seen.contains(*r))
-            .cloned()
-            .collect();
-        for r in gone {
-            self.inputs.remove(&r);
-            self.dirty.insert(r, None);
-        }
+        self.tracker
+            .set_all(all.into_iter().map(|x| (service_ref(&x.0), x)), |_| false);
         // Fragments of Services that are gone from the inputs but still
         // installed (after a context change cleared the inputs).
         let installed: Vec<ObjectRef> = self
+            .table
             .store
             .installed()
             .map(|f| f.object.clone())
-            .filter(|r| !seen.contains(r))
+            .filter(|r| !self.tracker.knows(r))
             .collect();
         for r in installed {
-            self.dirty.insert(r, None);
+            self.tracker.gone(r);
         }
     }
 
     /// One Service changed (or is gone, with `None`).
-    pub fn update(&mut self, object: ObjectRef, input: Option<(wit::Service, Vec<wit::Endpoint>)>) {
-        match &input {
-            Some((svc, eps)) => {
-                if let Some(ctx) = &self.ctx {
-                    self.inputs
-                        .insert(object.clone(), fingerprint(ctx, svc, eps));
-                }
-            }
-            None => {
-                self.inputs.remove(&object);
-            }
-        }
-        self.dirty.insert(object, input);
+    pub fn update(&mut self, object: ObjectRef, input: Option<ServiceInput>) {
+        self.tracker.update(object, input);
     }
 
     /// Whether a sync has anything to do.
     pub fn pending(&self) -> bool {
-        !self.dirty.is_empty() || self.needs_full
+        self.tracker.pending() || self.table.needs_full()
     }
 
     /// Services that could not be programmed, with the reason.
@@ -202,7 +157,7 @@ impl ServiceProxy {
 
     /// Installed fragments (for `explain` and the console).
     pub fn store(&self) -> &PlanStore {
-        &self.store
+        &self.table.store
     }
 
     /// The role's closed fragment for a Service: its ports reject.
@@ -250,35 +205,23 @@ impl ServiceProxy {
         };
         let binding = active.spec.name.clone();
         let policy = active.spec.failure_policy;
-        let identity = identity(&active);
-        // What to go back to (the old store, and whether a full sync was
-        // due) if the new module cannot be called at all.
-        let mut previous = None;
-        if self.rebuild {
-            // Every Service is in this batch (set_services cleared the
-            // fingerprints): render them all into a fresh store.
-            self.rebuild = false;
-            let old = std::mem::replace(&mut self.store, PlanStore::new());
-            previous = Some((old, self.needs_full));
-            self.needs_full = true;
-        }
-        self.rendered_by = Some(identity);
-        let dirty = std::mem::take(&mut self.dirty);
+        // What to go back to if the new module cannot be called at all.
+        let mut kept = self.table.begin(identity(&active));
+        let dirty = self.tracker.take();
         let mut changes: Vec<Change> = vec![];
         let mut batch = vec![];
         for (object, input) in dirty {
             match input {
                 None => {
                     self.errors.remove(&object);
-                    changes.push(self.store.remove(&object));
+                    changes.push(self.table.store.remove(&object));
                 }
                 Some(x) => batch.push((object, x)),
             }
         }
         report.rendered = batch.len();
         let t = Instant::now();
-        let inputs: Vec<(wit::Service, Vec<wit::Endpoint>)> =
-            batch.iter().map(|(_, x)| x.clone()).collect();
+        let inputs: Vec<ServiceInput> = batch.iter().map(|(_, x)| x.clone()).collect();
         let results = if inputs.is_empty() {
             Ok(vec![])
         } else {
@@ -287,11 +230,12 @@ impl ServiceProxy {
                 .await
         };
         report.render = t.elapsed();
+        let store = &mut self.table.store;
         match results {
             Ok(results) => {
                 for ((object, (svc, _)), r) in batch.iter().zip(results) {
                     let change = match r {
-                        Ok(fragment) => match self.store.rendered(fragment) {
+                        Ok(fragment) => match store.rendered(fragment) {
                             Ok(c) => {
                                 self.errors.remove(object);
                                 c
@@ -301,14 +245,14 @@ impl ServiceProxy {
                                 self.errors.insert(object.clone(), e.clone());
                                 // The earlier Service keeps the contested
                                 // address; this one installs nothing.
-                                self.store.failed(object, e, FailurePolicy::FailOpen, None)
+                                store.failed(object, e, FailurePolicy::FailOpen, None)
                             }
                         },
                         Err(e) => {
                             let e = e.to_string();
                             self.errors.insert(object.clone(), e.clone());
                             let closed = Self::closed(object, svc, &binding);
-                            self.store.failed(object, e, policy, Some(closed))
+                            store.failed(object, e, policy, Some(closed))
                         }
                     };
                     changes.push(change);
@@ -319,72 +263,33 @@ impl ServiceProxy {
                 // batch stays as it is, and is tried again next time.
                 for (object, x) in batch {
                     self.errors.insert(object.clone(), e.to_string());
-                    self.inputs.remove(&object);
-                    self.dirty.insert(object, Some(x));
+                    self.tracker.retry(object, x);
                 }
                 // A rebuild keeps the old module's table until the new one
                 // renders.
-                if let Some((old, needs_full)) = previous.take() {
-                    self.store = old;
-                    self.needs_full = needs_full;
-                    self.rebuild = true;
+                if let Some(k) = kept.take() {
+                    self.table.restore(k);
                     changes.clear();
                 }
             }
         }
         let t = Instant::now();
-        let table = skeleton::for_role(Role::ServiceProxy);
-        if !self.needs_full {
-            let script = nft::delta_script(table.table, &changes);
-            if !script.is_empty() {
-                let text = script.text();
-                report.script_bytes = text.len();
-                if let Err(e) = self.runner.run(&text) {
-                    tracing::warn!(error = %e, "the proxy's delta was refused; isolating it");
-                    self.isolate(&changes, &e);
-                    self.needs_full = true;
-                }
-            }
+        let applier = NftApplier(self.runner.clone());
+        let runner = self.runner.clone();
+        let errors = &mut self.errors;
+        let applied = self.table.apply(&applier, &changes, |store, first_error| {
+            tracing::warn!(error = %first_error, "the proxy's delta was refused; isolating it");
+            isolate(&*runner, store, errors, &changes, first_error);
+        });
+        report.full = applied.full;
+        report.script_bytes = applied.script_bytes;
+        if let Some(e) = &applied.error {
+            tracing::error!(error = %e, "the proxy table could not be loaded");
         }
-        if self.needs_full {
-            report.full = true;
-            let (bytes, result) = nft::load_store(&*self.runner, table, &self.store);
-            report.script_bytes = bytes;
-            match result {
-                Ok(()) => self.needs_full = false,
-                Err(e) => {
-                    tracing::error!(error = %e, "the proxy table could not be loaded");
-                    report.error = Some(e);
-                }
-            }
-        }
+        report.error = applied.error;
         report.apply = t.elapsed();
         report.conntrack_deleted = self.clear_conntrack(&changes);
         report
-    }
-
-    /// A delta failed: apply the changes one by one, withdraw the Services
-    /// whose change the kernel refuses, and say why. A full sync follows.
-    fn isolate(&mut self, changes: &[Change], first_error: &str) {
-        let table = skeleton::for_role(Role::ServiceProxy).table;
-        for c in changes {
-            let text = nft::delta_script(table, std::slice::from_ref(c)).text();
-            if text.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.runner.run(&text) {
-                let e = if e.is_empty() {
-                    first_error.to_string()
-                } else {
-                    e
-                };
-                self.errors.insert(
-                    c.object.clone(),
-                    format!("nftables refused the Service's rules: {e}"),
-                );
-                self.store.remove(&c.object);
-            }
-        }
     }
 
     fn clear_conntrack(&self, changes: &[Change]) -> usize {
@@ -398,5 +303,35 @@ impl ServiceProxy {
             }
         }
         n
+    }
+}
+
+/// A delta failed: apply the changes one by one, withdraw the Services
+/// whose change the kernel refuses, and say why. A full load follows.
+fn isolate(
+    runner: &dyn NftRunner,
+    store: &mut PlanStore,
+    errors: &mut BTreeMap<ObjectRef, String>,
+    changes: &[Change],
+    first_error: &str,
+) {
+    let table = skeleton::for_role(Role::ServiceProxy).table;
+    for c in changes {
+        let text = nft::delta_script(table, std::slice::from_ref(c)).text();
+        if text.is_empty() {
+            continue;
+        }
+        if let Err(e) = runner.run(&text) {
+            let e = if e.is_empty() {
+                first_error.to_string()
+            } else {
+                e
+            };
+            errors.insert(
+                c.object.clone(),
+                format!("nftables refused the Service's rules: {e}"),
+            );
+            store.remove(&c.object);
+        }
     }
 }

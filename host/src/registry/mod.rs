@@ -183,6 +183,20 @@ impl Active {
             self.grants.clone(),
         )
     }
+
+    /// Run one call and record it in this version's statistics: its
+    /// latency, and why it failed when `failure` says it did. Every call a
+    /// role makes goes through here, so status counts them all alike.
+    pub fn timed<T>(
+        &self,
+        call: impl FnOnce() -> T,
+        failure: impl FnOnce(&T) -> Option<String>,
+    ) -> T {
+        let t = Instant::now();
+        let r = call();
+        self.stats.record(t.elapsed(), failure(&r).as_deref());
+        r
+    }
 }
 
 /// The condition a binding reports (Ready, or Degraded with a reason).
@@ -606,6 +620,15 @@ impl Registry {
         Ok(a)
     }
 
+    /// A session on `active` for the CNI server. It is already on a
+    /// blocking thread (a container runtime waits on each verb) and takes no
+    /// call permit: a pod's network must not queue behind Service renders
+    /// and scheduler picks. Every other caller goes through
+    /// [`Self::with_session`].
+    pub fn cni_session(&self, active: &Active) -> Session {
+        active.session(&self.runtime, self.services.clone())
+    }
+
     /// Run `f` with a session of the version serving `name`, on a blocking
     /// thread, once a call permit is free.
     pub async fn with_session<R: Send + 'static>(
@@ -690,32 +713,37 @@ impl Registry {
         backends: Vec<sched::Backend>,
     ) -> Result<u32, CallError> {
         self.with_session(name, Role::Scheduler, move |active, s| {
-            let t = Instant::now();
-            let r = match s.pick(&connection, &backends, &active.config) {
-                Ok(Ok(i)) if (i as usize) < backends.len() => Ok(i),
-                Ok(Ok(i)) => Err(invalid(
-                    s,
-                    "pick",
-                    format!("index {i} is out of range for {} backends", backends.len()),
-                    t,
-                )),
-                Ok(Err(e)) => Err(module_error(
-                    s,
-                    "pick",
-                    Some(format!("Service {}", connection.service)),
-                    e,
-                    t,
-                )),
-                Err(e) => Err(e),
-            };
-            active.stats.record(
-                t.elapsed(),
-                r.as_ref().err().map(|e| e.to_string()).as_deref(),
-            );
-            r
+            active.timed(
+                || {
+                    let t = Instant::now();
+                    match s.pick(&connection, &backends, &active.config) {
+                        Ok(Ok(i)) if (i as usize) < backends.len() => Ok(i),
+                        Ok(Ok(i)) => Err(invalid(
+                            s,
+                            "pick",
+                            format!("index {i} is out of range for {} backends", backends.len()),
+                            t,
+                        )),
+                        Ok(Err(e)) => Err(module_error(
+                            s,
+                            "pick",
+                            Some(format!("Service {}", connection.service)),
+                            e,
+                            t,
+                        )),
+                        Err(e) => Err(e),
+                    }
+                },
+                failed,
+            )
         })
         .await?
     }
+}
+
+/// Why a call counts as failed in the statistics.
+fn failed<T>(r: &Result<T, CallError>) -> Option<String> {
+    r.as_ref().err().map(ToString::to_string)
 }
 
 fn module_error(
@@ -791,32 +819,32 @@ fn render_with(
     function: &str,
     call: impl FnOnce(&mut Session) -> Result<Result<wit::PlanFragment, wit::ModuleError>, CallError>,
 ) -> Result<Fragment, CallError> {
-    let t = Instant::now();
-    let r = match call(s) {
-        Ok(Ok(frag)) => match plan::validate(
-            frag,
-            active.spec.role,
-            &active.grants,
-            &active.spec.plan_limits,
-        ) {
-            Ok(items) => Ok(Fragment {
-                object: object.clone(),
-                module: active.spec.name.clone(),
-                digest: active.digest().to_string(),
-                items,
-            }),
-            Err(e) => {
-                let mut err = invalid(s, function, e.to_string(), t);
-                err.object = Some(object.to_string());
-                Err(err)
+    active.timed(
+        || {
+            let t = Instant::now();
+            match call(s) {
+                Ok(Ok(frag)) => match plan::validate(
+                    frag,
+                    active.spec.role,
+                    &active.grants,
+                    &active.spec.plan_limits,
+                ) {
+                    Ok(items) => Ok(Fragment {
+                        object: object.clone(),
+                        module: active.spec.name.clone(),
+                        digest: active.digest().to_string(),
+                        items,
+                    }),
+                    Err(e) => {
+                        let mut err = invalid(s, function, e.to_string(), t);
+                        err.object = Some(object.to_string());
+                        Err(err)
+                    }
+                },
+                Ok(Err(e)) => Err(module_error(s, function, Some(object.to_string()), e, t)),
+                Err(e) => Err(e),
             }
         },
-        Ok(Err(e)) => Err(module_error(s, function, Some(object.to_string()), e, t)),
-        Err(e) => Err(e),
-    };
-    active.stats.record(
-        t.elapsed(),
-        r.as_ref().err().map(|e| e.to_string()).as_deref(),
-    );
-    r
+        failed,
+    )
 }

@@ -144,6 +144,14 @@ impl Manifests {
     }
 }
 
+/// Every `.yaml`, `.yml` and `.json` file under `dir`, in name order.
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v = vec![];
+    collect(dir, &mut v)?;
+    v.sort();
+    Ok(v)
+}
+
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();

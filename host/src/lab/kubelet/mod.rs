@@ -16,15 +16,14 @@ pub mod pods;
 pub mod status;
 
 use super::controlplane::kubelet_kubeconfig;
-use super::layout::{KUBELET_PORT, Lab, kube_client};
+use super::layout::{KUBELET_PORT, Lab, kube_client, watch_store};
 use crate::datapath::probes::ProbeTable;
 use anyhow::Context;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use parking_lot::Mutex;
 use pods::{PodEvent, Pods};
 use serde_json::{Value, json};
@@ -72,15 +71,7 @@ async fn serve(view: Arc<Mutex<View>>, table: Arc<ProbeTable>) -> anyhow::Result
                         .entries()
                         .into_iter()
                         .map(|((address, port), h)| {
-                            json!({
-                                "address": address,
-                                "port": port,
-                                "ready": h.ready,
-                                "lastResult": h.last_result,
-                                "lastLatencyUs": h.last_latency.map(|d| d.as_micros() as u64),
-                                "consecutiveFailures": h.consecutive_failures,
-                                "consecutiveSuccesses": h.consecutive_successes,
-                            })
+                            crate::datapath::probes::entry_json(address, port, &h)
                         })
                         .collect();
                     axum::Json(json!({ "endpoints": entries }))
@@ -131,24 +122,9 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let server = tokio::spawn(serve(view.clone(), table.clone()));
 
     // The pods bound to this node, as the kubelet watches them.
-    let (reader, writer) = reflector::store::<Pod>();
     let api: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let w = wake.clone();
-    tokio::spawn(async move {
-        let stream = watcher(api, config)
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
-        futures::pin_mut!(stream);
-        while let Some(e) = stream.next().await {
-            if let Err(e) = e {
-                tracing::warn!(error = %e, "watching this node's pods");
-            }
-            w.notify_one();
-        }
-    });
+    let (reader, wake) = watch_store(api, config, "this node's pods");
     reader
         .wait_until_ready()
         .await

@@ -1,8 +1,8 @@
 //! Kubernetes Services and EndpointSlices as the contract's projections.
 
 use crate::contract::bindings::imports::switchyard::plugin::types as wit;
+use crate::contract::{wit_cidr, wit_ip};
 use crate::model::crd::ClusterNetworkSpec;
-use crate::runtime::{wit_cidr, wit_ip};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -44,15 +44,6 @@ pub fn weights(svc: &Service) -> Result<BTreeMap<String, u32>, String> {
         out.insert(pod.trim().to_string(), w);
     }
     Ok(out)
-}
-
-fn protocol(p: Option<&str>) -> Result<wit::Protocol, String> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Ok(wit::Protocol::Tcp),
-        "UDP" => Ok(wit::Protocol::Udp),
-        "SCTP" => Ok(wit::Protocol::Sctp),
-        other => Err(format!("unknown protocol {other:?}")),
-    }
 }
 
 fn labels(m: &Option<BTreeMap<String, String>>) -> Vec<(String, String)> {
@@ -127,7 +118,7 @@ pub fn service(svc: &Service) -> Result<wit::Service, String> {
         .map(|p| {
             Ok(wit::ServicePort {
                 name: p.name.clone().unwrap_or_default(),
-                protocol: protocol(p.protocol.as_deref())?,
+                protocol: crate::k8s::protocol(p.protocol.as_deref())?,
                 port: u16::try_from(p.port)
                     .map_err(|_| format!("port {} is out of range", p.port))?,
                 target_port: match &p.target_port {
@@ -204,7 +195,7 @@ pub fn endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec
                 Some(wit::EndpointPort {
                     name: p.name.clone().unwrap_or_default(),
                     port: u16::try_from(p.port?).ok()?,
-                    protocol: protocol(p.protocol.as_deref()).ok()?,
+                    protocol: crate::k8s::protocol(p.protocol.as_deref()).ok()?,
                 })
             })
             .collect();

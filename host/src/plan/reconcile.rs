@@ -1,0 +1,294 @@
+//! One change tracker and one table for every role that renders per object
+//! (the Service proxy, the policy table; IPVS will be the third), as
+//! kube-proxy's change trackers serve every proxier.
+//!
+//! - A [`Tracker`] is fed each object's input (previous, current) and keeps
+//!   what changed: an input equal to the last one is no change at all
+//!   (compared by value, not by a printed form). What is marked renders in
+//!   the next sync; an object whose render could not be made at all is
+//!   marked again.
+//! - A [`Table`] owns the role's [`PlanStore`] and applies a sync's changes
+//!   to the kernel as one delta, or the whole table the first time and after
+//!   a failure. When the role's module changes (an operator swaps it), every
+//!   object renders again into a fresh store while the old one is kept, to
+//!   go back to if the new module cannot be called at all.
+//!
+//! The kernel is reached through an [`Applier`] (the datapath implements it
+//! for nftables): the plan holds no side effect.
+
+use super::{Change, PlanStore, skeleton::Skeleton};
+use crate::model::ObjectRef;
+use std::collections::{BTreeMap, HashMap};
+
+/// What changed since the last sync, per object, by value.
+#[derive(Debug)]
+pub struct Tracker<I> {
+    /// Each object's input as last marked.
+    inputs: HashMap<ObjectRef, I>,
+    /// Objects to render (`None`: gone).
+    dirty: BTreeMap<ObjectRef, Option<I>>,
+}
+
+impl<I> Default for Tracker<I> {
+    fn default() -> Self {
+        Tracker {
+            inputs: HashMap::new(),
+            dirty: BTreeMap::new(),
+        }
+    }
+}
+
+impl<I: Clone + PartialEq> Tracker<I> {
+    /// Every object there is now, each with its input: the ones whose input
+    /// differs from the last are marked, and the ones known before and not
+    /// given (unless `keep` holds for them) are marked gone.
+    pub fn set_all(
+        &mut self,
+        all: impl IntoIterator<Item = (ObjectRef, I)>,
+        keep: impl Fn(&ObjectRef) -> bool,
+    ) {
+        let mut seen = std::collections::HashSet::new();
+        for (object, input) in all {
+            seen.insert(object.clone());
+            self.set(object, input);
+        }
+        let gone: Vec<ObjectRef> = self
+            .inputs
+            .keys()
+            .filter(|r| !seen.contains(*r) && !keep(r))
+            .cloned()
+            .collect();
+        for r in gone {
+            self.inputs.remove(&r);
+            self.dirty.insert(r, None);
+        }
+    }
+
+    /// One object's input now: marked if it changed.
+    pub fn set(&mut self, object: ObjectRef, input: I) {
+        if self.inputs.get(&object) != Some(&input) {
+            self.inputs.insert(object.clone(), input.clone());
+            self.dirty.insert(object, Some(input));
+        }
+    }
+
+    /// One object changed (or is gone, with `None`), whatever it was.
+    pub fn update(&mut self, object: ObjectRef, input: Option<I>) {
+        match &input {
+            Some(i) => {
+                self.inputs.insert(object.clone(), i.clone());
+            }
+            None => {
+                self.inputs.remove(&object);
+            }
+        }
+        self.dirty.insert(object, input);
+    }
+
+    /// Mark `object` gone (an installed fragment no input owns any more).
+    pub fn gone(&mut self, object: ObjectRef) {
+        self.inputs.remove(&object);
+        self.dirty.insert(object, None);
+    }
+
+    /// Everything renders again with the next inputs (the context they are
+    /// rendered in changed).
+    pub fn forget_all(&mut self) {
+        self.inputs.clear();
+    }
+
+    /// Everything renders again, and what was marked so far is dropped (the
+    /// module changed: the next `set_all` marks every object).
+    pub fn reset(&mut self) {
+        self.inputs.clear();
+        self.dirty.clear();
+    }
+
+    /// What to render now.
+    pub fn take(&mut self) -> BTreeMap<ObjectRef, Option<I>> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// `object` could not be rendered at all (the module could not be
+    /// called): it renders in the next sync, whatever its input then.
+    pub fn retry(&mut self, object: ObjectRef, input: I) {
+        self.inputs.remove(&object);
+        self.dirty.insert(object, Some(input));
+    }
+
+    /// Put `object` back as it was taken, to render later (its module is
+    /// not there yet).
+    pub fn defer(&mut self, object: ObjectRef, input: Option<I>) {
+        self.dirty.insert(object, input);
+    }
+
+    pub fn pending(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Whether `object` has an input.
+    pub fn knows(&self, object: &ObjectRef) -> bool {
+        self.inputs.contains_key(object)
+    }
+}
+
+/// How a role's changes reach the kernel.
+pub trait Applier: Send + Sync {
+    /// Apply `changes` to `table` as one transaction; the size of what was
+    /// sent. An empty delta sends nothing.
+    fn delta(&self, table: &Skeleton, changes: &[Change]) -> Result<usize, String>;
+    /// Replace the whole table with what `store` holds, atomically; the size
+    /// of what was sent.
+    fn full(&self, table: &Skeleton, store: &PlanStore) -> (usize, Result<(), String>);
+}
+
+/// What applying a sync's changes did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Whether the whole table was replaced.
+    pub full: bool,
+    pub script_bytes: usize,
+    /// The delta the kernel refused (a full load followed).
+    pub refused: Option<String>,
+    /// Why the table could not be loaded, if it could not.
+    pub error: Option<String>,
+}
+
+/// The store kept while a new module renders everything again.
+#[derive(Debug)]
+pub struct Kept {
+    store: PlanStore,
+    needs_full: bool,
+}
+
+/// A role's table: its plan store and what the kernel holds of it.
+#[derive(Debug)]
+pub struct Table {
+    skeleton: &'static Skeleton,
+    pub store: PlanStore,
+    /// Set until a full load succeeded.
+    needs_full: bool,
+    /// The module version and config the store was rendered with.
+    rendered_by: Option<String>,
+    /// Set when the module changed: the next sync renders every object into
+    /// a fresh store and replaces the table.
+    rebuild: bool,
+}
+
+impl Table {
+    pub fn new(skeleton: &'static Skeleton) -> Table {
+        Table {
+            skeleton,
+            store: PlanStore::new(),
+            needs_full: true,
+            rendered_by: None,
+            rebuild: false,
+        }
+    }
+
+    pub fn skeleton(&self) -> &'static Skeleton {
+        self.skeleton
+    }
+
+    /// The role's module is now `identity` (its digest and config): whether
+    /// it differs from the one the store was rendered with (then the next
+    /// sync rebuilds).
+    pub fn module_is(&mut self, identity: Option<String>) -> bool {
+        let changed =
+            identity.is_some() && self.rendered_by.is_some() && identity != self.rendered_by;
+        if changed {
+            self.rebuild = true;
+        }
+        changed
+    }
+
+    /// At the start of a sync by the module `identity`: a rebuild begins
+    /// (every object is in this sync) with a fresh store, the old one kept.
+    pub fn begin(&mut self, identity: String) -> Option<Kept> {
+        self.rendered_by = Some(identity);
+        if !self.rebuild {
+            return None;
+        }
+        self.rebuild = false;
+        let kept = Kept {
+            store: std::mem::replace(&mut self.store, PlanStore::new()),
+            needs_full: self.needs_full,
+        };
+        self.needs_full = true;
+        Some(kept)
+    }
+
+    /// The new module could not be called at all: back to the old store,
+    /// and the rebuild is tried again next time.
+    pub fn restore(&mut self, kept: Kept) {
+        self.store = kept.store;
+        self.needs_full = kept.needs_full;
+        self.rebuild = true;
+    }
+
+    /// Whether a sync has something to do even without changes.
+    pub fn needs_full(&self) -> bool {
+        self.needs_full
+    }
+
+    /// Apply `changes`: a delta, or the whole table when one is due. A
+    /// refused delta is said, and the whole table is loaded instead (after
+    /// `on_refused`, which may take the refused objects out of the store).
+    pub fn apply(
+        &mut self,
+        applier: &dyn Applier,
+        changes: &[Change],
+        on_refused: impl FnOnce(&mut PlanStore, &str),
+    ) -> Applied {
+        let mut out = Applied::default();
+        if !self.needs_full {
+            match applier.delta(self.skeleton, changes) {
+                Ok(bytes) => out.script_bytes = bytes,
+                Err(e) => {
+                    on_refused(&mut self.store, &e);
+                    out.refused = Some(e);
+                    self.needs_full = true;
+                }
+            }
+        }
+        if self.needs_full {
+            out.full = true;
+            let (bytes, result) = applier.full(self.skeleton, &self.store);
+            out.script_bytes = bytes;
+            match result {
+                Ok(()) => self.needs_full = false,
+                Err(e) => out.error = Some(e),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ObjectKind;
+
+    fn r(n: &str) -> ObjectRef {
+        ObjectRef::new(ObjectKind::Service, "x", n)
+    }
+
+    #[test]
+    fn changes_by_value_and_gone() {
+        let mut t: Tracker<u32> = Tracker::default();
+        t.set_all([(r("a"), 1), (r("b"), 2)], |_| false);
+        assert_eq!(t.take().len(), 2);
+        // The same inputs: nothing to do.
+        t.set_all([(r("a"), 1), (r("b"), 2)], |_| false);
+        assert!(!t.pending());
+        // One changed, one gone, one kept although not given.
+        t.set_all([(r("a"), 3)], |o| o == &r("c"));
+        let d = t.take();
+        assert_eq!(d.get(&r("a")), Some(&Some(3)));
+        assert_eq!(d.get(&r("b")), Some(&None));
+        // A failed render is tried again even with the same input.
+        t.retry(r("a"), 3);
+        t.set_all([(r("a"), 3)], |_| false);
+        assert_eq!(t.take().get(&r("a")), Some(&Some(3)));
+    }
+}
