@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use switchyard::contract::bindings::imports::switchyard::plugin::cni_types::CniRequest;
 use switchyard::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
 use switchyard::plan::PlanStore;
+use switchyard::registry::source::ModuleSource;
 use switchyard::runtime::{
     Attachment, CallErrorKind, CniVerb, Effect, HostServices, Limits, LoadError, Runtime,
     RuntimeConfig,
@@ -51,6 +52,9 @@ const CASES: &[(&str, &str, &str)] = &[
     ("huge-plan", "memory", "memory limit of 64 MiB exceeded"),
     ("wide-plan", "output", "more than 16 MiB of data"),
     ("huge-string", "output", "more than 16 MiB of data"),
+    // Within the output cap, the message is cut to 4 KiB before it can
+    // reach status, the API or the node status file.
+    ("big-error", "module", "of 15728640 bytes cut)"),
     ("long-name", "invalid", "chain name must be 1 to 64 bytes"),
     (
         "log-flood",
@@ -58,8 +62,17 @@ const CASES: &[(&str, &str, &str)] = &[
         "logged more than 1 MiB or 10000 records",
     ),
     ("stdout-flood", "deadline", "deadline of 100 ms exceeded"),
+    // A guest that waits runs no code for the epoch to interrupt: its
+    // timers end at the call's deadline.
+    ("sleep", "deadline", "deadline of 100 ms exceeded"),
+    ("sleep-loop", "deadline", "deadline of 100 ms exceeded"),
     ("host-call-loop", "deadline", "deadline of 100 ms exceeded"),
     ("grant-violation", "invalid", "not granted routes"),
+    (
+        "ipvs-plan",
+        "invalid",
+        "IPVS services are not applied by this agent's datapath yet",
+    ),
     (
         "dangling-reference",
         "invalid",
@@ -192,6 +205,46 @@ async fn a_huge_plan_that_fits_in_memory_still_hits_the_output_cap() {
         "{err}"
     );
     assert!(rss().saturating_sub(before) < 600 << 20);
+}
+
+/// A module that fails every call is loaded but does not serve: after
+/// `FAILING_CALLS` failures in a row its condition is Degraded, and one
+/// good call makes it Ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_failing_every_call_is_reported_degraded() {
+    let _serial = serial();
+    let env = env();
+    let reg = &env.registry;
+    reg.apply_async(builtin("failing", "hostile-proxy", Role::ServiceProxy))
+        .await
+        .unwrap();
+    let condition = || {
+        reg.status()
+            .into_iter()
+            .find(|s| s.name == "failing")
+            .unwrap()
+            .condition
+    };
+    for i in 0..switchyard::registry::FAILING_CALLS {
+        assert!(condition().ready, "after {i} failures");
+        let svc = service("web", 7, &[(BEHAVIOUR, "panic")]);
+        reg.render_service("failing", ctx(), svc, endpoints(1))
+            .await
+            .unwrap_err();
+    }
+    let c = condition();
+    assert!(!c.ready, "{c:?}");
+    assert_eq!(c.reason, "CallsFailing");
+    assert!(
+        c.message.contains("the last 10 calls failed") && c.message.contains("panics on purpose"),
+        "{}",
+        c.message
+    );
+    reg.render_service("failing", ctx(), service("web", 7, &[]), endpoints(1))
+        .await
+        .unwrap();
+    let c = condition();
+    assert!(c.ready && c.reason == "Loaded", "{c:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +495,44 @@ fn modules_of_the_wrong_shape_are_refused_at_load() {
     assert!(
         e.to_string()
             .contains("which the service-proxy role does not provide"),
+        "{e}"
+    );
+
+    // A module built for a newer contract: the same module with its probes
+    // import renamed to version 0.2.0 (a same-length edit of the binary).
+    let (_, path) = switchyard::modules::ALL
+        .iter()
+        .find(|(n, _)| *n == "hostile-proxy")
+        .unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let (from, to) = (
+        b"switchyard:plugin/probes@0.1.0",
+        b"switchyard:plugin/probes@0.2.0",
+    );
+    let mut newer = vec![];
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(from) {
+            newer.extend_from_slice(to);
+            i += from.len();
+        } else {
+            newer.push(bytes[i]);
+            i += 1;
+        }
+    }
+    assert!(newer != bytes, "the module imports the probes interface");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("newer.wasm");
+    std::fs::write(&file, &newer).unwrap();
+    let mut spec = builtin("newer", "-", Role::ServiceProxy);
+    spec.source = ModuleSource::File(file);
+    let e = reg.apply(spec).unwrap_err();
+    assert!(matches!(e, LoadError::ContractVersion { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("was built for contract version 0.2.0")
+            && e.to_string()
+                .contains("this agent speaks switchyard:plugin@0.1.0"),
         "{e}"
     );
 

@@ -21,7 +21,7 @@ use crate::agent::status::objects::{
     ObjectResult, ObjectStatusWriter, StatusObject, summarize_objects,
 };
 use crate::agent::status::{StatusWriter, summarize_all};
-use crate::agent::{Agent, AgentOptions, sticky_pods};
+use crate::agent::{Agent, AgentOptions};
 use crate::model::snapshot::{Manifests, node_labels};
 use crate::model::{ObjectKind, ObjectRef};
 use crate::source::kube::{self, Snapshot};
@@ -362,20 +362,14 @@ async fn follow_with(
     let no_statuses = BTreeMap::new();
     // Readiness from Pod status, for modules (the `probes` host interface).
     let mut readiness = crate::probe::status::StatusReader::default();
+    // Modules load off this loop: it keeps serving with what is loaded
+    // while a new module compiles, and renders again once it is in.
+    let (to_loader, from_loop) = watch::channel(current.clone());
+    let mut loaded = crate::agent::spawn_module_loader(agent.clone(), from_loop);
     loop {
         if dirty {
             dirty = false;
-            let a = agent.clone();
-            let m = current.clone();
-            let problems = tokio::task::spawn_blocking(move || {
-                a.sticky.replace(sticky_pods(&m));
-                a.sync_modules(&m)
-            })
-            .await
-            .unwrap_or_else(|e| vec![format!("syncing modules: {e}")]);
-            for p in problems {
-                tracing::warn!("{p}");
-            }
+            let _ = to_loader.send(current.clone());
             readiness.sync(
                 &agent.probes,
                 current.pods.iter().filter_map(|p| p.status.as_ref()),
@@ -417,6 +411,13 @@ async fn follow_with(
                     return;
                 }
                 current = rx.borrow_and_update().manifests.clone();
+                dirty = true;
+            }
+            r = loaded.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                // A module came, went or was swapped: render with it.
                 dirty = true;
             }
             _ = tick.tick() => {

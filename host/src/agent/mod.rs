@@ -104,7 +104,9 @@ pub fn sticky_pods(manifests: &Manifests) -> HashMap<(String, String), String> {
 /// highest-priority NetworkModule of role cni that selects the node (else the
 /// built-in cni-bridge, with the MTU the cluster network needs), then every
 /// other NetworkModule that selects the node, and the built-in
-/// proxy-nftables when none of them proxies Services.
+/// proxy-nftables and policy-kubernetes when none of them serves the role
+/// for every object (a referenced-only module serves only the objects that
+/// name it).
 pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSpec>, String> {
     let labels = crate::model::snapshot::node_labels(manifests.node(node));
     let mut mine: Vec<_> = manifests
@@ -158,7 +160,12 @@ pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSp
         .cluster_network()
         .map(|n| n.proxy.mode.as_str())
         .unwrap_or("nftables");
-    if mode == "nftables" && !specs.iter().any(|s| s.role == Role::ServiceProxy) {
+    // A referenced-only module serves only the objects that name it, so it
+    // does not take the role over: the built-in one stays for the rest.
+    let serves_all = |specs: &[ModuleSpec], role: Role| {
+        specs.iter().any(|s| s.role == role && !s.referenced_only)
+    };
+    if mode == "nftables" && !serves_all(&specs, Role::ServiceProxy) {
         specs.push(ModuleSpec::new(
             DEFAULT_PROXY_BINDING,
             Role::ServiceProxy,
@@ -166,8 +173,8 @@ pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSp
         ));
     }
     // NetworkPolicy is enforced by the built-in module unless a
-    // NetworkModule serves the role here.
-    if !specs.iter().any(|s| s.role == Role::NetworkPolicy) {
+    // NetworkModule serves the role here for every policy.
+    if !serves_all(&specs, Role::NetworkPolicy) {
         specs.push(ModuleSpec::new(
             DEFAULT_POLICY_BINDING,
             Role::NetworkPolicy,
@@ -175,6 +182,57 @@ pub fn desired_modules(manifests: &Manifests, node: &str) -> Result<Vec<ModuleSp
         ));
     }
     Ok(specs)
+}
+
+/// What a module sync did.
+#[derive(Debug, Default)]
+pub struct ModuleSync {
+    /// A module was loaded, swapped, failed to load or removed.
+    pub changed: bool,
+    pub problems: Vec<String>,
+}
+
+/// The agent's module loader, off the control loop: it makes the loaded
+/// modules what the latest snapshot asks for, one sync at a time, and tells
+/// the loop when something changed so that the datapath renders with the
+/// new versions. Fetching, compiling and `describe()` of a new module never
+/// hold the loop up: it keeps serving with what is loaded meanwhile, and a
+/// burst of snapshots during a long compile ends in one more sync with the
+/// latest.
+pub fn spawn_module_loader(
+    agent: Arc<Agent>,
+    mut manifests: tokio::sync::watch::Receiver<Arc<Manifests>>,
+) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        let mut loads = 0u64;
+        loop {
+            let m = manifests.borrow_and_update().clone();
+            let a = agent.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                a.sticky.replace(sticky_pods(&m));
+                a.sync_modules(&m)
+            })
+            .await
+            .unwrap_or_else(|e| ModuleSync {
+                changed: false,
+                problems: vec![format!("syncing modules: {e}")],
+            });
+            for p in &r.problems {
+                tracing::warn!("{p}");
+            }
+            if r.changed {
+                loads += 1;
+                if tx.send(loads).is_err() {
+                    return;
+                }
+            }
+            if manifests.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// The VXLAN overhead the overlay takes from the uplink MTU (IPv4 outer
@@ -297,12 +355,19 @@ impl Agent {
     /// Make the loaded modules what `manifests` ask for: load new and
     /// changed NetworkModules (a hot swap: calls in flight finish on the old
     /// version), drop removed ones, and move CNI to another binding if a
-    /// different NetworkModule now serves it. Returns the problems.
-    pub fn sync_modules(&self, manifests: &Manifests) -> Vec<String> {
+    /// different NetworkModule now serves it. Says whether anything changed,
+    /// and the problems.
+    pub fn sync_modules(&self, manifests: &Manifests) -> ModuleSync {
         let specs = match desired_modules(manifests, &self.options.node) {
             Ok(s) => s,
-            Err(e) => return vec![e],
+            Err(e) => {
+                return ModuleSync {
+                    changed: false,
+                    problems: vec![e],
+                };
+            }
         };
+        let mut changed = false;
         let mut problems = vec![];
         let mut applied = self.applied.lock();
         for spec in &specs {
@@ -315,6 +380,7 @@ impl Agent {
                 problems.push(format!("NetworkModule {}: {e}", spec.name));
             }
             applied.insert(spec.name.clone(), spec.clone());
+            changed = true;
         }
         let cni = &specs[0].name;
         if self.cni.binding() != *cni {
@@ -329,8 +395,9 @@ impl Agent {
         for name in gone {
             self.registry.remove(&name);
             applied.remove(&name);
+            changed = true;
         }
-        problems
+        ModuleSync { changed, problems }
     }
 
     /// Serve until SIGTERM or SIGINT.
@@ -358,4 +425,49 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn modules_of(yaml: &str) -> Vec<(String, Role)> {
+        let mut m = Manifests::default();
+        m.add_text(Path::new("example.yaml"), yaml).unwrap();
+        desired_modules(&m, "node-1")
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.role))
+            .collect()
+    }
+
+    /// The unmodified example of a referenced-only policy module: applying
+    /// it must not turn NetworkPolicy off.
+    #[test]
+    fn a_referenced_only_module_leaves_the_role_to_the_built_in_one() {
+        let got = modules_of(include_str!(
+            "../../../crds/examples/wasm-egress-allowlist.yaml"
+        ));
+        assert!(
+            got.contains(&("egress-allowlist".into(), Role::NetworkPolicy)),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&(DEFAULT_POLICY_BINDING.into(), Role::NetworkPolicy)),
+            "NetworkPolicy lost its module: {got:?}"
+        );
+    }
+
+    /// A module that serves the role for every object replaces the built-in.
+    #[test]
+    fn a_module_for_every_object_replaces_the_built_in_one() {
+        let yaml = include_str!("../../../crds/examples/wasm-egress-allowlist.yaml")
+            .replace("referencedOnly: true", "referencedOnly: false");
+        let got = modules_of(&yaml);
+        assert!(
+            !got.iter().any(|(n, _)| n == DEFAULT_POLICY_BINDING),
+            "{got:?}"
+        );
+    }
 }

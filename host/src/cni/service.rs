@@ -126,8 +126,8 @@ fn call_err(e: &CallError) -> Error {
 fn module_err(e: cni_types::CniError) -> Error {
     Error {
         code: if e.code == 0 { code::INTERNAL } else { e.code },
-        msg: e.msg,
-        details: e.details,
+        msg: crate::util::clip(e.msg, crate::util::MAX_MODULE_TEXT),
+        details: crate::util::clip(e.details, crate::util::MAX_MODULE_TEXT),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod grants;
 pub mod reconcile;
+pub mod refusals;
 pub mod skeleton;
 pub mod store;
 pub mod validate;
@@ -26,4 +27,22 @@ pub struct Fragment {
     pub module: String,
     pub digest: String,
     pub items: Vec<PlanItem>,
+}
+
+/// The first item of `items` that no datapath of this agent applies, and
+/// what kind of item it is. The contract has IPVS services, routes and
+/// interface addresses, and validation checks them, but today only the
+/// nftables tables are applied: a plan holding the others is refused, not
+/// applied in part with the rest silently ignored.
+pub fn unapplied(items: &[PlanItem]) -> Option<(usize, &'static str)> {
+    use crate::contract::bindings::imports::switchyard::plugin::types::PlanBody;
+    items.iter().enumerate().find_map(|(i, item)| {
+        let what = match item.body {
+            PlanBody::IpvsService(_) => "IPVS services",
+            PlanBody::Route(_) => "routes",
+            PlanBody::InterfaceAddress(_) => "interface addresses",
+            _ => return None,
+        };
+        Some((i, what))
+    })
 }

@@ -204,14 +204,18 @@ impl Table {
 
     /// At the start of a sync by the module `identity`: a rebuild begins
     /// (every object is in this sync) with a fresh store, the old one kept.
+    /// The fresh store remembers the old one's last good fragments, so that
+    /// under KeepLastGood an object the new version fails to render keeps
+    /// its old plan.
     pub fn begin(&mut self, identity: String) -> Option<Kept> {
         self.rendered_by = Some(identity);
         if !self.rebuild {
             return None;
         }
         self.rebuild = false;
+        let fresh = PlanStore::remembering(&self.store);
         let kept = Kept {
-            store: std::mem::replace(&mut self.store, PlanStore::new()),
+            store: std::mem::replace(&mut self.store, fresh),
             needs_full: self.needs_full,
         };
         self.needs_full = true;
@@ -268,9 +272,47 @@ impl Table {
 mod tests {
     use super::*;
     use crate::model::ObjectKind;
+    use crate::plan::Fragment;
 
     fn r(n: &str) -> ObjectRef {
         ObjectRef::new(ObjectKind::Service, "x", n)
+    }
+
+    /// A hot swap renders every object again into a fresh store; an object
+    /// the new version fails under KeepLastGood keeps the old version's
+    /// plan, and one under FailOpen does not.
+    #[test]
+    fn a_swap_keeps_the_old_plan_of_an_object_the_new_version_fails() {
+        use crate::model::{FailurePolicy, Role};
+        let mut t = Table::new(crate::plan::skeleton::for_role(Role::ServiceProxy));
+        assert!(t.begin("v1".into()).is_none());
+        let good = |n: &str| Fragment {
+            object: r(n),
+            module: "m".into(),
+            digest: "v1".into(),
+            items: vec![],
+        };
+        t.store.rendered(good("a")).unwrap();
+        t.store.rendered(good("b")).unwrap();
+        assert!(t.module_is(Some("v2".into())));
+        let _kept = t.begin("v2".into()).expect("a rebuild");
+        t.store.failed(
+            &r("a"),
+            "v2 traps".into(),
+            FailurePolicy::KeepLastGood,
+            None,
+        );
+        t.store
+            .failed(&r("b"), "v2 traps".into(), FailurePolicy::FailOpen, None);
+        let a = t.store.entry(&r("a")).unwrap();
+        assert_eq!(
+            a.installed.as_deref(),
+            Some(&good("a")),
+            "the old plan stays"
+        );
+        assert_eq!(a.failure.as_ref().unwrap().error, "v2 traps");
+        assert_eq!(t.store.entry(&r("b")).unwrap().installed, None);
+        assert_eq!(t.store.installed().count(), 1);
     }
 
     #[test]

@@ -386,6 +386,28 @@ impl PlanStore {
         change
     }
 
+    /// A fresh store that remembers `from`'s last good fragments (and
+    /// installs nothing): when a new module version renders everything
+    /// again, an object it fails to render under KeepLastGood keeps the
+    /// plan the old version made for it, object by object, with the old
+    /// version's provenance.
+    pub fn remembering(from: &PlanStore) -> PlanStore {
+        let mut s = PlanStore::new();
+        for (object, e) in &from.entries {
+            if let Some(good) = &e.last_good {
+                s.entries.insert(
+                    object.clone(),
+                    Entry {
+                        installed: None,
+                        last_good: Some(good.clone()),
+                        failure: None,
+                    },
+                );
+            }
+        }
+        s
+    }
+
     /// The object is gone: withdraw its fragment.
     pub fn remove(&mut self, object: &ObjectRef) -> Change {
         let change = self.install(object, None);

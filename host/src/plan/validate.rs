@@ -244,6 +244,12 @@ fn value_fits(v: &NftValue, t: NftType, interval: bool) -> R {
         (NftValue::Family(_), NftType::Nfproto) => true,
         (NftValue::InterfaceName(n), NftType::Ifname) => {
             check_ifname(n)?;
+            // Linux allows them, but an nft string cannot hold them.
+            if n.contains(['"', '\\']) {
+                return Err(format!(
+                    "interface name {n:?} cannot be written in nftables (it holds a quote or a backslash)"
+                ));
+            }
             true
         }
         (NftValue::Number(_), NftType::Mark) => true,
@@ -748,7 +754,21 @@ impl Checker<'_> {
                     }
                 }
                 NftStatement::Log(p) | NftStatement::LogGroup((_, p)) => {
-                    printable(p, "log prefix", MAX_LOG_PREFIX)?
+                    printable(p, "log prefix", MAX_LOG_PREFIX)?;
+                    // nft reads `$name` in a string as a variable.
+                    if p.contains(['$', '\\']) {
+                        return Err(format!(
+                            "log prefix {p:?} holds '$' or '\\', which nftables does not take literally"
+                        ));
+                    }
+                }
+                NftStatement::Dnat(NftNat {
+                    target: NftNatTarget::Address((_, Some(port))),
+                    ..
+                }) if !r.matches.iter().any(|m| m.key == [NftField::MetaL4proto]) => {
+                    return Err(format!(
+                        "a DNAT to port {port} needs the transport protocol matched in the same rule (meta l4proto), or nftables refuses it"
+                    ));
                 }
                 NftStatement::Dnat(nat) => match &nat.target {
                     NftNatTarget::Address((a, _)) => {
@@ -921,6 +941,8 @@ pub fn validate(
     if role == Role::ServiceProxy {
         classes(&items).map_err(|(i, m)| at(i, &items[i], m))?;
     }
+    super::refusals::loops(&items).map_err(|(i, m)| at(i, &items[i], m))?;
+    super::refusals::overlaps(&items).map_err(|(i, m)| at(i, &items[i], m))?;
     Ok(items)
 }
 
@@ -1054,7 +1076,12 @@ mod tests {
 
     fn dnat(a: IpAddress, port: u16) -> NftRule {
         NftRule {
-            matches: vec![],
+            // A port mapping needs the transport protocol matched first.
+            matches: vec![NftMatch {
+                key: vec![NftField::MetaL4proto],
+                negate: false,
+                operand: NftOperand::Value(NftValue::Protocol(Protocol::Tcp)),
+            }],
             statements: vec![NftStatement::Dnat(NftNat {
                 family: IpFamily::Ipv4,
                 target: NftNatTarget::Address((a, Some(port))),
@@ -1072,6 +1099,50 @@ mod tests {
             ],
             value: Some(NftMapValue::Verdict(NftVerdict::Goto(to.into()))),
         })
+    }
+
+    #[test]
+    fn what_nftables_would_refuse_is_refused_here() {
+        // DNAT to a port without the protocol matched.
+        let mut r = dnat(v4(10, 244, 1, 2), 8080);
+        r.matches.clear();
+        let e = proxy(vec![item("c", chain("c", vec![r]))]).unwrap_err();
+        assert!(e.message.contains("needs the transport protocol"), "{e}");
+        // A log prefix nft reads as a variable.
+        let log = |p: &str| NftRule {
+            matches: vec![],
+            statements: vec![NftStatement::Log(p.into())],
+        };
+        assert!(proxy(vec![item("c", chain("c", vec![log("svc drop: ")]))]).is_ok());
+        let e = proxy(vec![item("c", chain("c", vec![log("$pwn")]))]).unwrap_err();
+        assert!(e.message.contains("does not take literally"), "{e}");
+        // A chain that jumps to itself.
+        let me = NftRule {
+            matches: vec![],
+            statements: vec![NftStatement::Verdict(NftVerdict::Jump("c".into()))],
+        };
+        let e = proxy(vec![item("c", chain("c", vec![me]))]).unwrap_err();
+        assert!(e.message.contains("chains loop: c -> c"), "{e}");
+    }
+
+    #[test]
+    fn an_interface_name_nft_cannot_quote_is_refused() {
+        let by_name = |n: &str| NftRule {
+            matches: vec![NftMatch {
+                key: vec![NftField::Iifname],
+                negate: false,
+                operand: NftOperand::Value(NftValue::InterfaceName(n.into())),
+            }],
+            statements: vec![NftStatement::Verdict(NftVerdict::Accept)],
+        };
+        assert!(proxy(vec![item("c", chain("c", vec![by_name("eth0")]))]).is_ok());
+        for bad in ["et\"h0", "et\\h0"] {
+            let e = proxy(vec![item("c", chain("c", vec![by_name(bad)]))]).unwrap_err();
+            assert!(
+                e.message.contains("cannot be written in nftables"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -258,6 +258,33 @@ pub struct ModuleStatus {
     pub stats: StatsSnapshot,
 }
 
+/// After this many calls in a row failed, a loaded module is reported
+/// Degraded (reason `CallsFailing`) until a call succeeds: loaded is not
+/// serving.
+pub const FAILING_CALLS: u64 = 10;
+
+/// The condition a binding reports, given its version's calls.
+fn failing(c: Condition, stats: &StatsSnapshot) -> Condition {
+    if !c.ready || stats.consecutive_errors < FAILING_CALLS {
+        return c;
+    }
+    let last = stats
+        .last_error
+        .as_ref()
+        .map(|e| e.message.as_str())
+        .unwrap_or_default();
+    Condition {
+        ready: false,
+        reason: "CallsFailing".into(),
+        message: format!(
+            "the last {} calls failed; the last: {last}",
+            stats.consecutive_errors
+        ),
+        since: stats.last_error.as_ref().map_or(c.since, |e| e.at),
+        ..c
+    }
+}
+
 fn load_reason(e: &LoadError) -> &'static str {
     match e {
         LoadError::NotAComponent { .. } => "NotAComponent",
@@ -265,6 +292,7 @@ fn load_reason(e: &LoadError) -> &'static str {
         LoadError::InvalidDigest { .. } => "InvalidDigest",
         LoadError::Fetch { .. } => "FetchFailed",
         LoadError::ForbiddenImport { .. } => "ForbiddenImport",
+        LoadError::ContractVersion { .. } => "ContractVersion",
         LoadError::WrongWorld { .. } => "WrongWorld",
         LoadError::Describe { .. } => "DescribeFailed",
         LoadError::RoleMismatch { .. } => "RoleMismatch",
@@ -584,15 +612,16 @@ impl Registry {
             .values()
             .map(|b| {
                 let a = b.active();
+                let stats = a.as_ref().map(|a| a.stats.snapshot()).unwrap_or_default();
                 ModuleStatus {
                     name: b.name.clone(),
                     role: a.as_ref().map(|a| a.spec.role),
-                    condition: b.condition(),
+                    condition: failing(b.condition(), &stats),
                     digest: a.as_ref().map(|a| a.digest().to_string()),
                     module: a.as_ref().map(|a| a.info.name.clone()),
                     version: a.as_ref().map(|a| a.info.version.clone()),
                     failure_policy: a.as_ref().map(|a| a.spec.failure_policy),
-                    stats: a.as_ref().map(|a| a.stats.snapshot()).unwrap_or_default(),
+                    stats,
                 }
             })
             .collect()
@@ -758,6 +787,7 @@ fn module_error(
         wit::ModuleError::InvalidConfig(m) => format!("invalid config: {m}"),
         wit::ModuleError::Internal(m) => m,
     };
+    let message = crate::util::clip(message, crate::util::MAX_MODULE_TEXT);
     CallError {
         module: s.module_name().to_string(),
         function: function.into(),
@@ -829,6 +859,20 @@ fn render_with(
                     &active.grants,
                     &active.spec.plan_limits,
                 ) {
+                    Ok(items) if plan::unapplied(&items).is_some() => {
+                        let (i, what) = plan::unapplied(&items).expect("checked");
+                        let mut err = invalid(
+                            s,
+                            function,
+                            format!(
+                                "item {i}: {what} are not applied by this agent's datapath yet; \
+                                 the plan is refused rather than applied in part"
+                            ),
+                            t,
+                        );
+                        err.object = Some(object.to_string());
+                        Err(err)
+                    }
                     Ok(items) => Ok(Fragment {
                         object: object.clone(),
                         module: active.spec.name.clone(),

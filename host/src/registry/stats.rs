@@ -17,6 +17,7 @@ pub struct CallStats {
 struct Inner {
     calls: u64,
     errors: u64,
+    consecutive_errors: u64,
     last_error: Option<LastError>,
     recent_us: VecDeque<u64>,
 }
@@ -35,6 +36,8 @@ pub struct LastError {
 pub struct StatsSnapshot {
     pub calls: u64,
     pub errors: u64,
+    /// Calls that failed since the last one that succeeded.
+    pub consecutive_errors: u64,
     pub last_error: Option<LastError>,
     pub latency_p50_us: Option<u64>,
     pub latency_p99_us: Option<u64>,
@@ -48,8 +51,12 @@ impl CallStats {
             s.recent_us.pop_front();
         }
         s.recent_us.push_back(elapsed.as_micros() as u64);
+        if error.is_none() {
+            s.consecutive_errors = 0;
+        }
         if let Some(e) = error {
             s.errors += 1;
+            s.consecutive_errors += 1;
             s.last_error = Some(LastError {
                 message: e.to_string(),
                 at: SystemTime::now()
@@ -68,6 +75,7 @@ impl CallStats {
         StatsSnapshot {
             calls: s.calls,
             errors: s.errors,
+            consecutive_errors: s.consecutive_errors,
             last_error: s.last_error.clone(),
             latency_p50_us: pct(50),
             latency_p99_us: pct(99),

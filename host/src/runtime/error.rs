@@ -40,6 +40,15 @@ pub enum LoadError {
         allowed: String,
     },
     #[error(
+        "module {module} was built for contract version {theirs} ({import}); this agent speaks switchyard:plugin@{ours}: build it with a switchyard-sdk of contract {ours}, or upgrade the agent"
+    )]
+    ContractVersion {
+        module: String,
+        import: String,
+        theirs: String,
+        ours: String,
+    },
+    #[error(
         "module {module} does not export the {role} world: {reason}; build it with the switchyard-sdk `{role}` feature"
     )]
     WrongWorld {

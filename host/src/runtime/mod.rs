@@ -13,6 +13,7 @@
 //! Calls are synchronous and CPU-bound: async callers run them on blocking
 //! threads (see `registry`), never on the executor.
 
+mod clock;
 pub mod error;
 mod host_impl;
 pub mod limits;
@@ -295,6 +296,7 @@ impl Runtime {
         for role in Role::ALL {
             let mut l: Linker<HostState> = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_sync(&mut l).map_err(engine_err)?;
+            clock::add_to_linker(&mut l).map_err(engine_err)?;
             match role {
                 Role::Cni => bindings::cni::Cni::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s),
                 Role::ServiceProxy => bindings::service_proxy::ServiceProxy::add_to_linker::<
@@ -412,6 +414,20 @@ impl Runtime {
                 .strip_prefix(PACKAGE)
                 .and_then(|i| i.strip_suffix(VERSION));
             let ok = import.starts_with("wasi:") || ours.is_some_and(|i| allowed.contains(&i));
+            // Our package at another version: say so, not "forbidden".
+            if !ok
+                && let Some((_, theirs)) = import
+                    .strip_prefix(PACKAGE)
+                    .and_then(|i| i.rsplit_once('@'))
+                && format!("@{theirs}") != VERSION
+            {
+                return Err(LoadError::ContractVersion {
+                    module: name.into(),
+                    import: import.clone(),
+                    theirs: theirs.into(),
+                    ours: VERSION.trim_start_matches('@').into(),
+                });
+            }
             if !ok {
                 return Err(LoadError::ForbiddenImport {
                     module: name.into(),
@@ -578,7 +594,10 @@ impl Session {
             .div_ceil(EPOCH_TICK.as_micros()) as u64;
         {
             let data = self.store.data_mut();
-            data.call = CallState::default();
+            data.call = CallState {
+                deadline: Some(start + self.limits.deadline),
+                ..CallState::default()
+            };
             data.attachment = self.attachment.clone();
         }
         self.store.set_epoch_deadline(ticks.max(1));
@@ -608,6 +627,19 @@ impl Session {
         }
         let instance = self.instance.as_ref().expect("instantiated above");
         match f(instance, &mut self.store) {
+            // It waited until its deadline and then finished before the
+            // epoch check caught it: over the deadline all the same.
+            Ok(_)
+                if self
+                    .store
+                    .data()
+                    .call
+                    .overran
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                let e = wasmtime::Error::new(Trap::Interrupt);
+                Err(self.fail(function, object, start, e, false))
+            }
             Ok(r) => Ok(r),
             Err(e) => Err(self.fail(function, object, start, e, false)),
         }

@@ -113,11 +113,18 @@ pub(crate) struct CallState {
     /// Set when a host function refused the call, so the trap it causes is
     /// reported with the host's reason.
     pub violation: Option<String>,
+    /// When the running call must end: every wait the guest asks for ends
+    /// by then (see `clock`).
+    pub deadline: Option<std::time::Instant>,
+    /// Set when the guest waited on a timer until the deadline.
+    pub overran: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct HostState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
+    /// The origin of the instants the guest's monotonic clock reads.
+    pub(super) clock_origin: std::time::Instant,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) limits: Limits,
     pub(crate) module: Arc<str>,
@@ -150,6 +157,7 @@ impl HostState {
         HostState {
             wasi: b.build(),
             table: ResourceTable::new(),
+            clock_origin: std::time::Instant::now(),
             limiter: MemoryLimiter {
                 memory_cap: limits.memory_bytes,
                 peak: 0,

@@ -12,13 +12,17 @@
 //! | `huge-plan` | returns 2,000,000 plan items |
 //! | `wide-plan` | returns 150,000 small items (fits in memory, not in the output cap) |
 //! | `huge-string` | returns an error whose message is 32 MiB |
+//! | `big-error` | returns an error whose message is 15 MiB (within the output cap) |
 //! | `long-name` | returns a chain with a 100 KB name |
 //! | `log-flood` | logs forever |
 //! | `stdout-flood` | prints to stdout forever |
 //! | `host-call-loop` | calls `probes.health` in a tight loop forever |
 //! | `grant-violation` | returns a route, which a proxy is not granted |
+//! | `ipvs-plan` | returns an IPVS service (granted, valid, not applied by the agent yet) |
 //! | `dangling-reference` | jumps to a chain that does not exist |
 //! | `busy:N` | spins for N milliseconds, then renders normally |
+//! | `sleep` | sleeps 10 s (`std::thread::sleep`: a WASI timer, no guest code runs) |
+//! | `sleep-loop` | sleeps 1 ms at a time forever |
 
 use std::hint::black_box;
 use switchyard_sdk::host::probes;
@@ -132,6 +136,7 @@ impl Guest for Hostile {
                 Ok(PlanFragment { items })
             }
             "huge-string" => Err(ModuleError::Internal("x".repeat(32 << 20))),
+            "big-error" => Err(ModuleError::Internal("x".repeat(15 << 20))),
             "long-name" => {
                 let mut p = Plan::new();
                 p.chain("svc", "c".repeat(100_000), vec![]);
@@ -164,11 +169,33 @@ impl Guest for Hostile {
                 );
                 Ok(p.build())
             }
+            "ipvs-plan" => {
+                let mut p = Plan::new();
+                p.ipvs_service(
+                    "vs",
+                    IpvsService {
+                        address: IpAddress::Ipv4((10, 96, 0, 1)),
+                        port: 80,
+                        protocol: Protocol::Tcp,
+                        scheduler: "rr".into(),
+                        persistence_timeout: None,
+                        destinations: vec![],
+                    },
+                );
+                Ok(p.build())
+            }
             "dangling-reference" => {
                 let mut p = Plan::new();
                 p.chain("svc", "svc-x", vec![Rule::new().jump("nowhere")]);
                 Ok(p.build())
             }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                Ok(good(&svc))
+            }
+            "sleep-loop" => loop {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            },
             b if b.starts_with("busy:") => {
                 let ms: u64 = b[5..]
                     .parse()
