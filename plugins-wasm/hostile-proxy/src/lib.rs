@@ -18,6 +18,13 @@
 //! | `host-call-loop` | calls `probes.health` in a tight loop forever |
 //! | `grant-violation` | returns a route, which a proxy is not granted |
 //! | `dangling-reference` | jumps to a chain that does not exist |
+//! | `foreign-vip` | dispatches 8.8.8.8:53/udp to the Service's first endpoint |
+//! | `foreign-port` | dispatches its own address on 53/udp, which is no port of it |
+//! | `foreign-backend` | sends its own address and port to 10.9.9.9, which is no endpoint |
+//! | `foreign-backend-map` | the same through the host's backend map |
+//! | `foreign-hairpin` | masquerades 10.9.9.9 talking to itself |
+//! | `foreign-ipvs` | an IPVS service on 10.96.0.250, which is not its address |
+//! | `other-table` | opens its first endpoint in the policy table's `ingress-allow-all4` |
 //! | `busy:N` | spins for N milliseconds, then renders normally |
 
 use std::hint::black_box;
@@ -76,6 +83,90 @@ fn good(svc: &Service) -> PlanFragment {
     p.build()
 }
 
+/// A fragment that reaches outside the Service it was called for, each
+/// way a different one; the rest of it is an honest render.
+fn escape(behaviour: &str, svc: &Service, eps: &[Endpoint]) -> PlanFragment {
+    let mut p = Plan::new();
+    let vip = svc.cluster_ips[0];
+    let port = &svc.ports[0];
+    let own = |v: IpAddress, proto: Protocol, port: u16| -> Vec<NftValue> {
+        vec![v.into(), proto.into(), port.into()]
+    };
+    let first = eps[0].address;
+    let foreign: IpAddress = "10.9.9.9".parse().unwrap();
+    let to = |p: &mut Plan, chain: &str, target: IpAddress, key: Vec<NftValue>| {
+        p.chain("svc", chain, vec![Rule::new().dnat(target, Some(8080))]);
+        p.element(
+            "dispatch",
+            "service-chains",
+            key,
+            Some(NftVerdict::Goto(chain.into()).into()),
+        );
+    };
+    match behaviour {
+        "foreign-vip" => to(
+            &mut p,
+            "svc-dns",
+            first,
+            own("8.8.8.8".parse().unwrap(), Protocol::Udp, 53),
+        ),
+        "foreign-port" => to(&mut p, "svc-53", first, own(vip, Protocol::Udp, 53)),
+        "foreign-backend" => to(
+            &mut p,
+            "svc-away",
+            foreign,
+            own(vip, port.protocol, port.port),
+        ),
+        "foreign-backend-map" => {
+            let mut key = own(vip, port.protocol, port.port);
+            key.push(NftValue::Number(0));
+            p.element(
+                "backend",
+                "backends4-tcp",
+                key,
+                Some(NftMapValue::Data(vec![foreign.into(), 8080u16.into()])),
+            );
+        }
+        "foreign-hairpin" => {
+            p.shared(
+                "hairpin",
+                PlanBody::NftElement(NftElement {
+                    set: "hairpin4".into(),
+                    key: vec![foreign.into(), foreign.into()],
+                    value: None,
+                }),
+            );
+        }
+        "foreign-ipvs" => {
+            p.ipvs_service(
+                "ipvs",
+                IpvsService {
+                    address: "10.96.0.250".parse().unwrap(),
+                    port: port.port,
+                    protocol: port.protocol,
+                    scheduler: "rr".into(),
+                    persistence_timeout: None,
+                    destinations: vec![IpvsDestination {
+                        address: first,
+                        port: 8080,
+                        weight: 1,
+                        forwarding: IpvsForwarding::Masquerade,
+                    }],
+                },
+            );
+        }
+        _ => {
+            p.element(
+                "open",
+                "ingress-allow-all4",
+                vec![first.into(), "0.0.0.0/0".parse::<IpCidr>().unwrap().into()],
+                None,
+            );
+        }
+    }
+    p.build()
+}
+
 impl Guest for Hostile {
     fn describe() -> ModuleInfo {
         ModuleInfo::new(
@@ -90,7 +181,7 @@ impl Guest for Hostile {
     fn render_service(
         _ctx: NodeContext,
         svc: Service,
-        _eps: Vec<Endpoint>,
+        eps: Vec<Endpoint>,
         _config: String,
     ) -> Result<PlanFragment, ModuleError> {
         let behaviour = switchyard_sdk::labels::get(&svc.annotations, BEHAVIOUR)
@@ -169,6 +260,7 @@ impl Guest for Hostile {
                 p.chain("svc", "svc-x", vec![Rule::new().jump("nowhere")]);
                 Ok(p.build())
             }
+            b if b.starts_with("foreign-") || b == "other-table" => Ok(escape(b, &svc, &eps)),
             b if b.starts_with("busy:") => {
                 let ms: u64 = b[5..]
                     .parse()
