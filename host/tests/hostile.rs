@@ -12,8 +12,13 @@
 mod common;
 
 use common::*;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard::cni::journal::Journal;
+use switchyard::cni::store::AttachmentStore;
+use switchyard::cni::{CniService, StickyPods};
 use switchyard::contract::bindings::imports::switchyard::plugin::cni_types::CniRequest;
+use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
 use switchyard::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
 use switchyard::plan::PlanStore;
 use switchyard::registry::source::ModuleSource;
@@ -77,6 +82,41 @@ const CASES: &[(&str, &str, &str)] = &[
         "dangling-reference",
         "invalid",
         "\"nowhere\" is not defined",
+    ),
+    (
+        "foreign-vip",
+        "invalid",
+        "element of service-chains: 8.8.8.8 is not one of this Service's addresses",
+    ),
+    (
+        "foreign-port",
+        "invalid",
+        "element of service-chains: 53/udp is not a port of this Service (80/tcp)",
+    ),
+    (
+        "foreign-backend",
+        "invalid",
+        "DNAT to 10.9.9.9: 10.9.9.9 is not an endpoint of this Service",
+    ),
+    (
+        "foreign-backend-map",
+        "invalid",
+        "element of backends4-tcp: 10.9.9.9 is not an endpoint of this Service",
+    ),
+    (
+        "foreign-hairpin",
+        "invalid",
+        "element of hairpin4: 10.9.9.9 is not an endpoint of this Service",
+    ),
+    (
+        "foreign-ipvs",
+        "invalid",
+        "IPVS service: 10.96.0.250 is not one of this Service's addresses",
+    ),
+    (
+        "other-table",
+        "invalid",
+        "element for \"ingress-allow-all4\", which is not defined",
     ),
 ];
 
@@ -608,4 +648,383 @@ fn fuel_bounds_work_when_a_module_is_metered() {
             .unwrap()
             .is_ok()
     );
+}
+
+/// A ClusterIP Service like [`service`], with more of everything a proxy
+/// module renders: external and LoadBalancer IPs, a nodePort, a UDP port,
+/// both families.
+fn big_service(name: &str) -> Service {
+    let mut s = service(name, 20, &[]);
+    s.service_type = ServiceType::LoadBalancer;
+    s.external_ips = vec![IpAddress::Ipv4((192, 0, 2, 10))];
+    s.load_balancer_ips = vec![IpAddress::Ipv4((192, 0, 2, 20))];
+    s.cluster_ips
+        .push(IpAddress::Ipv6((0xfd00, 0x96, 0, 0, 0, 0, 0, 0x20)));
+    s.ip_families = vec![IpFamily::Ipv4, IpFamily::Ipv6];
+    s.ip_family_policy = IpFamilyPolicy::RequireDualStack;
+    s.ports[0].node_port = Some(30080);
+    s.ports.push(ServicePort {
+        name: "dns".into(),
+        protocol: Protocol::Udp,
+        port: 53,
+        target_port: TargetPort::Number(5353),
+        node_port: Some(30053),
+    });
+    s
+}
+
+fn dual_endpoints(n: u8) -> Vec<Endpoint> {
+    let mut eps = endpoints(n);
+    for (i, e) in eps.clone().into_iter().enumerate() {
+        let mut v6 = e.clone();
+        v6.address = IpAddress::Ipv6((0xfd00, 0x10, 0x244, 1, 0, 0, 0, 2 + i as u16));
+        eps.push(v6);
+    }
+    for e in &mut eps {
+        e.ports.push(EndpointPort {
+            name: "dns".into(),
+            port: 5353,
+            protocol: Protocol::Udp,
+        });
+    }
+    eps[1].node = Some("node-2".into());
+    eps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_module_renders_only_its_own_service() {
+    let _serial = serial();
+    let env = env();
+    let reg = &env.registry;
+    reg.apply_async(builtin("hostile", "hostile-proxy", Role::ServiceProxy))
+        .await
+        .unwrap();
+    reg.apply_async(builtin("proxy", "proxy-nftables", Role::ServiceProxy))
+        .await
+        .unwrap();
+
+    // Issue 18's render: Service A sends 8.8.8.8:53 to its own endpoint.
+    let a = service("a", 53, &[(BEHAVIOUR, "foreign-vip")]);
+    let err = reg
+        .render_service("hostile", ctx(), a, endpoints(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, CallErrorKind::InvalidResult { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(
+            "module hostile: render-service for Service default/a returned an invalid result: \
+             item 1 (dispatch): element of service-chains: 8.8.8.8 is not one of this Service's addresses (10.96.0.53)"
+        ),
+        "{msg}"
+    );
+    // The error is the module's, in its status.
+    let status = reg
+        .status()
+        .into_iter()
+        .find(|s| s.name == "hostile")
+        .unwrap();
+    assert!(
+        status
+            .stats
+            .last_error
+            .unwrap()
+            .message
+            .contains("8.8.8.8 is not one of this Service's addresses"),
+    );
+
+    // The built-in proxy module names only what each Service owns, in
+    // every shape it renders.
+    let mut ctx2 = ctx();
+    ctx2.families = vec![IpFamily::Ipv4, IpFamily::Ipv6];
+    ctx2.cluster_cidrs.push(IpCidr {
+        address: IpAddress::Ipv6((0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0)),
+        prefix_len: 56,
+    });
+    let mut shapes = vec![];
+    for scheduler in ["random", "rr", "sh", "dh"] {
+        let mut s = big_service(&format!("lb-{scheduler}"));
+        s.annotations = vec![("switchyard.dev/scheduler".into(), scheduler.into())];
+        shapes.push((s, dual_endpoints(3)));
+    }
+    let mut local = big_service("local");
+    local.external_traffic_policy = TrafficPolicy::Local;
+    shapes.push((local, dual_endpoints(2)));
+    let mut sticky = big_service("sticky");
+    sticky.session_affinity_timeout = Some(600);
+    shapes.push((sticky, dual_endpoints(2)));
+    let mut weighted = dual_endpoints(3);
+    weighted[0].weight = 5;
+    shapes.push((big_service("weighted"), weighted));
+    shapes.push((big_service("empty"), vec![]));
+    for (s, eps) in shapes {
+        let name = s.name.clone();
+        let f = reg
+            .render_service("proxy", ctx2.clone(), s, eps)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!f.items.is_empty(), "{name}");
+    }
+}
+
+fn pod(ns: &str, name: &str, node: &str, ip: (u8, u8, u8, u8)) -> Pod {
+    Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        labels: vec![("app".into(), name.into())],
+        ips: vec![IpAddress::Ipv4(ip)],
+        node: node.into(),
+        host_network: false,
+        ports: vec![ContainerPort {
+            name: Some("http".into()),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }],
+        phase: PodPhase::Running,
+        ready: true,
+    }
+}
+
+/// `y/p`, selecting y/p1 (10.244.1.10, on this node) and y/p2 (10.244.2.10,
+/// on node-2), with an ingress rule from namespace x on 80/tcp and the
+/// named port `http`, and an egress rule to DNS outside 10.0.0.0/8.
+fn policy_y(annotations: &[(&str, &str)]) -> Policy {
+    let cidr = |a: (u8, u8, u8, u8), l: u8| IpCidr {
+        address: IpAddress::Ipv4(a),
+        prefix_len: l,
+    };
+    Policy {
+        namespace: "y".into(),
+        name: "p".into(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        selected: vec![
+            pod("y", "p1", "node-1", (10, 244, 1, 10)),
+            pod("y", "p2", "node-2", (10, 244, 2, 10)),
+        ],
+        directions: vec![PolicyDirection::Ingress, PolicyDirection::Egress],
+        ingress: vec![PolicyRule {
+            peers: vec![PolicyPeer {
+                description: "pods in namespace x".into(),
+                addresses: AddressSet {
+                    cidrs: vec![cidr((10, 244, 1, 20), 32), cidr((10, 244, 1, 21), 32)],
+                    except: vec![],
+                },
+            }],
+            ports: vec![PortRange {
+                protocol: Protocol::Tcp,
+                first: 80,
+                last: 80,
+            }],
+            named_ports: vec![NamedPort {
+                protocol: Protocol::Tcp,
+                name: "http".into(),
+                targets: vec![
+                    PortTarget {
+                        address: IpAddress::Ipv4((10, 244, 1, 10)),
+                        port: 8080,
+                    },
+                    PortTarget {
+                        address: IpAddress::Ipv4((10, 244, 2, 10)),
+                        port: 8080,
+                    },
+                ],
+            }],
+        }],
+        egress: vec![PolicyRule {
+            peers: vec![PolicyPeer {
+                description: "ipBlock 0.0.0.0/0 except 10.0.0.0/8".into(),
+                addresses: AddressSet {
+                    cidrs: vec![cidr((0, 0, 0, 0), 0)],
+                    except: vec![cidr((10, 0, 0, 0), 8)],
+                },
+            }],
+            ports: vec![PortRange {
+                protocol: Protocol::Udp,
+                first: 53,
+                last: 53,
+            }],
+            named_ports: vec![],
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_module_renders_only_the_pods_its_policy_selects_here() {
+    let _serial = serial();
+    let env = env();
+    let reg = &env.registry;
+    for (name, module) in [
+        ("hostile-policy", "hostile-policy"),
+        ("kubernetes", "policy-kubernetes"),
+        ("isolation", "example-namespace-isolation"),
+        ("allowlist", "example-egress-allowlist"),
+    ] {
+        reg.apply_async(builtin(name, module, Role::NetworkPolicy))
+            .await
+            .unwrap();
+    }
+    let render = |module: &'static str, p: Policy| {
+        let reg = env.registry.clone();
+        async move {
+            reg.render_policies(
+                module,
+                ctx(),
+                ObjectKind::WasmNetworkPolicy,
+                vec![(p, None)],
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+        }
+    };
+    let prefix = "module hostile-policy: render-policy for WasmNetworkPolicy y/p returned an invalid result: ";
+    let target = "hostile.switchyard.dev/target";
+    // x/a and x/b are 10.244.1.20 and .21, on this node; y/p does not
+    // select them.
+    for (behaviour, victim, want) in [
+        (
+            "open-target",
+            "10.244.1.20",
+            "item 2 (hostile): element of ingress-allow-all4: 10.244.1.20 is not a pod this policy selects on this node (10.244.1.10)",
+        ),
+        (
+            "isolate-target",
+            "10.244.1.21",
+            "item 2 (hostile): element of ingress-isolated4: 10.244.1.21 is not a pod this policy selects on this node (10.244.1.10)",
+        ),
+        (
+            "every-node",
+            "",
+            "item 2 (ingress/isolate/10.244.2.10): element of ingress-isolated4: 10.244.2.10 is not a pod this policy selects on this node",
+        ),
+        (
+            "prefix-pod",
+            "",
+            "item 2 (hostile): element of ingress-allow-all4: 10.0.0.0/8 is a prefix; this position takes a single address",
+        ),
+        (
+            "other-table",
+            "",
+            "item 2 (hostile): element for \"service-ips\", which is not defined in this fragment or by the host",
+        ),
+    ] {
+        let p = policy_y(&[(BEHAVIOUR, behaviour), (target, victim)]);
+        let err = render("hostile-policy", p).await.unwrap_err();
+        assert!(
+            matches!(err.kind, CallErrorKind::InvalidResult { .. }),
+            "{behaviour}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{prefix}{want}")),
+            "{behaviour}: {msg}"
+        );
+    }
+
+    // The same module behaving, and every built-in policy module, name
+    // only y/p1 in the pod position.
+    for module in ["hostile-policy", "kubernetes", "isolation", "allowlist"] {
+        let f = render(module, policy_y(&[]))
+            .await
+            .unwrap_or_else(|e| panic!("{module}: {e}"));
+        assert!(!f.items.is_empty(), "{module}");
+        for i in &f.items {
+            let PlanBody::NftElement(e) = &i.body else {
+                panic!("{module}: {:?}", i.body)
+            };
+            assert_eq!(
+                e.key[0],
+                NftValue::Address(IpAddress::Ipv4((10, 244, 1, 10))),
+                "{module}: {}",
+                i.rule_id
+            );
+        }
+    }
+}
+
+#[test]
+fn a_cni_result_claims_only_the_addresses_the_ledger_gave() {
+    common::netns::require_root();
+    let _serial = serial();
+    let env = env();
+    env.registry
+        .apply(builtin("cni", "hostile-cni", Role::Cni))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cni = CniService::new(
+        env.registry.clone(),
+        "cni",
+        env.ledger.clone(),
+        env.links.clone(),
+        AttachmentStore::open(&dir.path().join("attachments.redb")).unwrap(),
+        Journal::new(&dir.path().join("journal")).unwrap(),
+        Arc::new(StickyPods::default()),
+        2,
+    );
+    let pod_ns = common::netns::Netns::new("claim");
+    let add = |container: &str, hostile: &str| {
+        cni.handle_sync(&switchyard_cni::Request {
+            env: switchyard_cni::Env {
+                command: switchyard_cni::Command::Add,
+                container_id: container.into(),
+                netns: pod_ns.path.display().to_string(),
+                ifname: "eth0".into(),
+                args: vec![("HOSTILE".into(), hostile.into())],
+                path: String::new(),
+            },
+            config: serde_json::json!({"cniVersion": "1.1.0", "name": "pods", "type": "switchyard-cni"}),
+            cni_version: "1.1.0".into(),
+        })
+    };
+    let veths = || {
+        env.links
+            .links(&switchyard::datapath::links::Netns::Node)
+            .into_iter()
+            .filter(|l| l.name.starts_with("syv"))
+            .count()
+    };
+    for (container, behaviour, claims) in [
+        // Another pod's address beside its own.
+        ("other", "claim-other", "(ips[1])"),
+        // A Service VIP instead of its own.
+        ("vip", "claim-vip", "claims 10.96.0.10 (ips[0])"),
+    ] {
+        let e = match add(container, behaviour) {
+            switchyard_cni::Response::Error(e) => e,
+            ok => panic!("{behaviour}: the runtime got {ok:?}"),
+        };
+        assert_eq!(e.code, 100, "{behaviour}: {e:?}");
+        assert!(
+            e.msg.starts_with(&format!(
+                "the CNI module cni's ADD result for container {container} interface eth0 claims "
+            )) && e.msg.contains(claims)
+                && e.msg.contains(
+                    "which the IPAM ledger did not give this attachment (it holds: 10.244.1."
+                ),
+            "{behaviour}: {}",
+            e.msg
+        );
+        // Rolled back as any failed ADD is: no address held, no record,
+        // no veth left.
+        assert!(env.ledger.all().unwrap().is_empty(), "{behaviour}");
+        assert!(cni.store().all().unwrap().is_empty(), "{behaviour}");
+        assert_eq!(veths(), 0, "{behaviour}");
+    }
+    // The same module, honest, gets its pod set up.
+    match add("good", "none") {
+        switchyard_cni::Response::Ok(Some(r)) => {
+            assert_eq!(r["ips"].as_array().unwrap().len(), 1, "{r}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env.ledger.all().unwrap().len(), 1);
+    assert_eq!(veths(), 1);
 }

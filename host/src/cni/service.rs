@@ -419,6 +419,7 @@ impl CniService {
         let outcome = active.timed(|| s.cni(CniVerb::Add, &wreq, &active.config), cni_failure);
         let report = s.report();
         let failure = match outcome {
+            Ok(Ok(Some(r))) if let Err(e) = self.claims_held(&active.spec.name, &key, &r) => e,
             Ok(Ok(Some(r))) => {
                 let prev = req.config.get("prevResult");
                 let full = result::after(prev, result::to_json(&r));
@@ -455,6 +456,44 @@ impl CniService {
             );
         }
         Err(failure)
+    }
+
+    /// A module's ADD result may claim only the addresses the ledger holds
+    /// for this attachment: the runtime (and the kubelet after it) would
+    /// give the pod whatever the result says, another pod's address or a
+    /// Service VIP included.
+    fn claims_held(
+        &self,
+        module: &str,
+        key: &AttachmentKey,
+        r: &cni_types::CniResult,
+    ) -> Result<(), Error> {
+        let held = self
+            .ledger
+            .held(key)
+            .map_err(|e| io_err("reading the attachment's addresses", e))?;
+        let given: HashSet<std::net::IpAddr> = held.iter().map(|a| a.address.addr()).collect();
+        for (i, ip) in r.ips.iter().enumerate() {
+            let a = crate::runtime::wit_to_ip(&ip.address.address);
+            if !given.contains(&a) {
+                let mut list: Vec<String> = given.iter().map(ToString::to_string).collect();
+                list.sort();
+                return Err(Error::new(
+                    code::INTERNAL,
+                    format!(
+                        "the CNI module {module}'s ADD result for container {} interface {} claims {a} (ips[{i}]), which the IPAM ledger did not give this attachment (it holds: {})",
+                        key.container_id,
+                        key.ifname,
+                        if list.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            list.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn del(&self, req: &Request) -> Result<Option<Value>, Error> {

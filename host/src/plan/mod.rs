@@ -8,10 +8,12 @@
 pub mod grants;
 pub mod reconcile;
 pub mod refusals;
+pub mod scope;
 pub mod skeleton;
 pub mod store;
 pub mod validate;
 
+pub use scope::Scope;
 pub use store::{Change, Claim, Conflict, Delta, Entry, PlanStore};
 pub use validate::{PlanError, PlanLimits, validate};
 

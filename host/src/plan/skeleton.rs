@@ -28,7 +28,46 @@ pub struct SkeletonMap {
     /// Whether the map is looked up in filter hooks, where `reject` may be
     /// used; the proxy's other chains run in NAT hooks, where it may not.
     pub filter: bool,
+    /// What each value of an element stands for, key first, then data
+    /// (positions past the end are [`Bind::Free`]): what ties an element
+    /// to the object it was rendered for (see [`super::scope`]).
+    pub bind: &'static [Bind],
 }
+
+/// What one position of a skeleton map's elements must belong to. The host
+/// checks it against the scope of the object a fragment was rendered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// Whatever the type allows: a protocol, a slot number, a policy's
+    /// peer (peers are the policy's own business).
+    Free,
+    /// One of the Service's addresses: a ClusterIP, an external IP or a
+    /// LoadBalancer ingress IP.
+    ServiceIp,
+    /// One of the Service's ports, with the protocol the element's key
+    /// names.
+    ServicePort,
+    /// One of the Service's nodePorts, with the protocol the key names.
+    NodePort,
+    /// The address of one of the Service's endpoints.
+    Endpoint,
+    /// A single address of a pod the policy selects on this node.
+    Pod,
+}
+
+use Bind::{Endpoint, Free, NodePort, Pod, ServiceIp, ServicePort};
+/// `vip . proto . port`.
+const VIP_PORT: &[Bind] = &[ServiceIp, Free, ServicePort];
+/// `nfproto . proto . nodePort`.
+const NODE_PORT: &[Bind] = &[Free, Free, NodePort];
+/// `vip . proto . port . slot : endpoint . port`.
+const VIP_PORT_SLOT_TO_ENDPOINT: &[Bind] = &[ServiceIp, Free, ServicePort, Free, Endpoint, Free];
+/// `proto . nodePort . slot : endpoint . port`.
+const NODE_PORT_SLOT_TO_ENDPOINT: &[Bind] = &[Free, NodePort, Free, Endpoint, Free];
+/// `endpoint . endpoint` (hairpin masquerade).
+const ENDPOINT_PAIR: &[Bind] = &[Endpoint, Endpoint];
+/// `pod` or `pod . peer ...`: the pod position is a selected pod's address.
+const POD: &[Bind] = &[Pod];
 
 impl SkeletonMap {
     /// Whether the set is an interval set (its elements may be ranges).
@@ -116,6 +155,7 @@ const PROXY: Skeleton = Skeleton {
     maps: &[
         SkeletonMap {
             name: "service-ips",
+            bind: VIP_PORT,
             key: &[Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Data(&[Mark]),
             declaration: "type ipv4_addr . inet_proto . inet_service : mark",
@@ -123,6 +163,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "service-ips6",
+            bind: VIP_PORT,
             key: &[Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Data(&[Mark]),
             declaration: "type ipv6_addr . inet_proto . inet_service : mark",
@@ -130,6 +171,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "service-nodeports",
+            bind: NODE_PORT,
             key: &[Nfproto, InetProto, InetService],
             data: SkeletonData::Data(&[Mark]),
             declaration: "type nf_proto . inet_proto . inet_service : mark",
@@ -137,6 +179,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "service-classes",
+            bind: &[],
             key: &[Mark],
             data: SkeletonData::Verdict,
             declaration: "type mark : verdict",
@@ -144,6 +187,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "service-chains",
+            bind: VIP_PORT,
             key: &[Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type ipv4_addr . inet_proto . inet_service : verdict",
@@ -151,6 +195,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "service-chains6",
+            bind: VIP_PORT,
             key: &[Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type ipv6_addr . inet_proto . inet_service : verdict",
@@ -158,6 +203,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "service-nodeport-chains",
+            bind: NODE_PORT,
             key: &[Nfproto, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type nf_proto . inet_proto . inet_service : verdict",
@@ -165,6 +211,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "backends4-tcp",
+            bind: VIP_PORT_SLOT_TO_ENDPOINT,
             key: &[Ipv4Addr, InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv4Addr, InetService]),
             declaration: "typeof ip daddr . meta l4proto . tcp dport . numgen inc mod 1 : ip daddr . tcp dport",
@@ -172,6 +219,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "nodeport-backends4-tcp",
+            bind: NODE_PORT_SLOT_TO_ENDPOINT,
             key: &[InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv4Addr, InetService]),
             declaration: "typeof meta l4proto . tcp dport . numgen inc mod 1 : ip daddr . tcp dport",
@@ -179,6 +227,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "backends4-udp",
+            bind: VIP_PORT_SLOT_TO_ENDPOINT,
             key: &[Ipv4Addr, InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv4Addr, InetService]),
             declaration: "typeof ip daddr . meta l4proto . udp dport . numgen inc mod 1 : ip daddr . udp dport",
@@ -186,6 +235,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "nodeport-backends4-udp",
+            bind: NODE_PORT_SLOT_TO_ENDPOINT,
             key: &[InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv4Addr, InetService]),
             declaration: "typeof meta l4proto . udp dport . numgen inc mod 1 : ip daddr . udp dport",
@@ -193,6 +243,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "backends4-sctp",
+            bind: VIP_PORT_SLOT_TO_ENDPOINT,
             key: &[Ipv4Addr, InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv4Addr, InetService]),
             declaration: "typeof ip daddr . meta l4proto . sctp dport . numgen inc mod 1 : ip daddr . sctp dport",
@@ -200,6 +251,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "nodeport-backends4-sctp",
+            bind: NODE_PORT_SLOT_TO_ENDPOINT,
             key: &[InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv4Addr, InetService]),
             declaration: "typeof meta l4proto . sctp dport . numgen inc mod 1 : ip daddr . sctp dport",
@@ -207,6 +259,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "backends6-tcp",
+            bind: VIP_PORT_SLOT_TO_ENDPOINT,
             key: &[Ipv6Addr, InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv6Addr, InetService]),
             declaration: "typeof ip6 daddr . meta l4proto . tcp dport . numgen inc mod 1 : ip6 daddr . tcp dport",
@@ -214,6 +267,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "nodeport-backends6-tcp",
+            bind: NODE_PORT_SLOT_TO_ENDPOINT,
             key: &[InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv6Addr, InetService]),
             declaration: "typeof meta l4proto . tcp dport . numgen inc mod 1 : ip6 daddr . tcp dport",
@@ -221,6 +275,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "backends6-udp",
+            bind: VIP_PORT_SLOT_TO_ENDPOINT,
             key: &[Ipv6Addr, InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv6Addr, InetService]),
             declaration: "typeof ip6 daddr . meta l4proto . udp dport . numgen inc mod 1 : ip6 daddr . udp dport",
@@ -228,6 +283,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "nodeport-backends6-udp",
+            bind: NODE_PORT_SLOT_TO_ENDPOINT,
             key: &[InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv6Addr, InetService]),
             declaration: "typeof meta l4proto . udp dport . numgen inc mod 1 : ip6 daddr . udp dport",
@@ -235,6 +291,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "backends6-sctp",
+            bind: VIP_PORT_SLOT_TO_ENDPOINT,
             key: &[Ipv6Addr, InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv6Addr, InetService]),
             declaration: "typeof ip6 daddr . meta l4proto . sctp dport . numgen inc mod 1 : ip6 daddr . sctp dport",
@@ -242,6 +299,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "nodeport-backends6-sctp",
+            bind: NODE_PORT_SLOT_TO_ENDPOINT,
             key: &[InetProto, InetService, Mark],
             data: SkeletonData::Data(&[Ipv6Addr, InetService]),
             declaration: "typeof meta l4proto . sctp dport . numgen inc mod 1 : ip6 daddr . sctp dport",
@@ -249,6 +307,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "hairpin4",
+            bind: ENDPOINT_PAIR,
             key: &[Ipv4Addr, Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr",
@@ -256,6 +315,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "hairpin6",
+            bind: ENDPOINT_PAIR,
             key: &[Ipv6Addr, Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr",
@@ -263,6 +323,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "no-endpoints",
+            bind: VIP_PORT,
             key: &[Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type ipv4_addr . inet_proto . inet_service : verdict",
@@ -270,6 +331,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "no-endpoints6",
+            bind: VIP_PORT,
             key: &[Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type ipv6_addr . inet_proto . inet_service : verdict",
@@ -277,6 +339,7 @@ const PROXY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "no-endpoint-nodeports",
+            bind: NODE_PORT,
             key: &[Nfproto, InetProto, InetService],
             data: SkeletonData::Verdict,
             declaration: "type nf_proto . inet_proto . inet_service : verdict",
@@ -318,6 +381,7 @@ const POLICY: Skeleton = Skeleton {
     maps: &[
         SkeletonMap {
             name: "ingress-isolated4",
+            bind: POD,
             key: &[Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr",
@@ -325,6 +389,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-monitored4",
+            bind: POD,
             key: &[Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr",
@@ -332,6 +397,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-allow4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
@@ -339,6 +405,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-allow-all4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr; flags interval",
@@ -346,6 +413,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-monitor-allow4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
@@ -353,6 +421,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-monitor-allow-all4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr; flags interval",
@@ -360,6 +429,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-isolated6",
+            bind: POD,
             key: &[Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr",
@@ -367,6 +437,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-monitored6",
+            bind: POD,
             key: &[Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr",
@@ -374,6 +445,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-allow6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
@@ -381,6 +453,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-allow-all6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr; flags interval",
@@ -388,6 +461,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-monitor-allow6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
@@ -395,6 +469,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "ingress-monitor-allow-all6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr; flags interval",
@@ -402,6 +477,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-isolated4",
+            bind: POD,
             key: &[Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr",
@@ -409,6 +485,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-monitored4",
+            bind: POD,
             key: &[Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr",
@@ -416,6 +493,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-allow4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
@@ -423,6 +501,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-allow-all4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr; flags interval",
@@ -430,6 +509,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-monitor-allow4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval",
@@ -437,6 +517,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-monitor-allow-all4",
+            bind: POD,
             key: &[Ipv4Addr, Ipv4Addr],
             data: SkeletonData::Set,
             declaration: "type ipv4_addr . ipv4_addr; flags interval",
@@ -444,6 +525,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-isolated6",
+            bind: POD,
             key: &[Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr",
@@ -451,6 +533,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-monitored6",
+            bind: POD,
             key: &[Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr",
@@ -458,6 +541,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-allow6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
@@ -465,6 +549,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-allow-all6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr; flags interval",
@@ -472,6 +557,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-monitor-allow6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval",
@@ -479,6 +565,7 @@ const POLICY: Skeleton = Skeleton {
         },
         SkeletonMap {
             name: "egress-monitor-allow-all6",
+            bind: POD,
             key: &[Ipv6Addr, Ipv6Addr],
             data: SkeletonData::Set,
             declaration: "type ipv6_addr . ipv6_addr; flags interval",

@@ -8,6 +8,7 @@
 //! object's fragment without looking at the others); and the module's grants.
 
 use super::grants::Grants;
+use super::scope::Scope;
 use super::skeleton::{self, Skeleton};
 use crate::contract::bindings::imports::switchyard::plugin::types::*;
 use crate::contract::check_ifname;
@@ -66,6 +67,7 @@ struct SetSig {
 struct Checker<'a> {
     skeleton: &'a Skeleton,
     grants: &'a Grants,
+    scope: &'a Scope,
     limits: &'a PlanLimits,
     chains: HashSet<String>,
     sets: HashMap<String, SetSig>,
@@ -446,7 +448,10 @@ impl Checker<'_> {
             },
             PlanBody::NftMap(_) | PlanBody::NftCounter(_) => Ok(()),
             PlanBody::NftElement(e) => self.element(e),
-            PlanBody::IpvsService(s) => ipvs(s),
+            PlanBody::IpvsService(s) => {
+                ipvs(s)?;
+                self.scope.ipvs(s)
+            }
             PlanBody::Route(r) => route(r),
             PlanBody::InterfaceAddress(a) => {
                 check_ifname(&a.device)?;
@@ -456,7 +461,8 @@ impl Checker<'_> {
                         a.device
                     ));
                 }
-                crate::contract::wit_to_net(&a.address).map(|_| ())
+                crate::contract::wit_to_net(&a.address)?;
+                self.scope.interface_address(&a.address)
             }
         }
     }
@@ -489,6 +495,16 @@ impl Checker<'_> {
                 self.map_value(d, v, reject_ok)
                     .map_err(|m| format!("element of {}: {m}", e.set))
             }
+        }?;
+        // Bound to the object: the host's maps by what each position
+        // means, the module's own data maps by the DNAT targets they hold.
+        match (self.skeleton.map(&e.set), &e.value) {
+            (Some(m), _) => self.scope.element(&e.set, m.bind, e),
+            (None, Some(NftMapValue::Data(d))) => self
+                .scope
+                .own_map_data(d)
+                .map_err(|m| format!("element of {}: {m}", e.set)),
+            (None, _) => Ok(()),
         }
     }
 
@@ -654,6 +670,7 @@ impl Checker<'_> {
                                     "DNAT map data is an address and optionally a port".into()
                                 );
                             }
+                            self.scope.own_map_data(d)?;
                         }
                         _ => {
                             return Err(format!(
@@ -779,6 +796,7 @@ impl Checker<'_> {
                                 family_name(nat.family)
                             ));
                         }
+                        self.scope.dnat(ip(a))?;
                     }
                     NftNatTarget::Lookup((k, m)) => self.lookup(k, m, false)?,
                 },
@@ -893,12 +911,14 @@ fn route(r: &Route) -> R {
     Ok(())
 }
 
-/// Validate a fragment a `role` module returned and check it against `grants`.
+/// Validate a fragment a `role` module returned and check it against
+/// `grants` and the `scope` of the object it was rendered for.
 pub fn validate(
     fragment: PlanFragment,
     role: Role,
     grants: &Grants,
     limits: &PlanLimits,
+    scope: &Scope,
 ) -> Result<Vec<PlanItem>, PlanError> {
     let items = fragment.items;
     if items.len() > limits.max_items {
@@ -920,6 +940,7 @@ pub fn validate(
     let mut c = Checker {
         skeleton: skeleton::for_role(role),
         grants,
+        scope,
         limits,
         chains: HashSet::new(),
         sets: HashMap::new(),
@@ -1064,6 +1085,7 @@ mod tests {
             Role::ServiceProxy,
             &Grants::for_role(Role::ServiceProxy),
             &PlanLimits::default(),
+            &Scope::Unbound,
         )
     }
 
@@ -1307,6 +1329,7 @@ mod tests {
             Role::Scheduler,
             &Grants::for_role(Role::Scheduler),
             &PlanLimits::default(),
+            &Scope::Unbound,
         )
         .unwrap_err();
         assert!(e.message.contains("not granted nftables"), "{e}");

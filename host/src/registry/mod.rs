@@ -821,7 +821,8 @@ fn render_one(
         &service.namespace,
         &service.name,
     );
-    render_with(active, s, object, "render-service", |s| {
+    let scope = plan::Scope::service(ctx, service, endpoints);
+    render_with(active, s, object, &scope, "render-service", |s| {
         s.render_service(ctx, service, endpoints, &active.config)
     })
 }
@@ -836,16 +837,19 @@ fn render_policy_one(
 ) -> Result<Fragment, CallError> {
     let object = ObjectRef::new(kind, &policy.namespace, &policy.name);
     let config = config.unwrap_or(&active.config);
-    render_with(active, s, object, "render-policy", |s| {
+    let scope = plan::Scope::policy(ctx, policy);
+    render_with(active, s, object, &scope, "render-policy", |s| {
         s.render_policy(ctx, policy, config)
     })
 }
 
-/// Call a render function, validate what it returns and record the call.
+/// Call a render function, validate what it returns against the module's
+/// grants and the `scope` of `object`, and record the call.
 fn render_with(
     active: &Active,
     s: &mut Session,
     object: ObjectRef,
+    scope: &plan::Scope,
     function: &str,
     call: impl FnOnce(&mut Session) -> Result<Result<wit::PlanFragment, wit::ModuleError>, CallError>,
 ) -> Result<Fragment, CallError> {
@@ -858,6 +862,7 @@ fn render_with(
                     active.spec.role,
                     &active.grants,
                     &active.spec.plan_limits,
+                    scope,
                 ) {
                     Ok(items) if plan::unapplied(&items).is_some() => {
                         let (i, what) = plan::unapplied(&items).expect("checked");

@@ -10,6 +10,13 @@
 //! | `bad-sysctl` | `links.set-sysctl` of `kernel.panic` |
 //! | `route-host-bits` | `links.add-route` to `10.0.0.1/8` |
 //! | `ignore-errors` | the unknown-pool call, with the error ignored |
+//!
+//! and two that set the pod up normally but lie in the result:
+//!
+//! | behaviour | the result's addresses |
+//! |---|---|
+//! | `claim-other` | the allocated one and the next one in the pool (another pod's) |
+//! | `claim-vip` | the Service VIP `10.96.0.10/32` instead of the allocated one |
 
 use switchyard_sdk::cni::Guest;
 use switchyard_sdk::cni_types::{CniError, CniInterface, CniIp, CniRequest, CniResult, GcRequest};
@@ -101,6 +108,26 @@ impl Guest for Hostile {
         let host = format!("syv{}", &req.container_id[..req.container_id.len().min(8)]);
         let (_h, pod) = links::create_veth(&host, "sy0", 1500).map_err(e)?;
         links::add_address(links::Scope::Pod, &req.ifname, a.address).map_err(e)?;
+        let mut ips = vec![CniIp {
+            address: a.address,
+            gateway: Some(a.gateway),
+            interface: Some(0),
+        }];
+        match behaviour {
+            "claim-other" => {
+                let mut next = a.address;
+                if let IpAddress::Ipv4((_, _, _, d)) = &mut next.address {
+                    *d = d.wrapping_add(1);
+                }
+                ips.push(CniIp {
+                    address: next,
+                    gateway: Some(a.gateway),
+                    interface: Some(0),
+                });
+            }
+            "claim-vip" => ips[0].address = "10.96.0.10/32".parse().unwrap(),
+            _ => {}
+        }
         Ok(CniResult {
             interfaces: vec![CniInterface {
                 name: pod.name,
@@ -108,11 +135,7 @@ impl Guest for Hostile {
                 mtu: Some(pod.mtu),
                 sandbox: Some(req.netns.clone()),
             }],
-            ips: vec![CniIp {
-                address: a.address,
-                gateway: Some(a.gateway),
-                interface: Some(0),
-            }],
+            ips,
             routes: vec![],
             dns: None,
         })

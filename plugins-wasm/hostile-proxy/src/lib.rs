@@ -20,6 +20,13 @@
 //! | `grant-violation` | returns a route, which a proxy is not granted |
 //! | `ipvs-plan` | returns an IPVS service (granted, valid, not applied by the agent yet) |
 //! | `dangling-reference` | jumps to a chain that does not exist |
+//! | `foreign-vip` | dispatches 8.8.8.8:53/udp to the Service's first endpoint |
+//! | `foreign-port` | dispatches its own address on 53/udp, which is no port of it |
+//! | `foreign-backend` | sends its own address and port to 10.9.9.9, which is no endpoint |
+//! | `foreign-backend-map` | the same through the host's backend map |
+//! | `foreign-hairpin` | masquerades 10.9.9.9 talking to itself |
+//! | `foreign-ipvs` | an IPVS service on 10.96.0.250, which is not its address |
+//! | `other-table` | opens its first endpoint in the policy table's `ingress-allow-all4` |
 //! | `busy:N` | spins for N milliseconds, then renders normally |
 //! | `sleep` | sleeps 10 s (`std::thread::sleep`: a WASI timer, no guest code runs) |
 //! | `sleep-loop` | sleeps 1 ms at a time forever |
@@ -80,6 +87,96 @@ fn good(svc: &Service) -> PlanFragment {
     p.build()
 }
 
+/// A fragment that reaches outside the Service it was called for, each
+/// way a different one; the rest of it is an honest render.
+fn escape(behaviour: &str, svc: &Service, eps: &[Endpoint]) -> PlanFragment {
+    let mut p = Plan::new();
+    let vip = svc.cluster_ips[0];
+    let port = &svc.ports[0];
+    let own = |v: IpAddress, proto: Protocol, port: u16| -> Vec<NftValue> {
+        vec![v.into(), proto.into(), port.into()]
+    };
+    let first = eps[0].address;
+    let foreign: IpAddress = "10.9.9.9".parse().unwrap();
+    let to = |p: &mut Plan, chain: &str, target: IpAddress, key: Vec<NftValue>| {
+        let proto = match key.get(1) {
+            Some(NftValue::Protocol(p)) => *p,
+            _ => Protocol::Tcp,
+        };
+        // A port mapping needs the transport protocol matched first.
+        let rule = Rule::new().eq(NftField::MetaL4proto, proto);
+        p.chain("svc", chain, vec![rule.dnat(target, Some(8080))]);
+        p.element(
+            "dispatch",
+            "service-chains",
+            key,
+            Some(NftVerdict::Goto(chain.into()).into()),
+        );
+    };
+    match behaviour {
+        "foreign-vip" => to(
+            &mut p,
+            "svc-dns",
+            first,
+            own("8.8.8.8".parse().unwrap(), Protocol::Udp, 53),
+        ),
+        "foreign-port" => to(&mut p, "svc-53", first, own(vip, Protocol::Udp, 53)),
+        "foreign-backend" => to(
+            &mut p,
+            "svc-away",
+            foreign,
+            own(vip, port.protocol, port.port),
+        ),
+        "foreign-backend-map" => {
+            let mut key = own(vip, port.protocol, port.port);
+            key.push(NftValue::Number(0));
+            p.element(
+                "backend",
+                "backends4-tcp",
+                key,
+                Some(NftMapValue::Data(vec![foreign.into(), 8080u16.into()])),
+            );
+        }
+        "foreign-hairpin" => {
+            p.shared(
+                "hairpin",
+                PlanBody::NftElement(NftElement {
+                    set: "hairpin4".into(),
+                    key: vec![foreign.into(), foreign.into()],
+                    value: None,
+                }),
+            );
+        }
+        "foreign-ipvs" => {
+            p.ipvs_service(
+                "ipvs",
+                IpvsService {
+                    address: "10.96.0.250".parse().unwrap(),
+                    port: port.port,
+                    protocol: port.protocol,
+                    scheduler: "rr".into(),
+                    persistence_timeout: None,
+                    destinations: vec![IpvsDestination {
+                        address: first,
+                        port: 8080,
+                        weight: 1,
+                        forwarding: IpvsForwarding::Masquerade,
+                    }],
+                },
+            );
+        }
+        _ => {
+            p.element(
+                "open",
+                "ingress-allow-all4",
+                vec![first.into(), "0.0.0.0/0".parse::<IpCidr>().unwrap().into()],
+                None,
+            );
+        }
+    }
+    p.build()
+}
+
 impl Guest for Hostile {
     fn describe() -> ModuleInfo {
         ModuleInfo::new(
@@ -94,7 +191,7 @@ impl Guest for Hostile {
     fn render_service(
         _ctx: NodeContext,
         svc: Service,
-        _eps: Vec<Endpoint>,
+        eps: Vec<Endpoint>,
         _config: String,
     ) -> Result<PlanFragment, ModuleError> {
         let behaviour = switchyard_sdk::labels::get(&svc.annotations, BEHAVIOUR)
@@ -174,9 +271,9 @@ impl Guest for Hostile {
                 p.ipvs_service(
                     "vs",
                     IpvsService {
-                        address: IpAddress::Ipv4((10, 96, 0, 1)),
-                        port: 80,
-                        protocol: Protocol::Tcp,
+                        address: svc.cluster_ips[0],
+                        port: svc.ports[0].port,
+                        protocol: svc.ports[0].protocol,
                         scheduler: "rr".into(),
                         persistence_timeout: None,
                         destinations: vec![],
@@ -196,6 +293,7 @@ impl Guest for Hostile {
             "sleep-loop" => loop {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             },
+            b if b.starts_with("foreign-") || b == "other-table" => Ok(escape(b, &svc, &eps)),
             b if b.starts_with("busy:") => {
                 let ms: u64 = b[5..]
                     .parse()
