@@ -163,11 +163,13 @@ fn main() -> anyhow::Result<()> {
                     .render_service(&ctx, &svc, &eps, &config)
                     .unwrap()
                     .unwrap();
+                // As the registry validates: bound to the Service rendered.
                 switchyard::plan::validate(
                     frag,
                     Role::ServiceProxy,
                     &active.grants,
                     &active.spec.plan_limits,
+                    &switchyard::plan::Scope::service(&ctx, &svc, &eps),
                 )
                 .unwrap();
             }));
