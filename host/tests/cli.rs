@@ -60,6 +60,12 @@ const EXPECTED: &[(&str, &str, bool, &str)] = &[
         "ok: hostile-proxy 0.1.0",
     ),
     (
+        "hostile-policy",
+        "network-policy",
+        true,
+        "ok: hostile-policy 0.1.0 is a valid network-policy module",
+    ),
+    (
         "hostile-cni",
         "cni",
         true,

@@ -482,6 +482,62 @@ async fn a_module_change_renders_every_service_again_in_one_table_swap() {
     assert!(!lab.proxy.pending());
 }
 
+/// A plan that passes every check of the host but that the kernel refuses
+/// does not keep the others out: when the whole table is loaded (here,
+/// after a swap to a module that renders one Service so), the refused
+/// Service is found, withdrawn and said, the others load and serve, and the
+/// refusal counts against the module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_the_kernel_refuses_is_isolated_in_a_whole_table_load() {
+    let mut lab = lab("pxiso").await;
+    let v4 = ["10.244.1.2", "10.244.1.3", "10.244.1.4"];
+    let eps: Vec<Endpoint> = v4.iter().map(|a| ep(a, 8080, Protocol::Tcp)).collect();
+    let mut web = svc("web", &["10.96.0.10"], 80, Protocol::Tcp, "");
+    web.annotations.clear();
+    let mut bad = svc("bad", &["10.96.0.11"], 80, Protocol::Tcp, "");
+    bad.annotations.clear();
+    bad.annotations.push((
+        "hostile.switchyard.dev/behaviour".into(),
+        "concat-overlap".into(),
+    ));
+    let all = vec![(web, eps.clone()), (bad, eps.clone())];
+    lab.sync(all.clone()).await;
+
+    lab._env
+        .registry
+        .apply_async(builtin("proxy", "hostile-proxy", Role::ServiceProxy))
+        .await
+        .unwrap();
+    lab.proxy.set_services(all);
+    let r = lab.proxy.sync().await;
+    assert!(r.full && r.error.is_none(), "{r:?}");
+    let errors = lab.proxy.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (object, e) = errors.iter().next().unwrap();
+    assert_eq!(object.name, "bad");
+    assert!(
+        e.contains("nftables refused its plan") && e.contains("File exists"),
+        "{e}"
+    );
+    let table = lab.table();
+    assert!(
+        table.contains("svc-web") && !table.contains("svc-bad") && !table.contains("set ov"),
+        "{table}"
+    );
+    let status = lab._env.registry.status();
+    let s = status.iter().find(|s| s.name == "proxy").unwrap();
+    assert!(s.stats.errors >= 1, "{s:?}");
+    assert!(
+        s.stats
+            .last_error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("nftables refused"),
+        "{s:?}"
+    );
+}
+
 /// Dispatch borrows the packet mark for a Service's class and gives it
 /// back: a connection whose packets carry a mark (set before the proxy's
 /// NAT hook, as `SO_MARK` or another table would) reaches its Service and

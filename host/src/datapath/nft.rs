@@ -475,6 +475,14 @@ pub fn load_store(
 pub trait NftRunner: Send + Sync {
     /// Run one nftables script as one transaction.
     fn run(&self, script: &str) -> Result<(), String>;
+
+    /// Whether the kernel would take `script`, without applying it (a dry
+    /// run: parsed, checked and sent, then aborted). A runner that cannot
+    /// says so, and nothing is isolated through it.
+    fn check(&self, script: &str) -> Result<(), String> {
+        let _ = script;
+        Err("this runner cannot check a script without applying it".into())
+    }
 }
 
 /// The real one: libnftables in-process if it loads, else `nft -f -`; in the
@@ -497,9 +505,16 @@ impl Nft {
 
     fn run_here(&self, script: &str, fresh: bool) -> Result<(), String> {
         match &self.lib {
-            Some(lib) if fresh => lib.run_fresh(script),
+            Some(lib) if fresh => lib.run_fresh(script, false),
             Some(lib) => lib.run(script),
-            None => run_binary(script),
+            None => run_binary(script, false),
+        }
+    }
+
+    fn check_here(&self, script: &str) -> Result<(), String> {
+        match &self.lib {
+            Some(lib) => lib.run_fresh(script, true),
+            None => run_binary(script, true),
         }
     }
 }
@@ -514,12 +529,25 @@ impl NftRunner for Nft {
             None => self.run_here(script, false),
         }
     }
+
+    fn check(&self, script: &str) -> Result<(), String> {
+        match &self.netns {
+            Some(p) => crate::datapath::netlink::in_netns(p, || Ok(self.check_here(script)))
+                .map_err(|e| e.to_string())?,
+            None => self.check_here(script),
+        }
+    }
 }
 
-fn run_binary(script: &str) -> Result<(), String> {
+fn run_binary(script: &str, dry_run: bool) -> Result<(), String> {
     use std::io::Write;
+    let args: &[&str] = if dry_run {
+        &["-c", "-f", "-"]
+    } else {
+        &["-f", "-"]
+    };
     let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -555,6 +583,7 @@ mod libnft {
     type BufferError = unsafe extern "C" fn(*mut c_void) -> c_int;
     type GetError = unsafe extern "C" fn(*mut c_void) -> *const c_char;
     type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+    type SetDryRun = unsafe extern "C" fn(*mut c_void, bool);
 
     struct Ctx(*mut c_void);
     // SAFETY: an nft_ctx is used by one thread at a time (behind the mutex).
@@ -566,6 +595,7 @@ mod libnft {
         buffer_error: BufferError,
         get_error: GetError,
         run_cmd: RunCmd,
+        set_dry_run: SetDryRun,
         ctx: Mutex<Option<Ctx>>,
     }
 
@@ -593,6 +623,9 @@ mod libnft {
                     )?),
                     run_cmd: std::mem::transmute::<*mut c_void, RunCmd>(sym(
                         c"nft_run_cmd_from_buffer",
+                    )?),
+                    set_dry_run: std::mem::transmute::<*mut c_void, SetDryRun>(sym(
+                        c"nft_ctx_set_dry_run",
                     )?),
                     ctx: Mutex::new(None),
                 })
@@ -638,9 +671,14 @@ mod libnft {
             self.exec(g.as_ref().expect("opened above"), script)
         }
 
-        /// Run on a context of its own, freed afterwards.
-        pub fn run_fresh(&self, script: &str) -> Result<(), String> {
+        /// Run on a context of its own, freed afterwards; with `dry_run`,
+        /// checked by the kernel and not applied.
+        pub fn run_fresh(&self, script: &str, dry_run: bool) -> Result<(), String> {
             let ctx = self.open()?;
+            if dry_run {
+                // SAFETY: ctx is a live context of this thread.
+                unsafe { (self.set_dry_run)(ctx.0, true) };
+            }
             let r = self.exec(&ctx, script);
             // SAFETY: ctx came from nft_ctx_new and is not used again.
             unsafe { (self.free)(ctx.0) };
@@ -697,5 +735,18 @@ impl crate::plan::reconcile::Applier for NftApplier {
         store: &crate::plan::PlanStore,
     ) -> (usize, Result<(), String>) {
         load_store(&*self.0, table, store)
+    }
+
+    fn check(
+        &self,
+        table: &Skeleton,
+        fragments: &[&crate::plan::Fragment],
+        retained: &[&PlanItem],
+    ) -> Result<(), String> {
+        let items = fragments
+            .iter()
+            .flat_map(|f| f.items.iter())
+            .chain(retained.iter().copied());
+        self.0.check(&full_script(table, items))
     }
 }

@@ -16,8 +16,9 @@
 //! The kernel is reached through an [`Applier`] (the datapath implements it
 //! for nftables): the plan holds no side effect.
 
-use super::{Change, PlanStore, skeleton::Skeleton};
-use crate::model::ObjectRef;
+use super::{Change, Fragment, PlanStore, skeleton::Skeleton};
+use crate::contract::bindings::imports::switchyard::plugin::types::PlanItem;
+use crate::model::{FailurePolicy, ObjectRef};
 use std::collections::{BTreeMap, HashMap};
 
 /// What changed since the last sync, per object, by value.
@@ -140,6 +141,56 @@ pub trait Applier: Send + Sync {
     /// Replace the whole table with what `store` holds, atomically; the size
     /// of what was sent.
     fn full(&self, table: &Skeleton, store: &PlanStore) -> (usize, Result<(), String>);
+    /// Whether the kernel would take the whole table with only `fragments`
+    /// (and the retained shared items), without applying anything. An
+    /// applier that cannot check says so, and nothing is isolated.
+    fn check(
+        &self,
+        table: &Skeleton,
+        fragments: &[&Fragment],
+        retained: &[&PlanItem],
+    ) -> Result<(), String> {
+        let _ = (table, fragments, retained);
+        Err("this applier cannot check without applying".into())
+    }
+}
+
+/// An object whose plan the kernel refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolated {
+    pub object: ObjectRef,
+    /// The binding (NetworkModule) that rendered the plan.
+    pub module: String,
+    pub error: String,
+}
+
+/// The objects whose fragments the kernel refuses among `fragments`, found
+/// by halving (a few checks when one object of many is bad), with the
+/// kernel's reason.
+fn refused(
+    applier: &dyn Applier,
+    table: &Skeleton,
+    fragments: &[&Fragment],
+    retained: &[&PlanItem],
+    out: &mut Vec<Isolated>,
+) {
+    if fragments.is_empty() {
+        return;
+    }
+    let Err(e) = applier.check(table, fragments, retained) else {
+        return;
+    };
+    if let [one] = fragments {
+        out.push(Isolated {
+            object: one.object.clone(),
+            module: one.module.clone(),
+            error: format!("nftables refused its plan: {e}"),
+        });
+        return;
+    }
+    let (a, b) = fragments.split_at(fragments.len() / 2);
+    refused(applier, table, a, retained, out);
+    refused(applier, table, b, retained, out);
 }
 
 /// What applying a sync's changes did.
@@ -152,6 +203,10 @@ pub struct Applied {
     pub refused: Option<String>,
     /// Why the table could not be loaded, if it could not.
     pub error: Option<String>,
+    /// Objects whose plan the kernel refused in a whole-table load, with
+    /// the binding that rendered it and the kernel's reason: withdrawn, so
+    /// that every other object's plan loads.
+    pub isolated: Vec<Isolated>,
 }
 
 /// The store kept while a new module renders everything again.
@@ -257,8 +312,31 @@ impl Table {
         }
         if self.needs_full {
             out.full = true;
-            let (bytes, result) = applier.full(self.skeleton, &self.store);
+            let (bytes, mut result) = applier.full(self.skeleton, &self.store);
             out.script_bytes = bytes;
+            if result.is_err() {
+                // One object's plan must not keep every other's out of the
+                // kernel: find what it refuses, withdraw it, load again.
+                let fragments: Vec<&Fragment> =
+                    self.store.installed().map(|f| f.as_ref()).collect();
+                let retained: Vec<&PlanItem> = self.store.retained().collect();
+                let mut bad = vec![];
+                refused(applier, self.skeleton, &fragments, &retained, &mut bad);
+                if !bad.is_empty() {
+                    for i in &bad {
+                        self.store.failed(
+                            &i.object,
+                            i.error.clone(),
+                            FailurePolicy::FailOpen,
+                            None,
+                        );
+                    }
+                    out.isolated = bad;
+                    let (bytes, again) = applier.full(self.skeleton, &self.store);
+                    out.script_bytes = bytes;
+                    result = again;
+                }
+            }
             match result {
                 Ok(()) => self.needs_full = false,
                 Err(e) => out.error = Some(e),
@@ -272,7 +350,6 @@ impl Table {
 mod tests {
     use super::*;
     use crate::model::ObjectKind;
-    use crate::plan::Fragment;
 
     fn r(n: &str) -> ObjectRef {
         ObjectRef::new(ObjectKind::Service, "x", n)
@@ -283,7 +360,7 @@ mod tests {
     /// plan, and one under FailOpen does not.
     #[test]
     fn a_swap_keeps_the_old_plan_of_an_object_the_new_version_fails() {
-        use crate::model::{FailurePolicy, Role};
+        use crate::model::Role;
         let mut t = Table::new(crate::plan::skeleton::for_role(Role::ServiceProxy));
         assert!(t.begin("v1".into()).is_none());
         let good = |n: &str| Fragment {

@@ -881,6 +881,14 @@ impl PolicyEngine {
             .apply(&NftApplier(self.runner.clone()), &changes, |_, e| {
                 tracing::warn!(error = %e, "the policy delta was refused; loading the whole table");
             });
+        // Counted against the module that rendered it, and said per object.
+        for i in &applied.isolated {
+            tracing::warn!(object = %i.object, error = %i.error, "isolated from the policy table");
+            if let Some(a) = self.registry.binding(&i.module).and_then(|b| b.active()) {
+                a.stats.record(std::time::Duration::ZERO, Some(&i.error));
+            }
+            self.errors.insert(i.object.clone(), i.error.clone());
+        }
         report.full = applied.full;
         report.script_bytes = applied.script_bytes;
         if let Some(e) = &applied.error {

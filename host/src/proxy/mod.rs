@@ -281,6 +281,12 @@ impl ServiceProxy {
             tracing::warn!(error = %first_error, "the proxy's delta was refused; isolating it");
             isolate(&*runner, store, errors, &changes, first_error);
         });
+        // Counted against the module, and said per Service.
+        for i in &applied.isolated {
+            tracing::warn!(object = %i.object, error = %i.error, "isolated from the proxy table");
+            active.stats.record(Duration::ZERO, Some(&i.error));
+            self.errors.insert(i.object.clone(), i.error.clone());
+        }
         report.full = applied.full;
         report.script_bytes = applied.script_bytes;
         if let Some(e) = &applied.error {

@@ -18,6 +18,7 @@
 //! | `stdout-flood` | prints to stdout forever |
 //! | `host-call-loop` | calls `probes.health` in a tight loop forever |
 //! | `grant-violation` | returns a route, which a proxy is not granted |
+//! | `concat-overlap` | renders well, plus a set of its own with overlapping concatenated intervals (the kernel refuses it) |
 //! | `ipvs-plan` | returns an IPVS service (granted, valid, not applied by the agent yet) |
 //! | `dangling-reference` | jumps to a chain that does not exist |
 //! | `foreign-vip` | dispatches 8.8.8.8:53/udp to the Service's first endpoint |
@@ -265,6 +266,36 @@ impl Guest for Hostile {
                     },
                 );
                 Ok(p.build())
+            }
+            "concat-overlap" => {
+                // Valid by every check the host makes, refused by the
+                // kernel: overlapping intervals in a concatenated set.
+                let mut f = good(&svc);
+                let mut p = Plan::new();
+                p.set(
+                    "overlap",
+                    "ov",
+                    vec![NftType::Ipv4Addr, NftType::InetService],
+                    NftSetFlags::INTERVAL,
+                    None,
+                );
+                for (net, len, lo, hi) in [((10, 0, 0, 0), 8, 80, 90), ((10, 1, 0, 0), 16, 85, 95)]
+                {
+                    p.element(
+                        "overlap",
+                        "ov",
+                        vec![
+                            NftValue::Prefix(IpCidr {
+                                address: IpAddress::Ipv4(net),
+                                prefix_len: len,
+                            }),
+                            NftValue::PortRange((lo, hi)),
+                        ],
+                        None,
+                    );
+                }
+                f.items.extend(p.build().items);
+                Ok(f)
             }
             "ipvs-plan" => {
                 let mut p = Plan::new();
