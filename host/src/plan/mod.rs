@@ -6,6 +6,7 @@
 //! only what changed.
 
 pub mod grants;
+pub mod key;
 pub mod reconcile;
 pub mod refusals;
 pub mod scope;

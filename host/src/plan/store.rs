@@ -18,6 +18,7 @@
 //! moving back to a class it left is then an element change only.
 
 use super::Fragment;
+use super::key::ElementKey;
 use crate::contract::bindings::imports::switchyard::plugin::types::{PlanBody, PlanItem};
 use crate::model::{FailurePolicy, ObjectRef};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,7 +30,7 @@ pub enum Claim {
     /// A chain, set, map or counter name.
     Object(String),
     /// An element of a set or map, by set name and key.
-    Element(String, String),
+    Element(String, ElementKey),
     /// An IPVS service, by address, protocol and port.
     Ipvs(String),
     /// A route, by table and destination.
@@ -59,7 +60,7 @@ pub fn claim(item: &PlanItem) -> Claim {
         PlanBody::NftSet(s) => Claim::Object(format!("set {}", s.name)),
         PlanBody::NftMap(m) => Claim::Object(format!("map {}", m.name)),
         PlanBody::NftCounter(c) => Claim::Object(format!("counter {}", c.name)),
-        PlanBody::NftElement(e) => Claim::Element(e.set.clone(), format!("{:?}", e.key)),
+        PlanBody::NftElement(e) => Claim::Element(e.set.clone(), ElementKey::of(&e.key)),
         PlanBody::IpvsService(s) => {
             Claim::Ipvs(format!("{:?} {}:{}", s.protocol, ip(&s.address), s.port))
         }

@@ -84,6 +84,10 @@ pub struct PolicyEngine {
     policies: BTreeMap<ObjectRef, PolicyInput>,
     /// What `explain` reads, replaced after every sync.
     snapshot: SharedSnapshot,
+    /// The groups the drop fragment was last made from: a change that
+    /// leaves them alone (most change allowed peers, not who is isolated)
+    /// neither rebuilds the drop fragment nor diffs it.
+    last_groups: Option<Groups>,
 }
 
 /// The engine's last installed state, for `explain` (the admin API holds
@@ -93,9 +97,9 @@ pub type SharedSnapshot = Arc<parking_lot::RwLock<Arc<Snapshot>>>;
 /// Direction, monitor or not, and family suffix of an isolation set.
 type GroupKey = (String, bool, String);
 
-/// Per isolation set, each isolated pod address (keyed by its text) with
-/// the policies isolating it: the groups the drop chains count for.
-type Groups = BTreeMap<GroupKey, BTreeMap<String, (wit::IpAddress, BTreeSet<ObjectRef>)>>;
+/// Per isolation set, each isolated pod address with the policies
+/// isolating it: the groups the drop chains count for.
+type Groups = BTreeMap<GroupKey, BTreeMap<IpAddr, (wit::IpAddress, BTreeSet<ObjectRef>)>>;
 
 /// The drop chain of a group of policies isolating pods in a direction
 /// and mode; its name is the log prefix of its drops.
@@ -286,6 +290,7 @@ impl PolicyEngine {
             index: BTreeMap::new(),
             policies: BTreeMap::new(),
             snapshot: Default::default(),
+            last_groups: None,
         }
     }
 
@@ -321,7 +326,7 @@ impl PolicyEngine {
                     groups
                         .entry((d.to_string(), monitor, f.to_string()))
                         .or_default()
-                        .entry(format!("{a:?}"))
+                        .entry(crate::contract::wit_to_ip(a))
                         .or_insert((*a, BTreeSet::new()))
                         .1
                         .insert(fr.object.clone());
@@ -332,16 +337,24 @@ impl PolicyEngine {
     }
 
     /// Publish the installed state for `explain` and the drop log.
-    fn publish(&self, groups: &Groups) {
-        let mut isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>> = BTreeMap::new();
-        let mut chains: BTreeMap<String, Vec<ObjectRef>> = BTreeMap::new();
-        for ((d, monitor, _), pods) in groups {
-            for (pod, members) in pods.values() {
-                let list: Vec<ObjectRef> = members.iter().cloned().collect();
-                chains.insert(group_chain(d, *monitor, members), list.clone());
-                isolating.insert((d.clone(), *monitor, crate::runtime::wit_to_ip(pod)), list);
+    /// With `same_groups`, who isolates whom is as last published: only
+    /// the boxes are new.
+    fn publish(&self, groups: &Groups, same_groups: bool) {
+        let (isolating, chains) = if same_groups {
+            let last = self.snapshot.read().clone();
+            (last.isolating.clone(), last.chains.clone())
+        } else {
+            let mut isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>> = BTreeMap::new();
+            let mut chains: BTreeMap<String, Vec<ObjectRef>> = BTreeMap::new();
+            for ((d, monitor, _), pods) in groups {
+                for (pod, members) in pods.values() {
+                    let list: Vec<ObjectRef> = members.iter().cloned().collect();
+                    chains.insert(group_chain(d, *monitor, members), list.clone());
+                    isolating.insert((d.clone(), *monitor, crate::runtime::wit_to_ip(pod)), list);
+                }
             }
-        }
+            (Arc::new(isolating), Arc::new(chains))
+        };
         let snap = Snapshot {
             chains,
             node: self
@@ -871,9 +884,17 @@ impl PolicyEngine {
             changes.push(c);
         }
         let groups = self.groups();
-        match self.table.store.rendered(Self::drops(&groups)) {
-            Ok(c) => changes.push(c),
-            Err(conflict) => tracing::error!(%conflict, "policy drop chains conflict"),
+        let drops_installed = self
+            .table
+            .store
+            .entry(&drops_ref())
+            .is_some_and(|e| e.installed.is_some());
+        let same_groups = self.last_groups.as_ref() == Some(&groups);
+        if !(same_groups && drops_installed) {
+            match self.table.store.rendered(Self::drops(&groups)) {
+                Ok(c) => changes.push(c),
+                Err(conflict) => tracing::error!(%conflict, "policy drop chains conflict"),
+            }
         }
         let t = Instant::now();
         let applied = self
@@ -896,7 +917,8 @@ impl PolicyEngine {
         }
         report.error = applied.error;
         report.apply = t.elapsed();
-        self.publish(&groups);
+        self.publish(&groups, same_groups);
+        self.last_groups = Some(groups);
         report
     }
 }

@@ -23,10 +23,10 @@ pub struct Snapshot {
     /// Each policy's boxes.
     pub boxes: BTreeMap<ObjectRef, Arc<Vec<Provenance>>>,
     /// Which policies isolate a pod address: (direction, monitor, address).
-    pub isolating: BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>>,
+    pub isolating: Arc<BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>>>,
     /// The policies of each drop chain, by the chain's name (the prefix
     /// of its logged drops).
-    pub chains: BTreeMap<String, Vec<ObjectRef>>,
+    pub chains: Arc<BTreeMap<String, Vec<ObjectRef>>>,
 }
 
 /// A rule that allows the connection.

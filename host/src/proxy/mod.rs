@@ -276,10 +276,11 @@ impl ServiceProxy {
         let t = Instant::now();
         let applier = NftApplier(self.runner.clone());
         let runner = self.runner.clone();
+        let registry = self.registry.clone();
         let errors = &mut self.errors;
         let applied = self.table.apply(&applier, &changes, |store, first_error| {
             tracing::warn!(error = %first_error, "the proxy's delta was refused; isolating it");
-            isolate(&*runner, store, errors, &changes, first_error);
+            isolate(&*runner, &registry, store, errors, &changes, first_error);
         });
         // Counted against the module, and said per Service.
         for i in &applied.isolated {
@@ -316,6 +317,7 @@ impl ServiceProxy {
 /// whose change the kernel refuses, and say why. A full load follows.
 fn isolate(
     runner: &dyn NftRunner,
+    registry: &Registry,
     store: &mut PlanStore,
     errors: &mut BTreeMap<ObjectRef, String>,
     changes: &[Change],
@@ -333,10 +335,15 @@ fn isolate(
             } else {
                 e
             };
-            errors.insert(
-                c.object.clone(),
-                format!("nftables refused the Service's rules: {e}"),
-            );
+            let e = format!("nftables refused the Service's rules: {e}");
+            // Counted against the module, as a failed render is.
+            if let Some(a) = registry
+                .binding(&c.new.as_ref().map_or(String::new(), |f| f.module.clone()))
+                .and_then(|b| b.active())
+            {
+                a.stats.record(Duration::ZERO, Some(&e));
+            }
+            errors.insert(c.object.clone(), e);
             store.remove(&c.object);
         }
     }
