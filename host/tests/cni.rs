@@ -122,19 +122,40 @@ fn every_spec_version_gets_its_own_result_shape() {
     let version = cni(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
     assert_eq!(
         version.ok()["supportedVersions"],
-        json!(["0.4.0", "1.0.0", "1.1.0"])
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
     assert_eq!(version.out["cniVersion"], "1.0.0");
-    for (i, v) in ["0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+    for (i, v) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
         let p = Netns::new("pv");
         let r = verb("ADD", &format!("ctr-{i}"), &p.path, &agent.conf(v));
-        let out = r.ok();
+        let out = r.ok().clone();
         assert_eq!(out["cniVersion"], *v);
+        let before_1 = v.starts_with("0.");
         assert_eq!(
             out["ips"][0].get("version").is_some(),
-            *v == "0.4.0",
+            before_1,
             "{v}: {out}"
         );
+        if before_1 {
+            assert_eq!(out["ips"][0]["version"], "4", "{out}");
+            assert_eq!(out["ips"][1]["version"], "6", "{out}");
+            assert_eq!(out["ips"][0]["interface"], 1, "{out}");
+        }
+        // CHECK exists from 0.4.0 on.
+        let c = verb(
+            "CHECK",
+            &format!("ctr-{i}"),
+            &p.path,
+            &with_prev(&agent.conf(v), &out),
+        );
+        if v.starts_with("0.3") {
+            assert_eq!(c.error_code(), 1, "{v}: {}", c.raw);
+        } else {
+            assert_eq!(c.code, 0, "{v}: {}", c.raw);
+        }
         assert_eq!(
             out["interfaces"][1].get("mtu").is_some(),
             *v == "1.1.0",
@@ -185,6 +206,9 @@ fn bad_input_gets_the_right_code_and_leaves_nothing_behind() {
     let mut c = agent.conf("1.0.0");
     c["ipam"] = json!({"type": "host-local"});
     let ipam = c.to_string();
+    let mut c = agent.conf("1.0.0");
+    c.as_object_mut().unwrap().remove("cniVersion");
+    let no_version = c.to_string();
     /// (what, expected code, environment, stdin)
     type Case<'a> = (&'a str, u64, Vec<(&'a str, String)>, String);
     let cases: Vec<Case<'_>> = vec![
@@ -200,7 +224,19 @@ fn bad_input_gets_the_right_code_and_leaves_nothing_behind() {
             "unsupported version",
             1,
             env("ADD", "c1", "eth0"),
-            agent.conf("0.3.1").to_string(),
+            agent.conf("0.2.0").to_string(),
+        ),
+        (
+            "no cniVersion (0.1.0, as libcni reads it)",
+            1,
+            env("ADD", "c1", "eth0"),
+            no_version,
+        ),
+        (
+            "a cniVersion that is not a version",
+            6,
+            env("ADD", "c1", "eth0"),
+            agent.conf("1.x").to_string(),
         ),
         ("no CNI_COMMAND", 4, vec![], conf.clone()),
         (
@@ -255,6 +291,54 @@ fn bad_input_gets_the_right_code_and_leaves_nothing_behind() {
             "{what}: a message says what to fix"
         );
     }
+    // Messages that say all of what to fix.
+    let r = run(vec![("CNI_COMMAND", "ADD".into())], &conf);
+    assert_eq!(r.error_code(), 4, "{}", r.raw);
+    assert!(
+        r.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS"),
+        "every missing variable is named: {}",
+        r.raw
+    );
+    let mut c = agent.conf("1.0.0");
+    c["brige"] = json!("sy9");
+    let r = run(env("ADD", "c1", "eth0"), &c.to_string());
+    assert!(
+        r.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains(r#""brige" = "sy9""#),
+        "{}",
+        r.raw
+    );
+    // Over 1 MiB: refused as invalid, not "agent not reachable" (retried forever).
+    let mut c = agent.conf("1.0.0");
+    c["args"] = json!({"padding": "x".repeat(2 << 20)});
+    let r = run(env("ADD", "c1", "eth0"), &c.to_string());
+    assert_eq!(r.error_code(), 7, "{}", &r.raw[..r.raw.len().min(500)]);
+    assert!(
+        r.out["msg"].as_str().unwrap().contains("at most 1048576"),
+        "{}",
+        r.raw
+    );
+    // A 256-character container id (the spec sets no limit) is served.
+    let long = "c".repeat(256);
+    let vars = |cmd: &str| {
+        vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", long.clone()),
+            ("CNI_NETNS", ns.clone()),
+            ("CNI_IFNAME", "eth0".to_string()),
+        ]
+    };
+    let r = run(vars("ADD"), &conf);
+    assert_eq!(r.code, 0, "{}", r.raw);
+    assert_eq!(run(vars("CHECK"), &conf).code, 0);
+    assert_eq!(run(vars("DEL"), &conf).code, 0);
+    assert!(agent.pod_veths().is_empty());
+
     // An interface that already exists in the pod.
     p.ip(&["link", "add", "eth0", "type", "bridge"]);
     let r = run(env("ADD", "c2", "eth0"), &conf);
@@ -299,6 +383,21 @@ fn an_exhausted_pool_is_reported_and_rolled_back() {
     );
     assert_eq!(agent.pod_veths().len(), 1);
     assert!(!b.ip(&["-br", "link"]).contains("eth0"));
+    // STATUS says what ADD would meet, and recovers with the address.
+    let status = || cni(&[("CNI_COMMAND", "STATUS")], &conf.to_string());
+    let s = status();
+    assert_eq!(s.error_code(), 50, "{}", s.raw);
+    assert!(
+        s.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("pool v4 (10.72.0.0/30) has no free address"),
+        "{}",
+        s.raw
+    );
+    assert_eq!(verb("DEL", "one", &a.path, &conf).code, 0);
+    assert_eq!(status().code, 0, "{}", status().raw);
+    verb("ADD", "two", &b.path, &conf).ok();
     agent.stop();
     assert_eq!(held(&agent.ledger(&[("v4", "10.72.0.0/30")])), 1);
 }
@@ -423,6 +522,135 @@ fn gc_tears_down_attachments_that_are_not_valid() {
     assert!(!pods[1].ip(&["-br", "link"]).contains("eth0"));
     agent.stop();
     assert_eq!(held(&agent.ledger(&pools())), 1);
+}
+
+#[test]
+fn gc_touches_only_its_network_and_needs_the_list() {
+    require_root();
+    let mut agent = AgentProc::start("cni-gn", &[V4, V6], None);
+    let pods = agent.conf("1.1.0");
+    let mut other = pods.clone();
+    other["name"] = json!("other");
+    let (a, b) = (Netns::new("pga"), Netns::new("pgb"));
+    verb("ADD", "in-pods", &a.path, &pods).ok();
+    verb("ADD", "in-other", &b.path, &other).ok();
+    let gc = |config: &Value| {
+        cni(
+            &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+            &config.to_string(),
+        )
+    };
+    // A GC without the list is refused and touches nothing.
+    let r = gc(&other);
+    assert_eq!(r.error_code(), 7, "{}", r.raw);
+    assert!(
+        r.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("cni.dev/valid-attachments"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(agent.pod_veths().len(), 2, "{:?}", agent.pod_veths());
+    // GC of network "other" with nothing valid leaves the pods of "pods".
+    let mut empty = other.clone();
+    empty["cni.dev/valid-attachments"] = json!([]);
+    let r = gc(&empty);
+    assert_eq!(r.code, 0, "{}", r.raw);
+    assert!(
+        a.ip(&["-br", "link"]).contains("eth0"),
+        "pods' pod lost eth0"
+    );
+    assert!(!b.ip(&["-br", "link"]).contains("eth0"));
+    assert_eq!(agent.pod_veths().len(), 1, "{:?}", agent.pod_veths());
+    assert_eq!(
+        verb("CHECK", "in-pods", &a.path, &pods).code,
+        0,
+        "network pods is intact"
+    );
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 1);
+}
+
+#[test]
+fn check_accepts_other_plugins_addresses_and_del_tolerates_a_bad_prev_result() {
+    require_root();
+    let mut agent = AgentProc::start("cni-p", &[V4, V6], None);
+    let p = Netns::new("pprev");
+    let conf = agent.conf("1.1.0");
+    // A plugin before us in the chain made lo's and another address.
+    let before = json!({"cniVersion": "1.1.0",
+        "interfaces": [{"name": "lo", "sandbox": p.path}],
+        "ips": [{"address": "127.0.0.1/8", "interface": 0}, {"address": "192.0.2.9/32", "interface": 0}]});
+    let res = verb("ADD", "chained", &p.path, &with_prev(&conf, &before))
+        .ok()
+        .clone();
+    assert_eq!(res["ips"].as_array().unwrap().len(), 4, "{res}");
+    assert_eq!(res["ips"][2]["interface"], 2, "ours shift past lo: {res}");
+    let c = verb("CHECK", "chained", &p.path, &with_prev(&conf, &res));
+    assert_eq!(c.code, 0, "{}", c.raw);
+    // An address of our pools that we do not hold is still our business.
+    let mut wrong = res.clone();
+    wrong["ips"][2]["address"] = json!("10.71.0.200/24");
+    let c = verb("CHECK", "chained", &p.path, &with_prev(&conf, &wrong));
+    assert_eq!(c.error_code(), 103, "{}", c.raw);
+    // A prevResult DEL cannot read does not stop DEL; other verbs refuse it.
+    for bad in [json!("garbage"), json!([1, 2])] {
+        assert_eq!(
+            verb("CHECK", "chained", &p.path, &with_prev(&conf, &bad)).error_code(),
+            7
+        );
+    }
+    let d = verb(
+        "DEL",
+        "chained",
+        &p.path,
+        &with_prev(&conf, &json!("garbage")),
+    );
+    assert_eq!(d.code, 0, "{}", d.raw);
+    assert!(agent.pod_veths().is_empty());
+    assert_eq!(
+        verb("DEL", "chained", &p.path, &with_prev(&conf, &json!([1]))).code,
+        0
+    );
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
+}
+
+#[test]
+fn a_repeated_add_answers_only_while_the_kernel_matches() {
+    require_root();
+    let mut agent = AgentProc::start("cni-2", &[V4, V6], None);
+    let p = Netns::new("ptwice");
+    let conf = agent.conf("1.1.0");
+    let first = verb("ADD", "twice", &p.path, &conf).ok().clone();
+    // A runtime that lost the answer asks again: the same result.
+    let again = verb("ADD", "twice", &p.path, &conf);
+    assert_eq!(again.ok(), &first);
+    assert_eq!(agent.pod_veths().len(), 1);
+    // The pod's interface deleted by hand (the veth pair goes with it).
+    p.ip(&["link", "del", "eth0"]);
+    assert!(wait_for(Duration::from_secs(5), || agent
+        .pod_veths()
+        .is_empty()));
+    let r = verb("ADD", "twice", &p.path, &conf);
+    assert_eq!(r.error_code(), 102, "{}", r.raw);
+    let msg = r.out["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("ADD without DEL") && msg.contains("DEL it, then ADD again"),
+        "{}",
+        r.raw
+    );
+    // DEL, then ADD, works.
+    assert_eq!(verb("DEL", "twice", &p.path, &conf).code, 0);
+    let fresh = verb("ADD", "twice", &p.path, &conf).ok().clone();
+    assert!(
+        p.ip(&["-br", "addr", "show", "eth0"])
+            .contains(&result_ips(&fresh)[0])
+    );
+    assert_eq!(verb("DEL", "twice", &p.path, &conf).code, 0);
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
 }
 
 #[test]

@@ -14,8 +14,14 @@ use switchyard::datapath::netlink::in_netns;
 
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
-/// Build the libcni driver (Go, GOPATH mode, offline against Debian's sources).
+/// Build the libcni driver (Go, GOPATH mode, offline against Debian's
+/// sources), once per test binary: the tests run in parallel.
 fn driver() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_driver).clone()
+}
+
+fn build_driver() -> PathBuf {
     let out = std::env::temp_dir().join("switchyard-cnidriver");
     std::fs::create_dir_all(&out).unwrap();
     let bin = out.join("cnidriver");
@@ -92,13 +98,7 @@ fn libcni_drives_switchyard_chained_with_tuning_portmap_and_bandwidth() {
     let agent = AgentProc::start("chain", &["10.74.0.0/24", "fd74::/64"], None);
     let pod = Netns::new("pchain");
     // The runtime finds our plugin by its type in a plugin directory.
-    let plugins = agent.dir.path().join("bin");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(
-        switchyard::modules::CNI_PLUGIN,
-        plugins.join("switchyard-cni"),
-    )
-    .unwrap();
+    let plugins = plugin_dir(&agent);
     let conflist = agent.dir.path().join("10-chain.conflist");
     std::fs::write(
         &conflist,
@@ -251,4 +251,75 @@ fn libcni_drives_switchyard_chained_with_tuning_portmap_and_bandwidth() {
         !String::from_utf8_lossy(&rules.stdout).contains(&pod_ip),
         "portmap's rules for {pod_ip} are gone"
     );
+}
+
+/// The plugin directory a runtime searches, holding our plugin.
+fn plugin_dir(agent: &AgentProc) -> PathBuf {
+    let plugins = agent.dir.path().join("bin");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(
+        switchyard::modules::CNI_PLUGIN,
+        plugins.join("switchyard-cni"),
+    )
+    .unwrap();
+    plugins
+}
+
+#[test]
+fn libcni_checks_switchyard_after_another_plugin() {
+    require_root();
+    assert!(
+        Path::new(REFERENCE_PLUGINS).join("loopback").exists(),
+        "the reference plugin loopback is missing; scripts/setup.sh installs containernetworking-plugins"
+    );
+    let driver = driver();
+    let agent = AgentProc::start("after", &["10.75.0.0/24"], None);
+    let pod = Netns::new("pafter");
+    let plugins = plugin_dir(&agent);
+    // loopback runs first, so our prevResult lists its lo addresses: ADD
+    // chains after them, CHECK must accept them and check only ours.
+    let conflist = agent.dir.path().join("10-after.conflist");
+    std::fs::write(
+        &conflist,
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "after",
+            "plugins": [{"type": "loopback"}, {"type": "switchyard-cni", "socket": agent.socket}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let caps = json!({});
+    let call = |cmd: &str| {
+        libcni(
+            &agent, &driver, cmd, &conflist, "after", &pod, &plugins, &caps,
+        )
+    };
+    let (ok, out) = call("ADD");
+    assert!(ok, "libcni ADD failed: {out}");
+    let result: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let ips: Vec<&str> = result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .collect();
+    assert!(ips.contains(&"127.0.0.1/8"), "loopback's address: {result}");
+    let ours = ips
+        .iter()
+        .find(|a| a.starts_with("10.75.0."))
+        .unwrap_or_else(|| panic!("our address: {result}"))
+        .to_string();
+    let (ok, out) = call("CHECK");
+    assert!(ok, "libcni CHECK failed: {out}");
+    // CHECK still fails when our part is broken.
+    pod.ip(&["addr", "del", &ours, "dev", "eth0"]);
+    let (ok, out) = call("CHECK");
+    assert!(
+        !ok && out.contains("is missing from eth0"),
+        "CHECK should fail: {out}"
+    );
+    let (ok, out) = call("DEL");
+    assert!(ok, "libcni DEL failed: {out}");
+    assert!(agent.pod_veths().is_empty());
 }

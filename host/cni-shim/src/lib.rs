@@ -1,5 +1,5 @@
 //! The CNI protocol as Switchyard speaks it (containernetworking/cni SPEC.md,
-//! versions 0.4.0, 1.0.0 and 1.1.0), shared by the `switchyard-cni` plugin
+//! versions 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0), shared by the `switchyard-cni` plugin
 //! binary and the agent's CNI server.
 //!
 //! The plugin validates what the runtime gave it (environment, JSON, version,
@@ -14,11 +14,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Spec versions this plugin speaks, oldest first.
-pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The newest of them.
 pub const LATEST: &str = "1.1.0";
 /// Where the agent listens unless the network configuration says `socket`.
 pub const DEFAULT_SOCKET: &str = "/run/switchyard/cni.sock";
+/// The largest network configuration accepted on stdin. A runtime's
+/// configuration with a previous result is a few KiB; more is a mistake.
+pub const MAX_CONFIG: usize = 1 << 20;
+/// The largest request the agent reads: the configuration, the environment
+/// (`CNI_ARGS` included) and the JSON around them.
+pub const MAX_REQUEST: usize = 4 << 20;
 /// The longest a request to the agent may take.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -203,22 +209,45 @@ pub fn read_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, Error> {
         container_id: var("CNI_CONTAINERID"),
         netns: var("CNI_NETNS"),
         ifname: var("CNI_IFNAME"),
-        args: parse_args(&var("CNI_ARGS")).map_err(env_err)?,
+        args: vec![],
         path: var("CNI_PATH"),
     };
+    // Name every variable that is missing at once, not one per attempt.
+    let mut required = vec![];
+    if command.per_attachment() {
+        required.extend([
+            ("CNI_CONTAINERID", &env.container_id),
+            ("CNI_IFNAME", &env.ifname),
+        ]);
+        if command != Command::Del {
+            required.push(("CNI_NETNS", &env.netns));
+        }
+    }
+    if command == Command::Gc {
+        required.push(("CNI_PATH", &env.path));
+    }
+    let missing: Vec<&str> = required
+        .iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(k, _)| *k)
+        .collect();
+    if !missing.is_empty() {
+        return Err(env_err(format!(
+            "{raw} needs {} in the environment, and {} not set",
+            missing.join(", "),
+            if missing.len() == 1 {
+                "it is"
+            } else {
+                "they are"
+            }
+        )));
+    }
+    let args = parse_args(&var("CNI_ARGS")).map_err(env_err)?;
     if command.per_attachment() {
         check_container_id(&env.container_id).map_err(env_err)?;
         check_ifname(&env.ifname).map_err(env_err)?;
-        if command != Command::Del && env.netns.is_empty() {
-            return Err(env_err(format!(
-                "CNI_NETNS is required for {raw}: the path of the pod's network namespace"
-            )));
-        }
     }
-    if command == Command::Gc && env.path.is_empty() {
-        return Err(env_err("CNI_PATH is required for GC"));
-    }
-    Ok(env)
+    Ok(Env { args, ..env })
 }
 
 /// Fields of the spec a network configuration may carry, and ours.
@@ -243,6 +272,16 @@ fn cfg_err(msg: impl Into<String>) -> Error {
     Error::new(code::INVALID_CONFIG, msg)
 }
 
+/// A value as a message shows it: JSON, cut short when long.
+fn shown(v: &Value) -> String {
+    const MAX: usize = 200;
+    let s = v.to_string();
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}... ({} bytes)", &s[..i], s.len()),
+        None => s,
+    }
+}
+
 /// Parse stdin as a network configuration object.
 pub fn parse_config(stdin: &[u8]) -> Result<Value, Error> {
     let v: Value = serde_json::from_slice(stdin).map_err(|e| {
@@ -263,29 +302,46 @@ fn version_tuple(v: &str) -> Option<(u32, u32, u32)> {
     it.next().is_none().then_some(t)
 }
 
+/// A version that does not parse is a decoding failure, as libcni's skel
+/// answers it; a version that parses but is not ours is incompatible.
+fn offered_version(key: &str, v: &Value) -> Result<String, Error> {
+    let undecodable = |what: String| {
+        Error::new(
+            code::DECODE,
+            format!("{key} {what} is not a version such as \"1.1.0\""),
+        )
+    };
+    let s = v.as_str().ok_or_else(|| undecodable(v.to_string()))?;
+    version_tuple(s).ok_or_else(|| undecodable(format!("{s:?}")))?;
+    Ok(s.to_string())
+}
+
 /// The spec version to speak: the highest of `cniVersions` (1.1) or
 /// `cniVersion` that this plugin supports.
 pub fn negotiate(config: &Value) -> Result<String, Error> {
     let mut offered: Vec<String> = vec![];
     match config.get("cniVersion") {
-        Some(Value::String(s)) => offered.push(s.clone()),
-        Some(_) => return Err(cfg_err("cniVersion must be a string such as \"1.1.0\"")),
+        Some(v) => offered.push(offered_version("cniVersion", v)?),
+        // The spec (and libcni) read a configuration without one as 0.1.0.
         None => {
-            return Err(cfg_err(
-                "cniVersion is required in the network configuration",
+            return Err(Error::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "the network configuration has no cniVersion, which the spec reads as 0.1.0; this plugin supports {}: add \"cniVersion\": \"{LATEST}\"",
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
             ));
         }
     }
     if let Some(list) = config.get("cniVersions") {
-        let list = list
-            .as_array()
-            .ok_or_else(|| cfg_err("cniVersions must be a list of strings"))?;
+        let list = list.as_array().ok_or_else(|| {
+            Error::new(
+                code::DECODE,
+                format!("cniVersions {list} must be a list of versions"),
+            )
+        })?;
         for v in list {
-            offered.push(
-                v.as_str()
-                    .ok_or_else(|| cfg_err("cniVersions must be a list of strings"))?
-                    .to_string(),
-            );
+            offered.push(offered_version("cniVersions entry", v)?);
         }
     }
     offered
@@ -314,14 +370,18 @@ pub fn check_config(config: &Value, command: Command, version: &str) -> Result<(
         if k == "ipam" {
             return Err(Error::new(
                 code::UNSUPPORTED_FIELD,
-                "unsupported field \"ipam\" in the network configuration: Switchyard assigns addresses itself, from the node's pod CIDRs; remove the ipam section",
+                format!(
+                    "unsupported field \"ipam\" = {} in the network configuration: Switchyard assigns addresses itself, from the node's pod CIDRs; remove the ipam section",
+                    shown(v)
+                ),
             ));
         }
         if !SPEC_FIELDS.contains(&k.as_str()) && !OUR_FIELDS.contains(&k.as_str()) {
             return Err(Error::new(
                 code::UNSUPPORTED_FIELD,
                 format!(
-                    "unsupported field {k:?} = {v} in the network configuration (Switchyard knows {} and the spec's fields)",
+                    "unsupported field {k:?} = {} in the network configuration (Switchyard knows {} and the spec's fields)",
+                    shown(v),
                     OUR_FIELDS.join(", ")
                 ),
             ));
@@ -373,21 +433,39 @@ pub fn check_config(config: &Value, command: Command, version: &str) -> Result<(
             return Err(cfg_err(format!("pools {p} must be a list of pool names")));
         }
     }
+    // DEL must succeed as far as it can: a prevResult it cannot read is
+    // ignored there (the agent tears down from its own records).
     if let Some(p) = obj.get("prevResult")
         && !p.is_object()
+        && command != Command::Del
     {
         return Err(cfg_err(
             "prevResult must be a JSON object (a previous result)",
         ));
     }
-    let newer = version_tuple(version) >= version_tuple("1.1.0");
-    if matches!(command, Command::Gc | Command::Status) && !newer {
+    let since = match command {
+        Command::Gc | Command::Status => "1.1.0",
+        Command::Check => "0.4.0",
+        _ => "0.1.0",
+    };
+    if version_tuple(version) < version_tuple(since) {
         return Err(Error::new(
             code::INCOMPATIBLE_VERSION,
-            format!("{command:?} needs CNI version 1.1.0, but the configuration speaks {version}"),
+            format!(
+                "{command:?} needs CNI version {since}, but the configuration speaks {version}"
+            ),
         ));
     }
     if command == Command::Gc {
+        // A GC without the list would read as "nothing is valid" and tear
+        // down every pod of the network; the spec says the runtime passes it.
+        if !obj.contains_key("cni.dev/valid-attachments")
+            && !obj.contains_key("cni.dev/attachments")
+        {
+            return Err(cfg_err(
+                "GC needs cni.dev/valid-attachments, the list of attachments of this network still in use (an empty list when there are none); without it nothing is collected",
+            ));
+        }
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
             if let Some(list) = obj.get(key) {
                 let ok = list.as_array().is_some_and(|a| {
@@ -407,23 +485,23 @@ pub fn check_config(config: &Value, command: Command, version: &str) -> Result<(
     Ok(())
 }
 
-/// The attachments a GC request says are still in use.
-pub fn valid_attachments(config: &Value) -> Vec<(String, String)> {
+/// The attachments a GC request says are still in use, or `None` when it
+/// does not say (which must not read as "none").
+pub fn valid_attachments(config: &Value) -> Option<Vec<(String, String)>> {
     let list = config
         .get("cni.dev/valid-attachments")
-        .or_else(|| config.get("cni.dev/attachments"))
-        .and_then(Value::as_array);
-    list.map(|a| {
-        a.iter()
+        .or_else(|| config.get("cni.dev/attachments"))?
+        .as_array()?;
+    Some(
+        list.iter()
             .filter_map(|x| {
                 Some((
                     x["containerID"].as_str()?.to_string(),
                     x["ifname"].as_str()?.to_string(),
                 ))
             })
-            .collect()
-    })
-    .unwrap_or_default()
+            .collect(),
+    )
 }
 
 /// The answer to VERSION.
@@ -457,6 +535,15 @@ pub enum Response {
 
 /// Check everything the plugin can check alone and build the request.
 pub fn validate(env: Env, stdin: &[u8]) -> Result<Request, (String, Error)> {
+    if stdin.len() > MAX_CONFIG {
+        return Err((
+            LATEST.to_string(),
+            cfg_err(format!(
+                "the network configuration on stdin is {} bytes; Switchyard accepts at most {MAX_CONFIG} (1 MiB)",
+                stdin.len()
+            )),
+        ));
+    }
     let config = parse_config(stdin).map_err(|e| (LATEST.to_string(), e))?;
     let version = negotiate(&config).map_err(|e| (LATEST.to_string(), e))?;
     check_config(&config, env.command, &version).map_err(|e| (version.clone(), e))?;
@@ -499,6 +586,16 @@ pub fn call_agent(socket: &Path, req: &Request, timeout: Duration) -> Result<Opt
     s.set_write_timeout(Some(timeout))
         .map_err(|e| unavailable(e.to_string()))?;
     let body = serde_json::to_vec(req).map_err(|e| Error::new(code::INTERNAL, e.to_string()))?;
+    if body.len() > MAX_REQUEST {
+        // The agent would stop reading, and a broken pipe reads as "try again".
+        return Err(Error::new(
+            code::INVALID_CONFIG,
+            format!(
+                "the request (network configuration and CNI_ARGS) is {} bytes; the agent accepts at most {MAX_REQUEST}",
+                body.len()
+            ),
+        ));
+    }
     s.write_all(&body).map_err(|e| unavailable(e.to_string()))?;
     s.shutdown(std::net::Shutdown::Write)
         .map_err(|e| unavailable(e.to_string()))?;
@@ -568,7 +665,14 @@ mod tests {
         assert_eq!(env(&e).unwrap_err().code, 4);
         let mut e = add_env();
         e.retain(|(k, _)| *k != "CNI_NETNS");
-        assert!(env(&e).unwrap_err().msg.contains("CNI_NETNS is required"));
+        assert!(env(&e).unwrap_err().msg.contains("needs CNI_NETNS"));
+        let err = env(&[("CNI_COMMAND", "ADD")]).unwrap_err();
+        assert!(
+            err.msg
+                .contains("needs CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS in the environment"),
+            "{}",
+            err.msg
+        );
         // DEL needs no namespace.
         e[0] = ("CNI_COMMAND", "DEL");
         assert!(env(&e).is_ok());
@@ -601,12 +705,23 @@ mod tests {
                 .unwrap(),
             "1.1.0"
         );
-        let e = negotiate(&json!({"cniVersion": "0.3.1"})).unwrap_err();
+        assert_eq!(negotiate(&json!({"cniVersion": "0.3.1"})).unwrap(), "0.3.1");
+        let e = negotiate(&json!({"cniVersion": "0.2.0"})).unwrap_err();
         assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
-        assert!(e.msg.contains("0.3.1") && e.msg.contains("1.1.0"));
+        assert!(e.msg.contains("0.2.0") && e.msg.contains("1.1.0"));
+        // As libcni: absent is 0.1.0 (incompatible), unparsable is undecodable.
+        let e = negotiate(&json!({"name": "x"})).unwrap_err();
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        assert!(e.msg.contains("no cniVersion"), "{}", e.msg);
+        for bad in [json!("1.x"), json!(1), json!("1.0.0.0")] {
+            let e = negotiate(&json!({"cniVersion": bad})).unwrap_err();
+            assert_eq!(e.code, code::DECODE, "{bad}: {}", e.msg);
+        }
         assert_eq!(
-            negotiate(&json!({"name": "x"})).unwrap_err().code,
-            code::INVALID_CONFIG
+            negotiate(&json!({"cniVersion": "1.0.0", "cniVersions": ["x"]}))
+                .unwrap_err()
+                .code,
+            code::DECODE
         );
     }
 
@@ -618,12 +733,23 @@ mod tests {
         typo["brige"] = json!("sy0");
         let e = check_config(&typo, Command::Add, "1.1.0").unwrap_err();
         assert_eq!(e.code, code::UNSUPPORTED_FIELD);
-        assert!(e.msg.contains("\"brige\""), "{}", e.msg);
+        assert!(e.msg.contains("\"brige\" = \"sy0\""), "{}", e.msg);
         let mut ipam = ok.clone();
         ipam["ipam"] = json!({"type": "host-local"});
-        assert_eq!(
-            check_config(&ipam, Command::Add, "1.1.0").unwrap_err().code,
-            code::UNSUPPORTED_FIELD
+        let e = check_config(&ipam, Command::Add, "1.1.0").unwrap_err();
+        assert_eq!(e.code, code::UNSUPPORTED_FIELD);
+        assert!(
+            e.msg.contains(r#""ipam" = {"type":"host-local"}"#),
+            "{}",
+            e.msg
+        );
+        let mut long = ok.clone();
+        long["extra"] = json!("x".repeat(5000));
+        let e = check_config(&long, Command::Add, "1.1.0").unwrap_err();
+        assert!(
+            e.msg.len() < 600 && e.msg.contains("5002 bytes"),
+            "{}",
+            e.msg
         );
         let mut mtu = ok.clone();
         mtu["mtu"] = json!(70000);
@@ -645,6 +771,10 @@ mod tests {
                 .code,
             code::INCOMPATIBLE_VERSION
         );
+        let e = check_config(&ok, Command::Check, "0.3.1").unwrap_err();
+        assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+        assert!(e.msg.contains("0.4.0"), "{}", e.msg);
+        check_config(&ok, Command::Add, "0.3.0").unwrap();
         assert_eq!(parse_config(b"{not json").unwrap_err().code, code::DECODE);
         assert_eq!(parse_config(b"[1]").unwrap_err().code, code::INVALID_CONFIG);
     }
@@ -654,11 +784,19 @@ mod tests {
         let c = json!({"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]});
         assert_eq!(
             valid_attachments(&c),
-            vec![("a".to_string(), "eth0".to_string())]
+            Some(vec![("a".to_string(), "eth0".to_string())])
         );
+        assert_eq!(valid_attachments(&json!({"name": "pods"})), None);
+        let gc = json!({"cniVersion": "1.1.0", "name": "pods"});
+        let e = check_config(&gc, Command::Gc, "1.1.0").unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("cni.dev/valid-attachments"), "{}", e.msg);
         let v = version_output(Some(&json!({"cniVersion": "1.0.0"})));
         assert_eq!(v["cniVersion"], "1.0.0");
-        assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         assert_eq!(version_output(None)["cniVersion"], LATEST);
     }
 

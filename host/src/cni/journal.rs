@@ -4,7 +4,11 @@
 
 use crate::datapath::ipam::AttachmentKey;
 use crate::runtime::{Effect, EffectJournal};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+
+/// The longest file name Linux filesystems take.
+const NAME_MAX: usize = 255;
 
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -20,16 +24,24 @@ impl Journal {
     }
 
     /// Container ids and interface names contain no `/` (both are checked),
-    /// so they make safe file names.
+    /// so they make safe file names, unless together they pass the 255
+    /// bytes a file name may have (the spec sets no limit on container ids):
+    /// then the name is a digest, and the key is read from the header line.
     pub fn path(&self, key: &AttachmentKey) -> PathBuf {
-        self.dir
-            .join(format!("{}__{}.jsonl", key.container_id, key.ifname))
+        let plain = format!("{}__{}.jsonl", key.container_id, key.ifname);
+        if plain.len() <= NAME_MAX {
+            return self.dir.join(plain);
+        }
+        let digest = Sha256::digest(format!("{}\0{}", key.container_id, key.ifname));
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("h-{hex}.jsonl"))
     }
 
-    /// Start a journal for an ADD, empty.
+    /// Start a journal for an ADD: a header naming the attachment, no effects.
     pub fn start(&self, key: &AttachmentKey) -> std::io::Result<std::sync::Arc<JournalFile>> {
         let p = self.path(key);
-        std::fs::write(&p, b"")?;
+        let header = serde_json::json!({"attachment": key});
+        std::fs::write(&p, format!("{header}\n"))?;
         Ok(std::sync::Arc::new(JournalFile { path: p }))
     }
 
@@ -56,16 +68,24 @@ impl Journal {
             .filter_map(|e| {
                 let p = e.path();
                 let stem = p.file_name()?.to_str()?.strip_suffix(".jsonl")?.to_string();
-                let (container_id, ifname) = stem.split_once("__")?;
-                Some((
-                    AttachmentKey {
+                let key = Journal::header(&p).or_else(|| {
+                    // Journals of older agents have no header.
+                    let (container_id, ifname) = stem.split_once("__")?;
+                    Some(AttachmentKey {
                         container_id: container_id.to_string(),
                         ifname: ifname.to_string(),
-                    },
-                    Journal::read(&p),
-                ))
+                    })
+                })?;
+                Some((key, Journal::read(&p)))
             })
             .collect()
+    }
+
+    /// The attachment a journal's header line names.
+    fn header(path: &Path) -> Option<AttachmentKey> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let first: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
+        serde_json::from_value(first.get("attachment")?.clone()).ok()
     }
 }
 
@@ -85,5 +105,41 @@ impl EffectJournal for JournalFile {
             .append(true)
             .open(&self.path)?;
         std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_container_ids_get_digest_names_and_come_back_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path()).unwrap();
+        let long = AttachmentKey {
+            container_id: "a".repeat(256),
+            ifname: "eth0".into(),
+        };
+        let short = AttachmentKey {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+        };
+        for k in [&long, &short] {
+            let f = j.start(k).unwrap();
+            f.append(&Effect::Allocated {
+                pool: "v4".into(),
+                address: "10.0.0.2".parse().unwrap(),
+            })
+            .unwrap();
+        }
+        assert!(j.path(&long).file_name().unwrap().len() <= NAME_MAX);
+        let mut pending = j.pending();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].0, long);
+        assert_eq!(pending[1].0, short);
+        assert_eq!(pending[0].1.len(), 1, "the header is not an effect");
+        j.finish(&long);
+        assert_eq!(j.pending().len(), 1);
     }
 }

@@ -90,7 +90,8 @@ pub fn for_version(v: &Value, version: &str) -> Value {
             }
         }
     }
-    if version == "0.4.0"
+    // Before 1.0, each address says its family.
+    if matches!(version, "0.3.0" | "0.3.1" | "0.4.0")
         && let Some(ips) = out.get_mut("ips").and_then(Value::as_array_mut)
     {
         for ip in ips {
@@ -119,6 +120,10 @@ mod tests {
         assert!(v["interfaces"][0].get("mtu").is_none());
         assert_eq!(v["ips"][0]["version"], "4");
         assert_eq!(v["ips"][1]["version"], "6");
+        let v = for_version(&ours(), "0.3.1");
+        assert_eq!(v["cniVersion"], "0.3.1");
+        assert_eq!(v["ips"][1]["version"], "6");
+        assert!(v["interfaces"][0].get("mtu").is_none());
         let v = for_version(&ours(), "1.0.0");
         assert!(v["ips"][0].get("version").is_none());
         assert!(v["interfaces"][1].get("mtu").is_none());

@@ -10,9 +10,6 @@ use switchyard_cni::{Error, Request, Response, code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Largest request accepted (a network configuration with a previous result).
-const MAX_REQUEST: u64 = 1 << 20;
-
 /// Listen on `path` until `shutdown` completes; the socket file is removed then.
 pub async fn serve(
     path: PathBuf,
@@ -49,10 +46,20 @@ async fn connection(mut stream: UnixStream, service: Arc<CniService>) {
     let mut buf = vec![];
     let read = tokio::time::timeout(
         Duration::from_secs(30),
-        (&mut stream).take(MAX_REQUEST).read_to_end(&mut buf),
+        (&mut stream)
+            .take(switchyard_cni::MAX_REQUEST as u64 + 1)
+            .read_to_end(&mut buf),
     )
     .await;
     let response = match read {
+        // The plugin refuses these itself; another client gets told.
+        Ok(Ok(n)) if n > switchyard_cni::MAX_REQUEST => Response::Error(Error::new(
+            code::INVALID_CONFIG,
+            format!(
+                "the request is larger than the {} bytes the agent accepts",
+                switchyard_cni::MAX_REQUEST
+            ),
+        )),
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&buf) {
             Ok(req) => match recheck(&req) {
                 Ok(()) => service.handle(req).await,

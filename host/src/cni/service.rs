@@ -255,7 +255,12 @@ impl CniService {
 
     fn wit_request(req: &Request, netns: Option<&Path>) -> cni_types::CniRequest {
         let mut config = req.config.clone();
-        let prev = config.as_object_mut().and_then(|o| o.remove("prevResult"));
+        // A prevResult that is not an object is no result: DEL tolerates it
+        // (check_config refuses it for the other verbs).
+        let prev = config
+            .as_object_mut()
+            .and_then(|o| o.remove("prevResult"))
+            .filter(Value::is_object);
         cni_types::CniRequest {
             container_id: req.env.container_id.clone(),
             netns: netns.map(|p| p.display().to_string()).unwrap_or_default(),
@@ -361,10 +366,10 @@ impl CniService {
             if rec.state == RecordState::Ready
                 && rec.netns.as_deref() == Some(req.env.netns.as_str())
             {
-                // The runtime retried an ADD that had succeeded.
-                return Ok(rec
-                    .result
-                    .map(|r| result::for_version(&r, &req.cni_version)));
+                // A second ADD without DEL: a runtime that lost the answer
+                // (the plugin was killed on a timeout) asks again. The stored
+                // result is the answer only while the kernel still matches it.
+                return self.repeated_add(req, &key, &rec, &ns_path);
             }
             let problems = self.teardown(&rec, rec.netns.as_deref().and_then(live_netns));
             if !problems.is_empty() {
@@ -421,11 +426,11 @@ impl CniService {
         let failure = match outcome {
             Ok(Ok(Some(r))) if let Err(e) = self.claims_held(&active.spec.name, &key, &r) => e,
             Ok(Ok(Some(r))) => {
-                let prev = req.config.get("prevResult");
-                let full = result::after(prev, result::to_json(&r));
+                let own = result::to_json(&r);
+                let full = result::after(req.config.get("prevResult"), own.clone());
                 record.state = RecordState::Ready;
                 record.effects = report.effects.clone();
-                record.result = Some(full.clone());
+                record.result = Some(own);
                 match self.store.put(&record) {
                     Ok(()) => {
                         self.journal.finish(&key);
@@ -595,13 +600,81 @@ impl CniService {
                 ),
             )
         })?;
+        // In a chain, prevResult holds what every plugin made; only the
+        // addresses of our pools are ours to answer for.
+        let prev = req
+            .config
+            .get("prevResult")
+            .filter(|p| p.is_object())
+            .map(|p| self.own_part(p));
+        self.verify(req, &key, &rec, &netns, prev).map(|()| None)
+    }
+
+    /// A repeated ADD answers the stored result (chained after this call's
+    /// prevResult) when CHECK of what we made passes, and fails otherwise:
+    /// re-creating silently under a running pod could change its address.
+    fn repeated_add(
+        &self,
+        req: &Request,
+        key: &AttachmentKey,
+        rec: &AttachmentRecord,
+        netns: &Path,
+    ) -> Result<Option<Value>, Error> {
+        let own = rec.result.clone().unwrap_or_else(|| serde_json::json!({}));
+        match self.verify(req, key, rec, netns, Some(own.clone())) {
+            Ok(()) => {
+                let full = result::after(req.config.get("prevResult"), own);
+                Ok(Some(result::for_version(&full, &req.cni_version)))
+            }
+            Err(e) if e.code == code::TRY_AGAIN_LATER => Err(e),
+            Err(e) => Err(Error {
+                code: code::INTERFACE,
+                msg: format!(
+                    "container {} interface {} was added before (ADD without DEL), and what that ADD made is not intact: {}; DEL it, then ADD again",
+                    key.container_id, key.ifname, e.msg
+                ),
+                details: e.details,
+            }),
+        }
+    }
+
+    /// `prev` with only the addresses inside this node's pools: the rest
+    /// were made by other plugins of a chain, and CHECK accepts them.
+    fn own_part(&self, prev: &Value) -> Value {
+        let pools: Vec<ipnet::IpNet> = self.ledger.pools().iter().map(|p| p.subnet).collect();
+        let mut out = prev.clone();
+        if let Some(ips) = out.get_mut("ips").and_then(Value::as_array_mut) {
+            ips.retain(|ip| {
+                ip["address"]
+                    .as_str()
+                    .and_then(|a| a.parse::<ipnet::IpNet>().ok())
+                    .is_some_and(|a| pools.iter().any(|p| p.contains(&a.addr())))
+            });
+        }
+        out
+    }
+
+    /// Verify what we made for an attachment: the addresses of the stored
+    /// result are held in the ledger, and the module's CHECK (link, addresses,
+    /// routes in the kernel) passes against `prev`.
+    fn verify(
+        &self,
+        req: &Request,
+        key: &AttachmentKey,
+        rec: &AttachmentRecord,
+        netns: &Path,
+        prev: Option<Value>,
+    ) -> Result<(), Error> {
         let held = self
             .ledger
-            .held(&key)
+            .held(key)
             .map_err(|e| io_err("reading the address ledger", e))?;
+        // Records written before results were stored unchained hold the
+        // other plugins' addresses too; own_part drops them.
         let recorded: Vec<String> = rec
             .result
             .as_ref()
+            .map(|r| self.own_part(r))
             .and_then(|r| r["ips"].as_array().cloned())
             .unwrap_or_default()
             .iter()
@@ -620,42 +693,57 @@ impl CniService {
         s.set_attachment(Some(Attachment {
             container_id: key.container_id.clone(),
             ifname: key.ifname.clone(),
-            netns: Some(netns.clone()),
+            netns: Some(netns.to_path_buf()),
             owner: rec.owner.clone(),
             journal: None,
         }));
-        match active.timed(
-            || {
-                s.cni(
-                    CniVerb::Check,
-                    &Self::wit_request(req, Some(&netns)),
-                    &active.config,
-                )
-            },
-            cni_failure,
-        ) {
-            Ok(Ok(_)) => Ok(None),
+        let mut wreq = Self::wit_request(req, Some(netns));
+        wreq.prev_result = prev.map(|p| p.to_string());
+        match active.timed(|| s.cni(CniVerb::Check, &wreq, &active.config), cni_failure) {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(module_err(e)),
             Err(e) => Err(call_err(&e)),
         }
     }
 
     fn gc(&self, req: &Request) -> Result<Option<Value>, Error> {
-        let valid: HashSet<(String, String)> = switchyard_cni::valid_attachments(&req.config)
-            .into_iter()
-            .collect();
+        let network = req.config["name"].as_str().unwrap_or_default();
+        let listed = switchyard_cni::valid_attachments(&req.config).ok_or_else(|| {
+            Error::new(
+                code::INVALID_CONFIG,
+                "GC needs cni.dev/valid-attachments (the attachments still in use)",
+            )
+        })?;
+        let mut valid: HashSet<(String, String)> = listed.into_iter().collect();
         let _gc = self.gc_lock.write();
         let mut problems = vec![];
         let records = self
             .store
             .all()
             .map_err(|e| io_err("reading the attachment store", e))?;
+        let mut torn = 0;
         for rec in &records {
-            if !valid.contains(&(rec.container_id.clone(), rec.ifname.clone())) {
-                tracing::info!("gc: tearing down {}/{}", rec.container_id, rec.ifname);
+            let pair = (rec.container_id.clone(), rec.ifname.clone());
+            if rec.network != network {
+                // Another network's: the module must keep it too.
+                valid.insert(pair);
+            } else if !valid.contains(&pair) {
+                tracing::info!(
+                    "gc of network {network}: tearing down {}/{}",
+                    rec.container_id,
+                    rec.ifname
+                );
                 problems.extend(self.teardown(rec, rec.netns.as_deref().and_then(live_netns)));
+                torn += 1;
             }
         }
+        tracing::info!(
+            "gc of network {network}: {torn} attachments torn down, {} kept",
+            records.len() - torn
+        );
+        // Addresses no attachment record holds belong to no network: a
+        // teardown whose release failed left them. Every verb is excluded
+        // while GC runs, so no ADD is between recording and allocating.
         let known: HashSet<AttachmentKey> = records.iter().map(AttachmentRecord::key).collect();
         for key in self
             .ledger
@@ -711,6 +799,25 @@ impl CniService {
         self.ledger
             .attachments()
             .map_err(|e| not_available(format!("the address ledger cannot be read: {e}")))?;
+        // ADD takes an address from each pool the network uses (all of
+        // them unless the configuration names some): one full pool fails it.
+        let named: Option<Vec<&str>> = req.config["pools"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect());
+        let full: Vec<String> = self
+            .ledger
+            .pools()
+            .iter()
+            .filter(|p| named.as_ref().is_none_or(|n| n.contains(&p.name.as_str())))
+            .filter(|p| p.free == 0)
+            .map(|p| format!("{} ({})", p.name, p.subnet))
+            .collect();
+        if !full.is_empty() {
+            return Err(not_available(format!(
+                "pool {} has no free address, so ADD fails until a pod on this node is deleted",
+                full.join(" and pool ")
+            )));
+        }
         let mut s = self.registry.cni_session(&active);
         s.set_attachment(Some(Attachment::default()));
         let mut config = req.config.clone();

@@ -33,7 +33,8 @@ pub struct AttachmentRecord {
     pub state: RecordState,
     /// What the host did for this attachment, in order.
     pub effects: Vec<Effect>,
-    /// The ADD result, in the 1.1 form.
+    /// Our part of the ADD result (not chained after a previous plugin's),
+    /// in the 1.1 form. Records of older agents hold the chained result.
     pub result: Option<serde_json::Value>,
     pub created_at: u64,
 }
