@@ -111,6 +111,20 @@ fn single(v: &wit::NftValue) -> Result<IpAddr, String> {
     }
 }
 
+/// `key` (protocol, port) is one of `set`, or an error naming what it is not.
+fn one_of(set: &HashSet<(u8, u16)>, key: (u8, u16), what: &str) -> R {
+    if set.contains(&key) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}/{} is not a {what} of this Service ({})",
+            key.1,
+            proto_name(key.0),
+            some(set, |(p, n)| format!("{n}/{}", proto_name(*p)))
+        ))
+    }
+}
+
 impl Scope {
     /// The scope of Service `svc` with `endpoints`, rendered on the node
     /// `ctx` describes.
@@ -295,29 +309,11 @@ impl ServiceScope {
     }
 
     fn port(&self, key: (u8, u16)) -> R {
-        if self.ports.contains(&key) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}/{} is not a port of this Service ({})",
-                key.1,
-                proto_name(key.0),
-                some(&self.ports, |(p, n)| format!("{n}/{}", proto_name(*p)))
-            ))
-        }
+        one_of(&self.ports, key, "port")
     }
 
     fn node_port(&self, key: (u8, u16)) -> R {
-        if self.node_ports.contains(&key) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}/{} is not a nodePort of this Service ({})",
-                key.1,
-                proto_name(key.0),
-                some(&self.node_ports, |(p, n)| format!("{n}/{}", proto_name(*p)))
-            ))
-        }
+        one_of(&self.node_ports, key, "nodePort")
     }
 }
 
