@@ -409,6 +409,14 @@ fn bad_host_calls_are_refused_with_the_reason() {
             "links.add-address refused: interface \"eth1\" in the pod namespace is outside the grant",
         ),
         (
+            "vip-address",
+            "links.add-address refused: 10.96.0.10 is not an address the IPAM ledger gave this attachment",
+        ),
+        (
+            "node-address",
+            "links.add-address refused: 10.96.0.1 is not a pool's gateway",
+        ),
+        (
             "bad-sysctl",
             "links.set-sysctl refused: sysctl \"kernel.panic\" is not a per-interface key",
         ),

@@ -390,6 +390,31 @@ impl links::Host for HostState {
             Ok(n) => n,
             Err(e) => return self.violation(F, e),
         };
+        // An address is the ledger's to give: in the pod, one this
+        // attachment holds; on the node, a pool's gateway. A module cannot
+        // put a Service VIP or another pod's address on an interface.
+        if let Some(ipam) = self.services.ipam.clone() {
+            let ok = match scope {
+                links::Scope::Pod => {
+                    let key = crate::datapath::ipam::AttachmentKey {
+                        container_id: a.container_id.clone(),
+                        ifname: a.ifname.clone(),
+                    };
+                    match ipam.held(&key) {
+                        Ok(held) => held.iter().any(|h| h.address.addr() == net.addr()),
+                        Err(e) => return self.violation(F, format!("reading the ledger: {e}")),
+                    }
+                }
+                links::Scope::Node => ipam.pools().iter().any(|p| p.gateway == net.addr()),
+            };
+            if !ok {
+                let what = match scope {
+                    links::Scope::Pod => "an address the IPAM ledger gave this attachment",
+                    links::Scope::Node => "a pool's gateway",
+                };
+                return self.violation(F, format!("{} is not {what}", net.addr()));
+            }
+        }
         let backend = self.links_backend(F)?;
         let r = backend.add_address(&ns, &device, net);
         if r.is_ok() {

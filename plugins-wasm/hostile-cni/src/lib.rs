@@ -7,6 +7,8 @@
 //! | `unknown-pool` | `ipam.allocate` from a pool that does not exist |
 //! | `foreign-interface` | `links.delete-link` of the node's `eth0` |
 //! | `pod-foreign-interface` | `links.add-address` on another pod interface |
+//! | `vip-address` | `links.add-address` of the Service VIP `10.96.0.10/32` on the pod's interface |
+//! | `node-address` | `links.add-address` of `10.96.0.1/32` on the node's bridge `sy0` |
 //! | `bad-sysctl` | `links.set-sysctl` of `kernel.panic` |
 //! | `route-host-bits` | `links.add-route` to `10.0.0.1/8` |
 //! | `ignore-errors` | the unknown-pool call, with the error ignored |
@@ -77,6 +79,18 @@ impl Guest for Hostile {
             }
             "pod-foreign-interface" => {
                 links::add_address(links::Scope::Pod, "eth1", "10.0.0.1/24".parse().unwrap())
+                    .map_err(e)?;
+            }
+            "vip-address" => {
+                links::add_address(
+                    links::Scope::Pod,
+                    &req.ifname,
+                    "10.96.0.10/32".parse().unwrap(),
+                )
+                .map_err(e)?;
+            }
+            "node-address" => {
+                links::add_address(links::Scope::Node, "sy0", "10.96.0.1/32".parse().unwrap())
                     .map_err(e)?;
             }
             "bad-sysctl" => {
