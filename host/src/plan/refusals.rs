@@ -6,7 +6,7 @@
 
 use crate::contract::bindings::imports::switchyard::plugin::types::*;
 use crate::contract::wit_to_ip;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Where each verdict in `r` may go: direct jumps and gotos, and the
 /// verdicts of the verdict maps it looks up (inline, or named and filled by
@@ -148,18 +148,18 @@ fn interval(v: &NftValue) -> Option<(u8, u128, u128)> {
 /// or maps of one key field (nftables refuses the second element, and the
 /// transaction with it).
 pub fn overlaps(items: &[PlanItem]) -> Result<(), (usize, String)> {
-    let mut interval_sets: HashMap<&str, ()> = HashMap::new();
+    let mut interval_sets: HashSet<&str> = HashSet::new();
     for item in items {
         match &item.body {
             PlanBody::NftSet(s)
                 if s.set_flags.contains(NftSetFlags::INTERVAL) && s.key.len() == 1 =>
             {
-                interval_sets.insert(s.name.as_str(), ());
+                interval_sets.insert(s.name.as_str());
             }
             PlanBody::NftMap(m)
                 if m.set_flags.contains(NftSetFlags::INTERVAL) && m.key.len() == 1 =>
             {
-                interval_sets.insert(m.name.as_str(), ());
+                interval_sets.insert(m.name.as_str());
             }
             _ => {}
         }
@@ -167,7 +167,7 @@ pub fn overlaps(items: &[PlanItem]) -> Result<(), (usize, String)> {
     let mut by_set: HashMap<&str, Vec<(u8, u128, u128, usize)>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         if let PlanBody::NftElement(e) = &item.body
-            && interval_sets.contains_key(e.set.as_str())
+            && interval_sets.contains(e.set.as_str())
             && let [v] = e.key.as_slice()
             && let Some((space, lo, hi)) = interval(v)
         {

@@ -857,39 +857,37 @@ fn render_with(
         || {
             let t = Instant::now();
             match call(s) {
-                Ok(Ok(frag)) => match plan::validate(
-                    frag,
-                    active.spec.role,
-                    &active.grants,
-                    &active.spec.plan_limits,
-                    scope,
-                ) {
-                    Ok(items) if plan::unapplied(&items).is_some() => {
-                        let (i, what) = plan::unapplied(&items).expect("checked");
-                        let mut err = invalid(
-                            s,
-                            function,
-                            format!(
-                                "item {i}: {what} are not applied by this agent's datapath yet; \
-                                 the plan is refused rather than applied in part"
-                            ),
-                            t,
-                        );
-                        err.object = Some(object.to_string());
-                        Err(err)
+                Ok(Ok(frag)) => {
+                    // Valid, and nothing in it that no datapath applies yet.
+                    let checked = plan::validate(
+                        frag,
+                        active.spec.role,
+                        &active.grants,
+                        &active.spec.plan_limits,
+                        scope,
+                    )
+                    .map_err(|e| e.to_string())
+                    .and_then(|items| match plan::unapplied(&items) {
+                        Some((i, what)) => Err(format!(
+                            "item {i}: {what} are not applied by this agent's datapath yet; \
+                             the plan is refused rather than applied in part"
+                        )),
+                        None => Ok(items),
+                    });
+                    match checked {
+                        Ok(items) => Ok(Fragment {
+                            object: object.clone(),
+                            module: active.spec.name.clone(),
+                            digest: active.digest().to_string(),
+                            items,
+                        }),
+                        Err(m) => {
+                            let mut err = invalid(s, function, m, t);
+                            err.object = Some(object.to_string());
+                            Err(err)
+                        }
                     }
-                    Ok(items) => Ok(Fragment {
-                        object: object.clone(),
-                        module: active.spec.name.clone(),
-                        digest: active.digest().to_string(),
-                        items,
-                    }),
-                    Err(e) => {
-                        let mut err = invalid(s, function, e.to_string(), t);
-                        err.object = Some(object.to_string());
-                        Err(err)
-                    }
-                },
+                }
                 Ok(Err(e)) => Err(module_error(s, function, Some(object.to_string()), e, t)),
                 Err(e) => Err(e),
             }
