@@ -99,6 +99,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "DNAT to 10.9.9.9: 10.9.9.9 is not an endpoint of this Service",
     ),
     (
+        "foreign-endpoint-port",
+        "invalid",
+        "DNAT to 10.244.1.2 port 22: 22/tcp is not a port of this Service's endpoints (8080/tcp)",
+    ),
+    (
+        "concat-overlap",
+        "invalid",
+        "this element of interval set ov overlaps item",
+    ),
+    (
         "foreign-backend-map",
         "invalid",
         "element of backends4-tcp: 10.9.9.9 is not an endpoint of this Service",

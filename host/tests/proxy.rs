@@ -16,7 +16,7 @@ use switchyard::contract::bindings::imports::switchyard::plugin::types::*;
 use switchyard::datapath::conntrack::ConntrackTool;
 use switchyard::datapath::netlink::in_netns;
 use switchyard::datapath::nft::Nft;
-use switchyard::model::Role;
+use switchyard::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
 use switchyard::proxy::ServiceProxy;
 use switchyard::runtime::{wit_cidr, wit_ip};
 
@@ -485,8 +485,9 @@ async fn a_module_change_renders_every_service_again_in_one_table_swap() {
 /// A plan that passes every check of the host but that the kernel refuses
 /// does not keep the others out: when the whole table is loaded (here,
 /// after a swap to a module that renders one Service so), the refused
-/// Service is found, withdrawn and said, the others load and serve, and the
-/// refusal counts against the module.
+/// Service is found and said, the others load and serve, and the refusal
+/// counts against the module. Under KeepLastGood (the default) the refused
+/// Service keeps the plan the old version made for it, and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_the_kernel_refuses_is_isolated_in_a_whole_table_load() {
     let mut lab = lab("pxiso").await;
@@ -494,14 +495,14 @@ async fn a_plan_the_kernel_refuses_is_isolated_in_a_whole_table_load() {
     let eps: Vec<Endpoint> = v4.iter().map(|a| ep(a, 8080, Protocol::Tcp)).collect();
     let mut web = svc("web", &["10.96.0.10"], 80, Protocol::Tcp, "");
     web.annotations.clear();
-    let mut bad = svc("bad", &["10.96.0.11"], 80, Protocol::Tcp, "");
-    bad.annotations.clear();
+    let mut bad = svc("bad", &["10.96.0.11"], 80, Protocol::Tcp, "rr");
     bad.annotations.push((
         "hostile.switchyard.dev/behaviour".into(),
-        "concat-overlap".into(),
+        "deep-chains".into(),
     ));
     let all = vec![(web, eps.clone()), (bad, eps.clone())];
     lab.sync(all.clone()).await;
+    let l4 = lab.listen(&v4, 8080);
 
     lab._env
         .registry
@@ -516,13 +517,20 @@ async fn a_plan_the_kernel_refuses_is_isolated_in_a_whole_table_load() {
     let (object, e) = errors.iter().next().unwrap();
     assert_eq!(object.name, "bad");
     assert!(
-        e.contains("nftables refused its plan") && e.contains("File exists"),
+        e.contains("nftables refused its plan") && e.contains("Too many links"),
         "{e}"
     );
     let table = lab.table();
     assert!(
-        table.contains("svc-web") && !table.contains("svc-bad") && !table.contains("set ov"),
+        table.contains("svc-web") && !table.contains("svc-bad") && !table.contains("chain d0"),
         "{table}"
+    );
+    // The old version's plan for "bad" (rr over its three endpoints).
+    let c = lab.spread("10.96.0.11:80", 9, &l4);
+    assert_eq!(
+        c.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3],
+        "{c:?}"
     );
     let status = lab._env.registry.status();
     let s = status.iter().find(|s| s.name == "proxy").unwrap();
@@ -536,6 +544,79 @@ async fn a_plan_the_kernel_refuses_is_isolated_in_a_whole_table_load() {
             .contains("nftables refused"),
         "{s:?}"
     );
+}
+
+/// A change the kernel refuses in a delta, under each failure policy:
+/// KeepLastGood keeps the Service's plan before it, FailClosed makes its
+/// ports reject, FailOpen withdraws it. Another Service is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_delta_gets_what_the_failure_policy_says() {
+    let mut lab = lab("pxdelta").await;
+    let v4 = ["10.244.1.2", "10.244.1.3", "10.244.1.4"];
+    let eps: Vec<Endpoint> = v4.iter().map(|a| ep(a, 8080, Protocol::Tcp)).collect();
+    let plain = |name: &str, vip: &str| {
+        let mut s = svc(name, &[vip], 80, Protocol::Tcp, "");
+        s.annotations.clear();
+        s
+    };
+    for (policy, want) in [
+        (FailurePolicy::KeepLastGood, "chain svc-web"),
+        (
+            FailurePolicy::FailClosed,
+            "10.96.0.10 . tcp . 80 : goto reject-traffic",
+        ),
+        (FailurePolicy::FailOpen, ""),
+    ] {
+        let mut spec = builtin("proxy", "hostile-proxy", Role::ServiceProxy);
+        spec.failure_policy = policy;
+        lab._env.registry.apply_async(spec).await.unwrap();
+        let good = vec![
+            (plain("web", "10.96.0.10"), eps.clone()),
+            (plain("api", "10.96.0.12"), eps.clone()),
+        ];
+        lab.sync(good.clone()).await;
+        assert!(!lab.proxy.pending());
+        let table = lab.table();
+        assert!(table.contains("chain svc-web"), "{policy:?}: {table}");
+
+        // "web" changes into a plan the kernel refuses: a delta.
+        let mut deep = good.clone();
+        deep[0].0.annotations.push((
+            "hostile.switchyard.dev/behaviour".into(),
+            "deep-chains".into(),
+        ));
+        lab.proxy.set_services(deep);
+        let r = lab.proxy.sync().await;
+        assert!(r.error.is_none(), "{policy:?}: {r:?}");
+        let e = &lab.proxy.errors()[&ObjectRef::new(ObjectKind::Service, "default", "web")];
+        assert!(
+            e.contains("nftables refused the Service's rules") && e.contains("Too many links"),
+            "{policy:?}: {e}"
+        );
+        let table = lab.table();
+        assert!(!table.contains("chain d0"), "{policy:?}: {table}");
+        assert!(table.contains("chain svc-api"), "{policy:?}: {table}");
+        match policy {
+            FailurePolicy::FailOpen => assert!(
+                !table.contains("chain svc-web") && !table.contains("10.96.0.10 . tcp . 80"),
+                "{policy:?}: {table}"
+            ),
+            _ => assert!(table.contains(want), "{policy:?}: {table}"),
+        }
+        if policy == FailurePolicy::FailClosed {
+            assert!(!table.contains("chain svc-web"), "{policy:?}: {table}");
+        }
+        // Back to the good plan (under KeepLastGood, already in force).
+        lab.proxy.set_services(good);
+        let r = lab.proxy.sync().await;
+        assert!(r.error.is_none(), "{policy:?}: {r:?}");
+        assert!(
+            lab.proxy.errors().is_empty(),
+            "{policy:?}: {:?}",
+            lab.proxy.errors()
+        );
+        assert!(lab.table().contains("chain svc-web"), "{policy:?}");
+    }
 }
 
 /// Dispatch borrows the packet mark for a Service's class and gives it

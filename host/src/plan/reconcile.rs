@@ -131,7 +131,18 @@ impl<I: Clone + PartialEq> Tracker<I> {
     pub fn knows(&self, object: &ObjectRef) -> bool {
         self.inputs.contains_key(object)
     }
+
+    /// The object's input as last marked.
+    pub fn input(&self, object: &ObjectRef) -> Option<&I> {
+        self.inputs.get(object)
+    }
 }
+
+/// What an object whose plan the kernel refused gets instead, given the
+/// object and the binding that rendered the plan: the binding's failure
+/// policy and the role's closed fragment for the object, as for a failed
+/// render.
+pub type Fallback<'a> = &'a dyn Fn(&ObjectRef, &str) -> (FailurePolicy, Option<Fragment>);
 
 /// How a role's changes reach the kernel.
 pub trait Applier: Send + Sync {
@@ -292,11 +303,15 @@ impl Table {
 
     /// Apply `changes`: a delta, or the whole table when one is due. A
     /// refused delta is said, and the whole table is loaded instead (after
-    /// `on_refused`, which may take the refused objects out of the store).
+    /// `on_refused`, which may replace the refused objects' plans in the
+    /// store). Objects the kernel refuses in a whole-table load get what
+    /// `fallback` says: under KeepLastGood their plan before the refused
+    /// one.
     pub fn apply(
         &mut self,
         applier: &dyn Applier,
         changes: &[Change],
+        fallback: Fallback<'_>,
         on_refused: impl FnOnce(&mut PlanStore, &str),
     ) -> Applied {
         let mut out = Applied::default();
@@ -324,12 +339,9 @@ impl Table {
                 refused(applier, self.skeleton, &fragments, &retained, &mut bad);
                 if !bad.is_empty() {
                     for i in &bad {
-                        self.store.failed(
-                            &i.object,
-                            i.error.clone(),
-                            FailurePolicy::FailOpen,
-                            None,
-                        );
+                        let (policy, closed) = fallback(&i.object, &i.module);
+                        self.store
+                            .refused(&i.object, i.error.clone(), policy, closed);
                     }
                     out.isolated = bad;
                     let (bytes, again) = applier.full(self.skeleton, &self.store);
@@ -390,6 +402,45 @@ mod tests {
         assert_eq!(a.failure.as_ref().unwrap().error, "v2 traps");
         assert_eq!(t.store.entry(&r("b")).unwrap().installed, None);
         assert_eq!(t.store.installed().count(), 1);
+    }
+
+    /// The kernel refuses a fragment the module rendered well: under
+    /// KeepLastGood the one before comes back, whether it was rendered by
+    /// this version or (after a swap) by the old one.
+    #[test]
+    fn a_refused_fragment_falls_back_to_the_one_before() {
+        let f = |n: &str, v: &str| Fragment {
+            object: r(n),
+            module: "m".into(),
+            digest: v.into(),
+            items: vec![],
+        };
+        let mut t = Table::new(crate::plan::skeleton::for_role(
+            crate::model::Role::ServiceProxy,
+        ));
+        assert!(t.begin("v1".into()).is_none());
+        t.store.rendered(f("a", "v1")).unwrap();
+        t.store.rendered(f("a", "v1b")).unwrap();
+        t.store
+            .refused(&r("a"), "no".into(), FailurePolicy::KeepLastGood, None);
+        let a = t.store.entry(&r("a")).unwrap();
+        assert_eq!(a.installed.as_deref(), Some(&f("a", "v1")));
+        // Refused again (the one before is gone too): nothing good is left.
+        t.store
+            .refused(&r("a"), "no".into(), FailurePolicy::KeepLastGood, None);
+        assert_eq!(t.store.entry(&r("a")).unwrap().installed, None);
+
+        t.store.rendered(f("b", "v1")).unwrap();
+        assert!(t.module_is(Some("v2".into())));
+        let _kept = t.begin("v2".into()).expect("a rebuild");
+        t.store.rendered(f("b", "v2")).unwrap();
+        t.store
+            .refused(&r("b"), "no".into(), FailurePolicy::KeepLastGood, None);
+        assert_eq!(
+            t.store.entry(&r("b")).unwrap().installed.as_deref(),
+            Some(&f("b", "v1")),
+            "the old version's plan"
+        );
     }
 
     #[test]

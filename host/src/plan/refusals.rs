@@ -6,7 +6,7 @@
 
 use crate::contract::bindings::imports::switchyard::plugin::types::*;
 use crate::contract::wit_to_ip;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Where each verdict in `r` may go: direct jumps and gotos, and the
 /// verdicts of the verdict maps it looks up (inline, or named and filled by
@@ -145,54 +145,95 @@ fn interval(v: &NftValue) -> Option<(u8, u128, u128)> {
 }
 
 /// Refuse overlapping elements in one of the fragment's own interval sets
-/// or maps of one key field (nftables refuses the second element, and the
-/// transaction with it).
+/// or maps (nftables refuses the element, and the transaction with it).
+///
+/// One key field: any two elements that share a point. Concatenated keys
+/// (nftables' pipapo sets) follow the kernel's own rule, found by trying
+/// it: an element is refused when its first corner (every field's low
+/// end) or its last corner (every high end) lies in an element already in
+/// the set, unless the two are identical. Which one is "already in" depends
+/// on the order the kernel sees them, and a delta keeps old elements while
+/// adding new ones, so a pair is refused here if either one's corner lies
+/// in the other. Sets of concatenated keys above [`PAIRWISE_MAX`] elements
+/// are left to the kernel (a refused load is bisected; see
+/// `plan::reconcile`).
 pub fn overlaps(items: &[PlanItem]) -> Result<(), (usize, String)> {
-    let mut interval_sets: HashSet<&str> = HashSet::new();
+    // Interval sets and maps of the fragment, by their number of key fields.
+    let mut interval_sets: HashMap<&str, usize> = HashMap::new();
     for item in items {
-        match &item.body {
-            PlanBody::NftSet(s)
-                if s.set_flags.contains(NftSetFlags::INTERVAL) && s.key.len() == 1 =>
-            {
-                interval_sets.insert(s.name.as_str());
-            }
-            PlanBody::NftMap(m)
-                if m.set_flags.contains(NftSetFlags::INTERVAL) && m.key.len() == 1 =>
-            {
-                interval_sets.insert(m.name.as_str());
-            }
-            _ => {}
+        let (name, flags, key) = match &item.body {
+            PlanBody::NftSet(s) => (&s.name, s.set_flags, s.key.len()),
+            PlanBody::NftMap(m) => (&m.name, m.set_flags, m.key.len()),
+            _ => continue,
+        };
+        if flags.contains(NftSetFlags::INTERVAL) {
+            interval_sets.insert(name.as_str(), key);
         }
     }
-    let mut by_set: HashMap<&str, Vec<(u8, u128, u128, usize)>> = HashMap::new();
+    type Box = Vec<Field>;
+    let mut by_set: HashMap<&str, Vec<(Box, usize)>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         if let PlanBody::NftElement(e) = &item.body
-            && interval_sets.contains(e.set.as_str())
-            && let [v] = e.key.as_slice()
-            && let Some((space, lo, hi)) = interval(v)
+            && interval_sets.get(e.set.as_str()) == Some(&e.key.len())
+            && let Some(b) = e.key.iter().map(interval).collect::<Option<Box>>()
         {
-            by_set
-                .entry(e.set.as_str())
-                .or_default()
-                .push((space, lo, hi, i));
+            by_set.entry(e.set.as_str()).or_default().push((b, i));
         }
     }
+    let refused = |set: &str, (item, other): (usize, usize)| {
+        Err((
+            item,
+            format!(
+                "this element of interval set {set} overlaps item {other}'s (nftables refuses overlapping intervals)"
+            ),
+        ))
+    };
     for (set, mut v) in by_set {
-        v.sort_unstable();
-        for w in v.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            if a.0 == b.0 && b.1 <= a.2 {
-                return Err((
-                    b.3,
-                    format!(
-                        "this element of interval set {set} overlaps item {}'s (nftables refuses overlapping intervals)",
-                        a.3
-                    ),
-                ));
+        if v.first().is_some_and(|(b, _)| b.len() == 1) {
+            v.sort_unstable();
+            for w in v.windows(2) {
+                let ((a, ai), (b, bi)) = (&w[0], &w[1]);
+                if a[0].0 == b[0].0 && b[0].1 <= a[0].2 {
+                    return refused(set, (*bi, *ai));
+                }
             }
+        } else if v.len() <= PAIRWISE_MAX
+            && let Some(pair) = corner_overlap(&v)
+        {
+            return refused(set, pair);
         }
     }
     Ok(())
+}
+
+/// Elements of a concatenated interval set checked pair by pair.
+pub const PAIRWISE_MAX: usize = 4096;
+
+type Field = (u8, u128, u128);
+
+/// Whether box `a` holds `b`'s first corner (`last` false) or last corner.
+fn holds_corner(a: &[Field], b: &[Field], last: bool) -> bool {
+    a.iter().zip(b).all(|(x, y)| {
+        let c = if last { y.2 } else { y.1 };
+        x.0 == y.0 && x.1 <= c && c <= x.2
+    })
+}
+
+/// The first pair (later item, earlier item) of `v` in which one element's
+/// first or last corner lies in the other, identical elements aside.
+fn corner_overlap(v: &[(Vec<Field>, usize)]) -> Option<(usize, usize)> {
+    for (j, (b, bi)) in v.iter().enumerate() {
+        for (a, ai) in &v[..j] {
+            if a != b
+                && [false, true]
+                    .iter()
+                    .any(|&last| holds_corner(a, b, last) || holds_corner(b, a, last))
+            {
+                return Some((*bi, *ai));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -280,6 +321,95 @@ mod tests {
                 el(NftValue::Address(IpAddress::Ipv4((0, 0, 0, 10)))),
                 el(v6)
             ])
+            .is_ok()
+        );
+    }
+
+    /// The cases of a concatenated (address . port) interval set, each as
+    /// nftables 6.18 answered it when the two were added in either order.
+    #[test]
+    fn overlapping_concatenated_intervals_follow_the_kernel() {
+        let set = item(PlanBody::NftSet(NftSet {
+            name: "c".into(),
+            key: vec![NftType::Ipv4Addr, NftType::InetService],
+            set_flags: NftSetFlags::INTERVAL,
+            timeout: None,
+        }));
+        let net = |a: u8, b: u8, len: u8| {
+            NftValue::Prefix(IpCidr {
+                address: IpAddress::Ipv4((a, b, 0, 0)),
+                prefix_len: len,
+            })
+        };
+        let range = |a: u8, b: u8| {
+            NftValue::AddressRange((
+                IpAddress::Ipv4((12, 0, 0, a)),
+                IpAddress::Ipv4((12, 0, 0, b)),
+            ))
+        };
+        let el = |addr: NftValue, port: NftValue| {
+            item(PlanBody::NftElement(NftElement {
+                set: "c".into(),
+                key: vec![addr, port],
+                value: None,
+            }))
+        };
+        let pair = |x: PlanItem, y: PlanItem| overlaps(&[set.clone(), x, y]);
+        // 10.1.0.0/16 . 80 inside 10.0.0.0/8 . 80: refused.
+        assert!(
+            pair(
+                el(net(10, 0, 8), NftValue::Port(80)),
+                el(net(10, 1, 16), NftValue::Port(80))
+            )
+            .is_err()
+        );
+        // The kernel takes 10.0.0.0/8 . 80 after 10.3.0.0/16 . 80 but not
+        // the other way round: refused here in either order.
+        let e = pair(
+            el(net(10, 3, 16), NftValue::Port(80)),
+            el(net(10, 0, 8), NftValue::Port(80)),
+        )
+        .unwrap_err();
+        assert_eq!(e.0, 2);
+        assert!(e.1.contains("overlaps item 1's"), "{}", e.1);
+        // 10.2.0.0/16 . 70-90 and 10.0.0.0/8 . 80 cross with no corner of
+        // one in the other: the kernel takes them in both orders.
+        assert!(
+            pair(
+                el(net(10, 0, 8), NftValue::Port(80)),
+                el(net(10, 2, 16), NftValue::PortRange((70, 90))),
+            )
+            .is_ok()
+        );
+        // Boxes that cross without a corner in each other: both orders load.
+        assert!(
+            pair(
+                el(range(5, 9), NftValue::PortRange((10, 20))),
+                el(range(1, 6), NftValue::PortRange((15, 30))),
+            )
+            .is_ok()
+        );
+        // An identical element twice: nftables takes it.
+        assert!(
+            pair(
+                el(net(10, 0, 8), NftValue::Port(80)),
+                el(net(10, 0, 8), NftValue::Port(80))
+            )
+            .is_ok()
+        );
+        // Apart in one field is apart.
+        assert!(
+            pair(
+                el(net(10, 0, 8), NftValue::Port(80)),
+                el(net(10, 0, 8), NftValue::Port(81))
+            )
+            .is_ok()
+        );
+        assert!(
+            pair(
+                el(net(10, 0, 16), NftValue::Port(80)),
+                el(net(10, 1, 16), NftValue::Port(80))
+            )
             .is_ok()
         );
     }

@@ -42,6 +42,8 @@ pub struct ServiceScope {
     /// (protocol, nodePort) of each Service port that has one.
     node_ports: HashSet<(u8, u16)>,
     endpoints: HashSet<IpAddr>,
+    /// (protocol, port) of each endpoint port: where a DNAT may send.
+    endpoint_ports: HashSet<(u8, u16)>,
     /// This node's addresses: where an IPVS NodePort service listens.
     node_ips: HashSet<IpAddr>,
 }
@@ -52,7 +54,8 @@ pub struct PolicyScope {
     pods: HashSet<IpAddr>,
 }
 
-fn proto(p: wit::Protocol) -> u8 {
+/// The IP protocol number of `p`.
+pub(super) fn proto(p: wit::Protocol) -> u8 {
     match p {
         wit::Protocol::Tcp => 6,
         wit::Protocol::Udp => 17,
@@ -117,7 +120,7 @@ fn one_of(set: &HashSet<(u8, u16)>, key: (u8, u16), what: &str) -> R {
         Ok(())
     } else {
         Err(format!(
-            "{}/{} is not a {what} of this Service ({})",
+            "{}/{} is not a {what} ({})",
             key.1,
             proto_name(key.0),
             some(set, |(p, n)| format!("{n}/{}", proto_name(*p)))
@@ -155,6 +158,10 @@ impl Scope {
             ports,
             node_ports,
             endpoints: endpoints.iter().map(|e| ip(&e.address)).collect(),
+            endpoint_ports: endpoints
+                .iter()
+                .flat_map(|e| e.ports.iter().map(|p| (proto(p.protocol), p.port)))
+                .collect(),
             node_ips: ctx.node_ips.iter().map(ip).collect(),
         })
     }
@@ -204,6 +211,10 @@ impl Scope {
             (Scope::Service(s), Bind::Endpoint) => s.endpoint(single(v)?),
             (Scope::Service(s), Bind::ServicePort) => s.port(port()?),
             (Scope::Service(s), Bind::NodePort) => s.node_port(port()?),
+            (Scope::Service(s), Bind::EndpointPort) => {
+                let (p, n) = port()?;
+                s.endpoint_port(protocol.map(|_| p), n)
+            }
             (Scope::Policy(p), Bind::Pod) => p.pod(single(v)?),
             (Scope::Service(_), Bind::Pod) => Err("a Service's fragment names no pods".into()),
             (Scope::Policy(_), _) => Err("a policy's fragment names no Service".into()),
@@ -211,29 +222,49 @@ impl Scope {
     }
 
     /// The address data of an element of a map the module defined (a DNAT
-    /// map it looks up): every address in it is a DNAT target.
+    /// map it looks up): every address in it is a DNAT target, and every
+    /// port one of an endpoint's ports.
     /// (A policy's own maps are looked up by nothing the host installs.)
     pub fn own_map_data(&self, values: &[wit::NftValue]) -> R {
         if !matches!(self, Scope::Service(_)) {
             return Ok(());
         }
         for v in values {
-            if let wit::NftValue::Address(_)
-            | wit::NftValue::Prefix(_)
-            | wit::NftValue::AddressRange(_) = v
-            {
-                self.dnat(single(v)?)?;
+            match v {
+                wit::NftValue::Address(_)
+                | wit::NftValue::Prefix(_)
+                | wit::NftValue::AddressRange(_) => self.dnat(single(v)?, None)?,
+                wit::NftValue::Port(p) => self.dnat_port(None, *p)?,
+                _ => {}
             }
         }
         Ok(())
     }
 
-    /// A DNAT target.
-    pub fn dnat(&self, a: IpAddr) -> R {
+    /// A DNAT target: an endpoint, and one of the endpoints' ports if the
+    /// target names a port (`protocol` when the rule matches one).
+    pub fn dnat(&self, a: IpAddr, port: Option<(Option<u8>, u16)>) -> R {
         match self {
             Scope::Unbound => Ok(()),
-            Scope::Service(s) => s.endpoint(a).map_err(|m| format!("DNAT to {a}: {m}")),
+            Scope::Service(s) => {
+                s.endpoint(a).map_err(|m| format!("DNAT to {a}: {m}"))?;
+                match port {
+                    Some((p, n)) => s
+                        .endpoint_port(p, n)
+                        .map_err(|m| format!("DNAT to {a} port {n}: {m}")),
+                    None => Ok(()),
+                }
+            }
             Scope::Policy(_) => Err(format!("DNAT to {a}: a policy's fragment has no DNAT")),
+        }
+    }
+
+    fn dnat_port(&self, protocol: Option<u8>, port: u16) -> R {
+        match self {
+            Scope::Service(s) => s
+                .endpoint_port(protocol, port)
+                .map_err(|m| format!("DNAT to port {port}: {m}")),
+            _ => Ok(()),
         }
     }
 
@@ -259,6 +290,8 @@ impl Scope {
         for d in &v.destinations {
             s.endpoint(ip(&d.address))
                 .map_err(|m| format!("IPVS destination: {m}"))?;
+            s.endpoint_port(Some(key.0), d.port)
+                .map_err(|m| format!("IPVS destination {}: {m}", ip(&d.address)))?;
         }
         Ok(())
     }
@@ -309,11 +342,30 @@ impl ServiceScope {
     }
 
     fn port(&self, key: (u8, u16)) -> R {
-        one_of(&self.ports, key, "port")
+        one_of(&self.ports, key, "port of this Service")
+    }
+
+    /// One of the endpoints' ports, under `protocol` when it is known.
+    fn endpoint_port(&self, protocol: Option<u8>, port: u16) -> R {
+        match protocol {
+            Some(p) => one_of(
+                &self.endpoint_ports,
+                (p, port),
+                "port of this Service's endpoints",
+            ),
+            None if self.endpoint_ports.iter().any(|(_, n)| *n == port) => Ok(()),
+            None => Err(format!(
+                "{port} is not a port of this Service's endpoints ({})",
+                some(&self.endpoint_ports, |(p, n)| format!(
+                    "{n}/{}",
+                    proto_name(*p)
+                ))
+            )),
+        }
     }
 
     fn node_port(&self, key: (u8, u16)) -> R {
-        one_of(&self.node_ports, key, "nodePort")
+        one_of(&self.node_ports, key, "nodePort of this Service")
     }
 }
 
@@ -691,6 +743,95 @@ mod tests {
     }
 
     #[test]
+    fn a_service_sends_traffic_only_to_its_endpoints_ports() {
+        // An endpoint's address with a port it does not serve (its sshd,
+        // say) is outside the Service: in a host map, a DNAT rule and a
+        // DNAT map of the module's own.
+        let mut e = backend("10.96.0.10", "10.244.1.2");
+        if let PlanBody::NftElement(el) = &mut e.body {
+            el.value = Some(NftMapValue::Data(vec![
+                NftValue::Address(a("10.244.1.2")),
+                NftValue::Port(22),
+            ]));
+        }
+        let e = service(vec![e]).unwrap_err();
+        assert!(
+            e.contains("element of backends4-tcp: 22/tcp is not a port of this Service's endpoints (8080/tcp)"),
+            "{e}"
+        );
+        let mut chain = dnat_chain("ep-1", "10.244.2.2");
+        if let PlanBody::NftChain(c) = &mut chain.body
+            && let NftStatement::Dnat(n) = &mut c.rules[0].statements[0]
+        {
+            n.target = NftNatTarget::Address((a("10.244.2.2"), Some(22)));
+        }
+        let e = service(vec![chain]).unwrap_err();
+        assert!(
+            e.contains("chain ep-1 rule 0: DNAT to 10.244.2.2 port 22: 22/tcp is not a port of this Service's endpoints"),
+            "{e}"
+        );
+        // The right port under another protocol is another port.
+        let mut chain = dnat_chain("ep-1", "10.244.2.2");
+        if let PlanBody::NftChain(c) = &mut chain.body {
+            c.rules[0].matches[0].operand = NftOperand::Value(NftValue::Protocol(Protocol::Udp));
+        }
+        let e = service(vec![chain]).unwrap_err();
+        assert!(
+            e.contains("8080/udp is not a port of this Service's endpoints"),
+            "{e}"
+        );
+        let own = item(PlanBody::NftMap(NftMap {
+            name: "mine".into(),
+            key: vec![NftType::Mark],
+            data: NftMapData::Data(vec![NftType::Ipv4Addr, NftType::InetService]),
+            set_flags: NftSetFlags::empty(),
+        }));
+        let entry = element(
+            "mine",
+            vec![NftValue::Number(0)],
+            Some(NftMapValue::Data(vec![
+                NftValue::Address(a("10.244.1.2")),
+                NftValue::Port(6443),
+            ])),
+        );
+        let e = service(vec![own, entry]).unwrap_err();
+        assert!(
+            e.contains(
+                "element of mine: DNAT to port 6443: 6443 is not a port of this Service's endpoints"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_health_check_node_port_is_not_a_node_port_to_dispatch() {
+        // healthCheckNodePort is where the node answers health checks for
+        // a Local Service; a module may not dispatch it to endpoints.
+        let (mut svc, eps) = web();
+        svc.external_traffic_policy = TrafficPolicy::Local;
+        svc.health_check_node_port = Some(30999);
+        let scope = Scope::service(&ctx(), &svc, &eps);
+        let e = check(
+            Role::ServiceProxy,
+            &scope,
+            vec![element(
+                "no-endpoint-nodeports",
+                vec![
+                    NftValue::Family(IpFamily::Ipv4),
+                    NftValue::Protocol(Protocol::Tcp),
+                    NftValue::Port(30999),
+                ],
+                Some(NftMapValue::Verdict(NftVerdict::Drop)),
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("30999/tcp is not a nodePort of this Service (30080/tcp)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn ipvs_services_and_interface_addresses_are_the_services_own() {
         let ipvs = |vip: &str, port: u16, dest: &str| {
             item(PlanBody::IpvsService(IpvsService {
@@ -888,7 +1029,11 @@ mod tests {
         let eps: Vec<Endpoint> = (0..50_000u32)
             .map(|i| Endpoint {
                 address: crate::contract::wit_ip(std::net::IpAddr::V4((0x0af4_0000 + i).into())),
-                ports: vec![],
+                ports: vec![EndpointPort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                }],
                 ready: true,
                 serving: true,
                 terminating: false,

@@ -51,19 +51,22 @@ pub enum Bind {
     NodePort,
     /// The address of one of the Service's endpoints.
     Endpoint,
+    /// One of the endpoints' ports (a DNAT target's port).
+    EndpointPort,
     /// A single address of a pod the policy selects on this node.
     Pod,
 }
 
-use Bind::{Endpoint, Free, NodePort, Pod, ServiceIp, ServicePort};
+use Bind::{Endpoint, EndpointPort, Free, NodePort, Pod, ServiceIp, ServicePort};
 /// `vip . proto . port`.
 const VIP_PORT: &[Bind] = &[ServiceIp, Free, ServicePort];
 /// `nfproto . proto . nodePort`.
 const NODE_PORT: &[Bind] = &[Free, Free, NodePort];
 /// `vip . proto . port . slot : endpoint . port`.
-const VIP_PORT_SLOT_TO_ENDPOINT: &[Bind] = &[ServiceIp, Free, ServicePort, Free, Endpoint, Free];
+const VIP_PORT_SLOT_TO_ENDPOINT: &[Bind] =
+    &[ServiceIp, Free, ServicePort, Free, Endpoint, EndpointPort];
 /// `proto . nodePort . slot : endpoint . port`.
-const NODE_PORT_SLOT_TO_ENDPOINT: &[Bind] = &[Free, NodePort, Free, Endpoint, Free];
+const NODE_PORT_SLOT_TO_ENDPOINT: &[Bind] = &[Free, NodePort, Free, Endpoint, EndpointPort];
 /// `endpoint . endpoint` (hairpin masquerade).
 const ENDPOINT_PAIR: &[Bind] = &[Endpoint, Endpoint];
 /// `pod` or `pod . peer ...`: the pod position is a selected pod's address.

@@ -102,6 +102,9 @@ pub struct Entry {
     pub installed: Option<Arc<Fragment>>,
     /// The last fragment the module rendered successfully.
     pub last_good: Option<Arc<Fragment>>,
+    /// The good fragment before `last_good`: where the object goes back to
+    /// under KeepLastGood if the kernel refuses `last_good`.
+    pub previous_good: Option<Arc<Fragment>>,
     /// Set while the latest render failed.
     pub failure: Option<Failure>,
 }
@@ -343,9 +346,25 @@ impl PlanStore {
         let fragment = Arc::new(fragment);
         let change = self.install(&object, Some(fragment.clone()));
         let entry = self.entries.get_mut(&object).expect("installed above");
-        entry.last_good = Some(fragment);
+        entry.previous_good = entry.last_good.replace(fragment);
         entry.failure = None;
         Ok(change)
+    }
+
+    /// The kernel refused the object's latest fragment: it was not good
+    /// after all. What `policy` says is installed instead, as for a failed
+    /// render, with the fragment before it as the last good one.
+    pub fn refused(
+        &mut self,
+        object: &ObjectRef,
+        error: String,
+        policy: FailurePolicy,
+        closed: Option<Fragment>,
+    ) -> Change {
+        if let Some(e) = self.entries.get_mut(object) {
+            e.last_good = e.previous_good.take();
+        }
+        self.failed(object, error, policy, closed)
     }
 
     /// Rendering an object failed: install what `policy` says. `closed` is the
@@ -399,9 +418,8 @@ impl PlanStore {
                 s.entries.insert(
                     object.clone(),
                     Entry {
-                        installed: None,
                         last_good: Some(good.clone()),
-                        failure: None,
+                        ..Entry::default()
                     },
                 );
             }

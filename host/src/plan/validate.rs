@@ -788,7 +788,7 @@ impl Checker<'_> {
                     ));
                 }
                 NftStatement::Dnat(nat) => match &nat.target {
-                    NftNatTarget::Address((a, _)) => {
+                    NftNatTarget::Address((a, port)) => {
                         if family_of(a) != nat.family {
                             return Err(format!(
                                 "DNAT to {} in an {} rule",
@@ -796,7 +796,25 @@ impl Checker<'_> {
                                 family_name(nat.family)
                             ));
                         }
-                        self.scope.dnat(ip(a))?;
+                        // The protocol the rule matches, if it names one
+                        // (`meta l4proto tcp` or `meta l4proto { tcp }`).
+                        let protocol = r
+                            .matches
+                            .iter()
+                            .filter(|m| m.key == [NftField::MetaL4proto] && !m.negate)
+                            .find_map(|m| match &m.operand {
+                                NftOperand::Value(NftValue::Protocol(p)) => Some(*p),
+                                NftOperand::Values(v) => match v.as_slice() {
+                                    [one] => match one.as_slice() {
+                                        [NftValue::Protocol(p)] => Some(*p),
+                                        _ => None,
+                                    },
+                                    _ => None,
+                                },
+                                _ => None,
+                            })
+                            .map(super::scope::proto);
+                        self.scope.dnat(ip(a), port.map(|n| (protocol, n)))?;
                     }
                     NftNatTarget::Lookup((k, m)) => self.lookup(k, m, false)?,
                 },

@@ -123,6 +123,52 @@ fn drops_ref() -> ObjectRef {
     ObjectRef::new(ObjectKind::Node, "", "policy-drops")
 }
 
+/// The closed fragment of a policy whose module failed, on the node `ctx`
+/// describes: its pods there isolated in every direction it governs,
+/// allowing nothing.
+fn closed(
+    ctx: Option<&wit::NodeContext>,
+    object: &ObjectRef,
+    p: &wit::Policy,
+    module: &str,
+) -> Fragment {
+    let node = ctx.map(|c| c.node.clone()).unwrap_or_default();
+    let mut items = vec![];
+    for pod in p
+        .selected
+        .iter()
+        .filter(|x| x.node == node && !x.host_network)
+    {
+        for ip in &pod.ips {
+            for d in &p.directions {
+                let d = match d {
+                    wit::PolicyDirection::Ingress => "ingress",
+                    wit::PolicyDirection::Egress => "egress",
+                };
+                let f = match ip {
+                    wit::IpAddress::Ipv4(_) => "4",
+                    wit::IpAddress::Ipv6(_) => "6",
+                };
+                let mut it = element(
+                    &format!("{d}-isolated{f}"),
+                    vec![wit::NftValue::Address(*ip)],
+                    None,
+                );
+                it.rule_id = format!("{d}/isolate/{}", crate::runtime::wit_to_ip(ip));
+                it.comment = Some("the policy module failed; FailClosed".into());
+                it.shared = true;
+                items.push(it);
+            }
+        }
+    }
+    Fragment {
+        object: object.clone(),
+        module: module.into(),
+        digest: String::new(),
+        items,
+    }
+}
+
 pub use crate::datapath::sysctl::enable_bridge_netfilter;
 
 /// One policy's drop counter, as the kernel holds it.
@@ -433,45 +479,7 @@ impl PolicyEngine {
     /// The closed fragment of a policy whose module failed: its pods of
     /// this node isolated in every direction it governs, allowing nothing.
     fn closed(&self, object: &ObjectRef, p: &wit::Policy, module: &str) -> Fragment {
-        let node = self
-            .ctx
-            .as_ref()
-            .map(|c| c.node.clone())
-            .unwrap_or_default();
-        let mut items = vec![];
-        for pod in p
-            .selected
-            .iter()
-            .filter(|x| x.node == node && !x.host_network)
-        {
-            for ip in &pod.ips {
-                for d in &p.directions {
-                    let d = match d {
-                        wit::PolicyDirection::Ingress => "ingress",
-                        wit::PolicyDirection::Egress => "egress",
-                    };
-                    let f = match ip {
-                        wit::IpAddress::Ipv4(_) => "4",
-                        wit::IpAddress::Ipv6(_) => "6",
-                    };
-                    let mut it = element(
-                        &format!("{d}-isolated{f}"),
-                        vec![wit::NftValue::Address(*ip)],
-                        None,
-                    );
-                    it.rule_id = format!("{d}/isolate/{}", crate::runtime::wit_to_ip(ip));
-                    it.comment = Some("the policy module failed; FailClosed".into());
-                    it.shared = true;
-                    items.push(it);
-                }
-            }
-        }
-        Fragment {
-            object: object.clone(),
-            module: module.into(),
-            digest: String::new(),
-            items,
-        }
+        closed(self.ctx.as_ref(), object, p, module)
     }
 
     /// Split a rendered fragment into what the store keeps and the boxes.
@@ -897,11 +905,28 @@ impl PolicyEngine {
             }
         }
         let t = Instant::now();
-        let applied = self
-            .table
-            .apply(&NftApplier(self.runner.clone()), &changes, |_, e| {
+        // A policy whose plan the kernel refuses gets what a failed render
+        // would under its module's failure policy; the host's own
+        // fragments (merged boxes, drops) are withdrawn.
+        let (registry, policies, ctx) = (&self.registry, &self.policies, self.ctx.as_ref());
+        let fallback = |object: &ObjectRef, module: &str| {
+            let policy = registry
+                .binding(module)
+                .and_then(|b| b.active())
+                .map(|a| a.spec.failure_policy);
+            match (policies.get(object), policy) {
+                (Some(p), Some(fp)) => (fp, Some(closed(ctx, object, &p.policy, module))),
+                _ => (FailurePolicy::FailOpen, None),
+            }
+        };
+        let applied = self.table.apply(
+            &NftApplier(self.runner.clone()),
+            &changes,
+            &fallback,
+            |_, e| {
                 tracing::warn!(error = %e, "the policy delta was refused; loading the whole table");
-            });
+            },
+        );
         // Counted against the module that rendered it, and said per object.
         for i in &applied.isolated {
             tracing::warn!(object = %i.object, error = %i.error, "isolated from the policy table");

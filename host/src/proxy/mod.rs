@@ -25,7 +25,7 @@ pub mod userspace;
 use crate::contract::bindings::imports::switchyard::plugin::types as wit;
 use crate::datapath::nft::{self, NftApplier, NftRunner};
 use crate::model::{FailurePolicy, ObjectKind, ObjectRef, Role};
-use crate::plan::reconcile::{Table, Tracker};
+use crate::plan::reconcile::{Fallback, Table, Tracker};
 use crate::plan::{Change, Fragment, PlanStore, skeleton};
 use crate::registry::Registry;
 use std::collections::BTreeMap;
@@ -278,10 +278,28 @@ impl ServiceProxy {
         let runner = self.runner.clone();
         let registry = self.registry.clone();
         let errors = &mut self.errors;
-        let applied = self.table.apply(&applier, &changes, |store, first_error| {
-            tracing::warn!(error = %first_error, "the proxy's delta was refused; isolating it");
-            isolate(&*runner, &registry, store, errors, &changes, first_error);
-        });
+        let tracker = &self.tracker;
+        // A Service whose plan the kernel refuses gets what a failed render
+        // would: under KeepLastGood its plan before, under FailClosed its
+        // ports reject.
+        let fallback = |object: &ObjectRef, _: &str| match tracker.input(object) {
+            Some((svc, _)) => (policy, Some(Self::closed(object, svc, &binding))),
+            None => (FailurePolicy::FailOpen, None),
+        };
+        let applied = self
+            .table
+            .apply(&applier, &changes, &fallback, |store, first_error| {
+                tracing::warn!(error = %first_error, "the proxy's delta was refused; isolating it");
+                isolate(
+                    &*runner,
+                    &registry,
+                    store,
+                    errors,
+                    &changes,
+                    first_error,
+                    &fallback,
+                );
+            });
         // Counted against the module, and said per Service.
         for i in &applied.isolated {
             tracing::warn!(object = %i.object, error = %i.error, "isolated from the proxy table");
@@ -313,8 +331,9 @@ impl ServiceProxy {
     }
 }
 
-/// A delta failed: apply the changes one by one, withdraw the Services
-/// whose change the kernel refuses, and say why. A full load follows.
+/// A delta failed: apply the changes one by one, replace the plans of the
+/// Services whose change the kernel refuses by what `fallback` says, and
+/// say why. A full load follows.
 fn isolate(
     runner: &dyn NftRunner,
     registry: &Registry,
@@ -322,6 +341,7 @@ fn isolate(
     errors: &mut BTreeMap<ObjectRef, String>,
     changes: &[Change],
     first_error: &str,
+    fallback: Fallback<'_>,
 ) {
     let table = skeleton::for_role(Role::ServiceProxy).table;
     for c in changes {
@@ -343,8 +363,10 @@ fn isolate(
             {
                 a.stats.record(Duration::ZERO, Some(&e));
             }
-            errors.insert(c.object.clone(), e);
-            store.remove(&c.object);
+            errors.insert(c.object.clone(), e.clone());
+            let module = c.new.as_ref().map_or("", |f| f.module.as_str());
+            let (policy, closed) = fallback(&c.object, module);
+            store.refused(&c.object, e, policy, closed);
         }
     }
 }

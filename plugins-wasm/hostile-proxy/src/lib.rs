@@ -18,13 +18,15 @@
 //! | `stdout-flood` | prints to stdout forever |
 //! | `host-call-loop` | calls `probes.health` in a tight loop forever |
 //! | `grant-violation` | returns a route, which a proxy is not granted |
-//! | `concat-overlap` | renders well, plus a set of its own with overlapping concatenated intervals (the kernel refuses it) |
+//! | `concat-overlap` | renders well, plus a set of its own with overlapping concatenated intervals (the kernel refuses them) |
+//! | `deep-chains` | renders well, but its chain jumps 20 chains deep (the kernel allows 16; the host does not check) |
 //! | `ipvs-plan` | returns an IPVS service (granted, valid, not applied by the agent yet) |
 //! | `dangling-reference` | jumps to a chain that does not exist |
 //! | `foreign-vip` | dispatches 8.8.8.8:53/udp to the Service's first endpoint |
 //! | `foreign-port` | dispatches its own address on 53/udp, which is no port of it |
 //! | `foreign-backend` | sends its own address and port to 10.9.9.9, which is no endpoint |
 //! | `foreign-backend-map` | the same through the host's backend map |
+//! | `foreign-endpoint-port` | sends its own address and port to its first endpoint's port 22, which the endpoint does not serve for it |
 //! | `foreign-hairpin` | masquerades 10.9.9.9 talking to itself |
 //! | `foreign-ipvs` | an IPVS service on 10.96.0.250, which is not its address |
 //! | `other-table` | opens its first endpoint in the policy table's `ingress-allow-all4` |
@@ -99,14 +101,10 @@ fn escape(behaviour: &str, svc: &Service, eps: &[Endpoint]) -> PlanFragment {
     };
     let first = eps[0].address;
     let foreign: IpAddress = "10.9.9.9".parse().unwrap();
+    // DNAT to `target` (keeping the destination port), from the
+    // Service-chains element `key`.
     let to = |p: &mut Plan, chain: &str, target: IpAddress, key: Vec<NftValue>| {
-        let proto = match key.get(1) {
-            Some(NftValue::Protocol(p)) => *p,
-            _ => Protocol::Tcp,
-        };
-        // A port mapping needs the transport protocol matched first.
-        let rule = Rule::new().eq(NftField::MetaL4proto, proto);
-        p.chain("svc", chain, vec![rule.dnat(target, Some(8080))]);
+        p.chain("svc", chain, vec![Rule::new().dnat(target, None)]);
         p.element(
             "dispatch",
             "service-chains",
@@ -128,6 +126,16 @@ fn escape(behaviour: &str, svc: &Service, eps: &[Endpoint]) -> PlanFragment {
             foreign,
             own(vip, port.protocol, port.port),
         ),
+        "foreign-endpoint-port" => {
+            let rule = Rule::new().eq(NftField::MetaL4proto, port.protocol);
+            p.chain("svc", "svc-ssh", vec![rule.dnat(first, Some(22))]);
+            p.element(
+                "dispatch",
+                "service-chains",
+                own(vip, port.protocol, port.port),
+                Some(NftVerdict::Goto("svc-ssh".into()).into()),
+            );
+        }
         "foreign-backend-map" => {
             let mut key = own(vip, port.protocol, port.port);
             key.push(NftValue::Number(0));
@@ -266,6 +274,25 @@ impl Guest for Hostile {
                     },
                 );
                 Ok(p.build())
+            }
+            "deep-chains" => {
+                // The Service's chain jumps d0 -> d1 -> ... -> d19.
+                let mut p = Plan::new();
+                let chain = format!("svc-{}", svc.name);
+                p.chain("svc", &chain, vec![Rule::new().jump("d0")]);
+                for i in 0..20 {
+                    let rule = if i < 19 {
+                        Rule::new().jump(format!("d{}", i + 1))
+                    } else {
+                        Rule::new().counter().accept()
+                    };
+                    p.chain("deep", format!("d{i}"), vec![rule]);
+                }
+                let mut f = good(&svc);
+                f.items
+                    .retain(|i| !matches!(&i.body, PlanBody::NftChain(c) if c.name == chain));
+                f.items.extend(p.build().items);
+                Ok(f)
             }
             "concat-overlap" => {
                 // Valid by every check the host makes, refused by the
