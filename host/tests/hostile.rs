@@ -623,6 +623,119 @@ fn modules_of_the_wrong_shape_are_refused_at_load() {
     assert!(status.iter().all(|s| !s.condition.ready));
 }
 
+/// A valid component holding one core module of `funcs` functions of
+/// `adds` additions each: as slow to compile as it is big.
+fn big_component(funcs: u32, adds: u32) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // One type, (i32) -> i32.
+    section(1, &[1, 0x60, 1, 0x7f, 1, 0x7f], &mut m);
+    let mut f = vec![];
+    leb(funcs as u64, &mut f);
+    f.extend(std::iter::repeat_n(0u8, funcs as usize));
+    section(3, &f, &mut m);
+    // Each body: no locals; `local.get 0; i32.const 1; i32.add; local.set 0`
+    // `adds` times; `local.get 0; end`.
+    let mut body = vec![0u8];
+    for _ in 0..adds {
+        body.extend_from_slice(&[0x20, 0, 0x41, 1, 0x6a, 0x21, 0]);
+    }
+    body.extend_from_slice(&[0x20, 0, 0x0b]);
+    let mut code = vec![];
+    leb(funcs as u64, &mut code);
+    for _ in 0..funcs {
+        leb(body.len() as u64, &mut code);
+        code.extend_from_slice(&body);
+    }
+    section(10, &code, &mut m);
+    // The component: its header, then the core module section.
+    let mut c = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &m, &mut c);
+    c
+}
+
+/// Compiling cannot be interrupted, so a module that takes longer than the
+/// compile deadline is refused at the deadline while its compile finishes
+/// in the background, and the next module compiles meanwhile in the other
+/// slot. With both slots held, a compile waits for one within its own
+/// deadline and is refused saying so. (About 1.3 s of compiling per MiB of
+/// these modules on this machine; a real module compiles in ~0.1 s.)
+#[test]
+fn a_module_that_compiles_too_long_is_refused_at_its_deadline() {
+    let _serial = serial();
+    let deadline = Duration::from_millis(1000);
+    let runtime = Runtime::with_config(RuntimeConfig {
+        compile_deadline: deadline,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let late = |name: &str, funcs: u32| {
+        let big = big_component(funcs, 150);
+        let t = Instant::now();
+        let e = runtime
+            .compile(name, "big.wasm", &big)
+            .map(|_| ())
+            .unwrap_err();
+        let took = t.elapsed();
+        eprintln!("{name}: {} bytes refused after {took:?}: {e}", big.len());
+        assert!(matches!(e, LoadError::CompileDeadline { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "module {name}: compiling big.wasm ({} bytes) did not finish within the compile deadline of 1000 ms",
+                big.len()
+            )),
+            "{e}"
+        );
+        assert!(took < deadline + Duration::from_millis(250), "{took:?}");
+        e.to_string()
+    };
+    // About 3 MiB of code: seconds of compiling.
+    let e = late("big", 3000);
+    assert!(!e.contains("never started"), "{e}");
+    assert_eq!(runtime.compiles_running(), 1, "it runs on");
+
+    // A real module compiles in the other slot meanwhile, in time.
+    let (_, path) = switchyard::modules::ALL
+        .iter()
+        .find(|(n, _)| *n == "hostile-proxy")
+        .unwrap();
+    let small = std::fs::read(path).unwrap();
+    runtime.compile("small", "small.wasm", &small).unwrap();
+
+    // A second overlong module takes the other slot; a third never starts.
+    late("big2", 3001);
+    assert_eq!(runtime.compiles_running(), 2);
+    let e = late("big3", 3002);
+    assert!(
+        e.contains(
+            "(it never started: 2 compiles of earlier modules still run past their deadlines)"
+        ),
+        "{e}"
+    );
+    // The abandoned compiles end on their own and give their slots back.
+    let t = Instant::now();
+    while runtime.compiles_running() > 0 && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(runtime.compiles_running(), 0);
+    runtime.compile("small", "small.wasm", &small).unwrap();
+}
+
 #[test]
 fn fuel_bounds_work_when_a_module_is_metered() {
     let _serial = serial();

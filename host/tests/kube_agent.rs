@@ -93,6 +93,7 @@ async fn module_swaps_and_failures_reach_status_and_events() {
         cni_socket: dir.path().join("cni.sock"),
         pod_cidrs: vec![],
         fuel: false,
+        compile_deadline: switchyard::runtime::COMPILE_DEADLINE,
         sticky_ttl: Duration::from_secs(600),
     };
     let agent = Arc::new(Agent::start_with(options, &first).await.unwrap());

@@ -37,6 +37,8 @@ pub struct AgentOptions {
     /// Pod CIDRs when no Node manifest gives them.
     pub pod_cidrs: Vec<IpNet>,
     pub fuel: bool,
+    /// How long compiling one module may take.
+    pub compile_deadline: Duration,
     /// How long a StatefulSet pod's released address waits for it.
     pub sticky_ttl: Duration,
 }
@@ -293,6 +295,7 @@ impl Agent {
         };
         let runtime = Runtime::with_config(RuntimeConfig {
             fuel: options.fuel,
+            compile_deadline: options.compile_deadline,
             ..RuntimeConfig::default()
         })?;
         let fetcher = Fetcher {

@@ -56,6 +56,9 @@ struct AgentArgs {
     /// Meter fuel so modules may be given instruction budgets (slows every call ~16%).
     #[arg(long)]
     fuel_metering: bool,
+    /// How long compiling one module may take before it is refused.
+    #[arg(long, default_value_t = crate::runtime::COMPILE_DEADLINE.as_millis() as u64)]
+    compile_deadline_ms: u64,
     /// How long a StatefulSet pod's released address waits for the pod to return.
     #[arg(long, default_value_t = 600)]
     sticky_ttl_seconds: u64,
@@ -130,6 +133,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         cni_socket: a.cni_socket,
         pod_cidrs: a.pod_cidrs,
         fuel: a.fuel_metering,
+        compile_deadline: std::time::Duration::from_millis(a.compile_deadline_ms),
         sticky_ttl: std::time::Duration::from_secs(a.sticky_ttl_seconds),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -288,6 +288,7 @@ fn failing(c: Condition, stats: &StatsSnapshot) -> Condition {
 fn load_reason(e: &LoadError) -> &'static str {
     match e {
         LoadError::NotAComponent { .. } => "NotAComponent",
+        LoadError::CompileDeadline { .. } => "CompileDeadline",
         LoadError::DigestMismatch { .. } => "DigestMismatch",
         LoadError::InvalidDigest { .. } => "InvalidDigest",
         LoadError::Fetch { .. } => "FetchFailed",

@@ -56,6 +56,17 @@ pub enum LoadError {
         role: String,
         reason: String,
     },
+    #[error(
+        "module {module}: compiling {origin} ({size} bytes) did not finish within the compile deadline of {deadline_ms} ms{busy}; the agent goes on with the modules it has (raise --compile-deadline-ms for a module this big)"
+    )]
+    CompileDeadline {
+        module: String,
+        origin: String,
+        size: usize,
+        deadline_ms: u64,
+        /// Why, when it never started: the compile slots were taken.
+        busy: String,
+    },
     #[error("module {module}: describe() failed: {source}")]
     Describe {
         module: String,

@@ -198,7 +198,21 @@ pub struct RuntimeConfig {
     pub pooling_max_memory: usize,
     /// Instance slots of the pooling allocator (concurrent instances).
     pub pooling_instances: u32,
+    /// How long compiling one module may take. Compilation cannot be
+    /// interrupted: a module past its deadline is refused, and its compile
+    /// runs on to the end in the background, holding one of
+    /// [`COMPILE_SLOTS`] (bounded in size by the fetcher's cap).
+    pub compile_deadline: Duration,
 }
+
+/// Compiles that may run at once, including ones past their deadline: a
+/// module that compiles for long holds one, the other stays free for the
+/// next module.
+pub const COMPILE_SLOTS: usize = 2;
+
+/// The default of [`RuntimeConfig::compile_deadline`]. A module of a few
+/// MiB compiles in well under a second on one core.
+pub const COMPILE_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -207,7 +221,39 @@ impl Default for RuntimeConfig {
             pooling: false,
             pooling_max_memory: 256 << 20,
             pooling_instances: 256,
+            compile_deadline: COMPILE_DEADLINE,
         }
+    }
+}
+
+/// Compile slots taken: see [`COMPILE_SLOTS`].
+#[derive(Default)]
+struct Slots {
+    taken: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One compile slot, given back when dropped (when the compile ends).
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    /// A slot, waiting for one until `until`.
+    fn take(slots: &Arc<Slots>, until: Instant) -> Option<Slot> {
+        let mut taken = slots.taken.lock();
+        while *taken >= COMPILE_SLOTS {
+            if slots.freed.wait_until(&mut taken, until).timed_out() && *taken >= COMPILE_SLOTS {
+                return None;
+            }
+        }
+        *taken += 1;
+        Some(Slot(slots.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *self.0.taken.lock() -= 1;
+        self.0.freed.notify_one();
     }
 }
 
@@ -218,6 +264,7 @@ pub struct Runtime {
     linkers: HashMap<Role, Linker<HostState>>,
     ticker: Arc<EpochTicker>,
     compiled: Mutex<CompileCache>,
+    slots: Arc<Slots>,
 }
 
 /// Compiled modules by digest. Recently used ones are held strongly, so
@@ -277,7 +324,7 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .consume_fuel(rc.fuel)
-            .parallel_compilation(true)
+            .parallel_compilation(false)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         if rc.pooling {
             let mut p = wasmtime::PoolingAllocationConfig::default();
@@ -321,6 +368,7 @@ impl Runtime {
             linkers,
             ticker,
             compiled: Mutex::new(CompileCache::default()),
+            slots: Arc::new(Slots::default()),
         }))
     }
 
@@ -372,11 +420,12 @@ impl Runtime {
             });
         }
         let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
-                module: name.into(),
-                origin: origin.into(),
-                reason: format!("{e:#}"),
-            })?;
+            self.compile_in_time(name, origin, bytes)?
+                .map_err(|e| LoadError::NotAComponent {
+                    module: name.into(),
+                    origin: origin.into(),
+                    reason: format!("{e:#}"),
+                })?;
         let ty = component.component_type();
         let mut imports: Vec<String> = ty
             .imports(&self.engine)
@@ -398,6 +447,53 @@ impl Runtime {
         });
         self.compiled.lock().insert(&m);
         Ok(m)
+    }
+
+    /// Compiles running now, including ones past their deadline.
+    pub fn compiles_running(&self) -> usize {
+        *self.slots.taken.lock()
+    }
+
+    /// Compile `bytes` on a thread of its own, waiting at most the compile
+    /// deadline (for a slot, then for the compile).
+    fn compile_in_time(
+        &self,
+        name: &str,
+        origin: &str,
+        bytes: &[u8],
+    ) -> Result<wasmtime::Result<Component>, LoadError> {
+        let deadline = self.config.compile_deadline;
+        let until = Instant::now() + deadline;
+        let late = |busy: String| LoadError::CompileDeadline {
+            module: name.into(),
+            origin: origin.into(),
+            size: bytes.len(),
+            deadline_ms: deadline.as_millis() as u64,
+            busy,
+        };
+        let Some(slot) = Slots::take(&self.slots, until) else {
+            return Err(late(format!(
+                " (it never started: {COMPILE_SLOTS} compiles of earlier modules still run past their deadlines)"
+            )));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        std::thread::Builder::new()
+            .name(format!("compile-{name}"))
+            .spawn(move || {
+                let _slot = slot;
+                // The receiver is gone if the deadline passed: the result
+                // is dropped (a late compile is not cached either, so the
+                // module stays refused).
+                let _ = tx.send(Component::new(&engine, &owned));
+            })
+            .map_err(|e| LoadError::Engine {
+                module: name.into(),
+                reason: format!("starting a compile thread: {e}"),
+            })?;
+        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+            .map_err(|_| late(String::new()))
     }
 
     /// Link a compiled module for `role`: its imports must be ones the role
