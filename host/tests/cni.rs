@@ -10,6 +10,7 @@ use common::netns::{Netns, require_root, wait_for};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
+use switchyard::datapath::ipam::Ipam;
 
 const V4: &str = "10.71.0.0/24";
 const V6: &str = "fd71::/64";
@@ -807,4 +808,185 @@ fn a_re_created_statefulset_pod_gets_its_address_back() {
     let after = result_ips(add("db-0-b", &second, "db-0").ok());
     assert_eq!(before, after, "the re-created pod has the same addresses");
     agent.stop();
+}
+
+/// How many veths the effect journals in `dir` intend without saying
+/// whether the kernel made them (a crash between the two lines).
+fn unconfirmed_veths(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut open = HashSet::new();
+        for l in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(l) else {
+                continue;
+            };
+            let host = v["host_name"].as_str().unwrap_or_default().to_string();
+            match v["effect"].as_str() {
+                Some("vethIntent") => {
+                    open.insert(host);
+                }
+                Some("vethCreated" | "vethRefused") => {
+                    open.remove(&host);
+                }
+                _ => {}
+            }
+        }
+        n += open.len();
+    }
+    n
+}
+
+/// Whether the namespace has a link named `name`.
+fn has_link(ns: &Netns, name: &str) -> bool {
+    common::netns::run("ip", &["-n", &ns.name, "link", "show", name])
+        .status
+        .success()
+}
+
+/// The window the effect journal must cover: the agent killed after the
+/// kernel made a pod's veth and before the ADD's answer. Rounds of
+/// concurrent ADDs are killed at different moments until the kill has
+/// caught ADDs in that window (bounded in rounds and time). After each
+/// restart the node must hold no link without an attachment (a host veth
+/// on the bridge, an eth0 in a pod), the ledger no address without one,
+/// and a retried ADD of every interrupted container must succeed.
+#[test]
+fn kill_9_between_creating_a_veth_and_answering_leaves_no_link() {
+    require_root();
+    const PER_ROUND: usize = 8;
+    const MAX_ROUNDS: usize = 40;
+    const WANTED: usize = 3;
+    let budget = Duration::from_secs(240);
+    let started = std::time::Instant::now();
+    let mut agent = AgentProc::start("cni-kw", &[V4, V6], None);
+    let conf = agent.conf("1.1.0");
+    let (mut rounds, mut caught, mut interrupted, mut retried, mut exact) = (0, 0, 0, 0, 0);
+    while (caught < WANTED || exact == 0) && rounds < MAX_ROUNDS && started.elapsed() < budget {
+        let pods: Vec<Netns> = (0..PER_ROUND).map(|_| Netns::new("pkw")).collect();
+        let id = |i: usize| format!("kw{rounds}-{i}");
+        // ADDs reach the agent a few ms after they start; sweep the kill
+        // across the time the round's ADDs take.
+        let delay = Duration::from_millis(4 + (rounds as u64 * 5) % 45);
+        let runs: Vec<(usize, common::agent::Run)> = std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let (conf, id) = (&conf, id(i));
+                    s.spawn(move || (i, verb("ADD", &id, &p.path, conf)))
+                })
+                .collect();
+            std::thread::sleep(delay);
+            agent.kill9();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok: HashSet<usize> = runs
+            .iter()
+            .filter(|(_, r)| r.code == 0)
+            .map(|(i, _)| *i)
+            .collect();
+        // What the kill left: ADDs that failed although their pod has eth0.
+        let in_window: Vec<usize> = (0..PER_ROUND)
+            .filter(|i| !ok.contains(i) && has_link(&pods[*i], "eth0"))
+            .collect();
+        caught += in_window.len();
+        interrupted += PER_ROUND - ok.len();
+        // Of those, the ones the kernel had made and the journal did not
+        // yet list as made: only the intent journaled before covers them.
+        let unconfirmed = unconfirmed_veths(&agent.dir.path().join("data/journal"));
+        exact += unconfirmed;
+
+        // Restart (start-up recovery runs before the socket serves), then
+        // look at the node and the agent's records with the agent stopped.
+        agent.spawn();
+        agent.stop();
+        let records = agent.records();
+        let ours: HashSet<(String, String)> = records
+            .iter()
+            .map(|r| (r.container_id.clone(), r.ifname.clone()))
+            .collect();
+        let host_ends: HashSet<String> = records
+            .iter()
+            .filter_map(|r| r.result.as_ref()?["interfaces"][0]["name"].as_str())
+            .map(str::to_string)
+            .collect();
+        let stray_host: std::collections::BTreeSet<String> = agent
+            .bridge_ports("sy0")
+            .into_iter()
+            .chain(agent.pod_veths())
+            .filter(|n| !host_ends.contains(n))
+            .collect();
+        let stray_pod: Vec<String> = (0..PER_ROUND)
+            .filter(|i| has_link(&pods[*i], "eth0") && !ours.contains(&(id(*i), "eth0".into())))
+            .map(id)
+            .collect();
+        let ledger: HashSet<(String, String)> = agent
+            .ledger(&pools())
+            .attachments()
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.container_id, k.ifname))
+            .collect();
+        eprintln!(
+            "round {rounds} (kill after {delay:?}): {} of {PER_ROUND} ADDs answered, {} killed after their veth was made ({unconfirmed} before the journal said so); after the restart {} stray host veths, {} stray pod interfaces",
+            ok.len(),
+            in_window.len(),
+            stray_host.len(),
+            stray_pod.len()
+        );
+        assert!(
+            stray_host.is_empty() && stray_pod.is_empty(),
+            "round {rounds}: links without an attachment after the restart: host {stray_host:?}, pods {stray_pod:?}"
+        );
+        assert_eq!(
+            ledger, ours,
+            "round {rounds}: the ledger holds exactly the recorded attachments"
+        );
+        for i in &ok {
+            assert!(
+                ours.contains(&(id(*i), "eth0".into())),
+                "round {rounds}: answered ADD {} was forgotten",
+                id(*i)
+            );
+        }
+
+        // The runtime retries every ADD that failed: each succeeds, with
+        // its address on eth0.
+        agent.spawn();
+        for i in (0..PER_ROUND).filter(|i| !ok.contains(i)) {
+            let r = verb("ADD", &id(i), &pods[i].path, &conf);
+            assert_eq!(
+                r.code,
+                0,
+                "round {rounds}: retried ADD {}: {}",
+                id(i),
+                r.raw
+            );
+            let addrs = pods[i].ip(&["-br", "addr", "show", "eth0"]);
+            for ip in result_ips(&r.out) {
+                assert!(
+                    addrs.contains(&ip),
+                    "{ip} not on eth0 of {}: {addrs}",
+                    id(i)
+                );
+            }
+            retried += 1;
+        }
+        for (i, p) in pods.iter().enumerate() {
+            assert_eq!(verb("DEL", &id(i), &p.path, &conf).code, 0);
+        }
+        assert!(agent.pod_veths().is_empty(), "{:?}", agent.pod_veths());
+        rounds += 1;
+    }
+    eprintln!(
+        "{rounds} rounds of {PER_ROUND} ADDs in {:?}: {interrupted} ADDs interrupted, {caught} of them after their veth was made ({exact} before the journal listed it as made), {retried} retried ADDs succeeded",
+        started.elapsed()
+    );
+    assert!(
+        caught > 0 && exact > 0,
+        "in {rounds} rounds no kill landed between a veth's creation and the answer ({caught}), or before the journal listed it as made ({exact})"
+    );
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
 }

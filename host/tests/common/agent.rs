@@ -131,6 +131,41 @@ impl AgentProc {
         .unwrap()
     }
 
+    /// The agent's attachment records, read while the agent is stopped.
+    pub fn records(&self) -> Vec<switchyard::cni::store::AttachmentRecord> {
+        assert!(
+            self.child.is_none(),
+            "stop the agent before reading its attachment store"
+        );
+        switchyard::cni::store::AttachmentStore::open(
+            &self.dir.path().join("data/attachments.redb"),
+        )
+        .unwrap()
+        .all()
+        .unwrap()
+    }
+
+    /// Interfaces whose master is the bridge `bridge` in the node namespace.
+    pub fn bridge_ports(&self, bridge: &str) -> Vec<String> {
+        let o = super::netns::run(
+            "ip",
+            &[
+                "-n",
+                &self.node.name,
+                "-br",
+                "link",
+                "show",
+                "master",
+                bridge,
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .collect()
+    }
+
     /// Host ends of pod veths on the node.
     pub fn pod_veths(&self) -> Vec<String> {
         self.node
