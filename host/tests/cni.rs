@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::agent::{AgentProc, cni, held, result_ips, verb};
+use common::agent::{AgentProc, cni, held, result_ips, verb, verb_if};
 use common::netns::{Netns, require_root, wait_for};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -989,4 +989,112 @@ fn kill_9_between_creating_a_veth_and_answering_leaves_no_link() {
     );
     agent.stop();
     assert_eq!(held(&agent.ledger(&pools())), 0);
+}
+
+const SIDE: &str = "10.77.0.0/24";
+
+/// Multus's case: a pod on the cluster network (eth0) gets a second
+/// interface (net1) on another network, with its own bridge and pool. Only
+/// eth0 takes the default route; packets to the other network leave through
+/// net1; both carry traffic; each CHECKs; DEL of net1 leaves eth0 whole.
+#[test]
+fn a_second_network_in_a_pod_gets_its_own_pool_and_not_the_default_route() {
+    require_root();
+    let mut agent = AgentProc::start_with(
+        "cni-mn",
+        &[V4, V6],
+        None,
+        &["--pool", &format!("side={SIDE}")],
+    );
+    let pods = agent.conf("1.1.0");
+    let mut side = pods.clone();
+    side["name"] = json!("side");
+    side["pools"] = json!(["side"]);
+    side["bridge"] = json!("sy1");
+    let (a, b) = (Netns::new("pma"), Netns::new("pmb"));
+    let mut first = vec![];
+    let mut second = vec![];
+    for (id, p) in [("m-a", &a), ("m-b", &b)] {
+        let r = verb_if("ADD", id, &p.path, "eth0", &pods).ok().clone();
+        assert_eq!(
+            result_ips(&r).len(),
+            2,
+            "the pod network takes v4 and v6 only: {r}"
+        );
+        first.push(r);
+        let r = verb_if("ADD", id, &p.path, "net1", &side);
+        assert_eq!(r.code, 0, "a secondary interface: {}", r.raw);
+        let r = r.out;
+        assert_eq!(result_ips(&r).len(), 1, "{r}");
+        assert!(result_ips(&r)[0].starts_with("10.77.0."), "{r}");
+        assert!(
+            r["routes"].as_array().is_none_or(|v| v.is_empty()),
+            "no default route through net1: {r}"
+        );
+        assert_eq!(r["interfaces"][1]["name"], "net1");
+        second.push(r);
+    }
+    // The default routes stay with eth0; the side network is reached on net1.
+    let default4 = a.ip(&["route", "show", "default"]);
+    let default6 = a.ip(&["-6", "route", "show", "default"]);
+    assert!(
+        default4.contains("dev eth0") && !default4.contains("net1"),
+        "{default4}"
+    );
+    assert!(
+        default6.contains("dev eth0") && !default6.contains("net1"),
+        "{default6}"
+    );
+    let b_side = result_ips(&second[1])[0].clone();
+    let b_pod = result_ips(&first[1]);
+    assert!(
+        a.ip(&["route", "get", &b_side]).contains("dev net1"),
+        "{}",
+        a.ip(&["route", "get", &b_side])
+    );
+    assert!(a.ping(&b_side), "pod to pod on the side network");
+    assert!(a.ping(&b_pod[0]) && a.ping(&b_pod[1]), "pod to pod on eth0");
+    assert!(a.ping("10.77.0.1"), "pod to the side network's gateway");
+    assert_eq!(
+        agent.bridge_ports("sy1").len(),
+        2,
+        "{:?}",
+        agent.bridge_ports("sy1")
+    );
+    assert_eq!(
+        agent.bridge_ports("sy0").len(),
+        2,
+        "{:?}",
+        agent.bridge_ports("sy0")
+    );
+    // Each attachment CHECKs: with its result, and with none.
+    for (i, (id, p)) in [("m-a", &a), ("m-b", &b)].into_iter().enumerate() {
+        for (ifname, conf, res) in [("eth0", &pods, &first[i]), ("net1", &side, &second[i])] {
+            let c = verb_if("CHECK", id, &p.path, ifname, &with_prev(conf, res));
+            assert_eq!(c.code, 0, "CHECK {id} {ifname}: {}", c.raw);
+            let c = verb_if("CHECK", id, &p.path, ifname, conf);
+            assert_eq!(c.code, 0, "CHECK {id} {ifname} without a result: {}", c.raw);
+        }
+    }
+    // STATUS of the side network looks at its own pool.
+    let s = cni(&[("CNI_COMMAND", "STATUS")], &side.to_string());
+    assert_eq!(s.code, 0, "{}", s.raw);
+    // DEL of net1 leaves eth0 and its default route.
+    assert_eq!(verb_if("DEL", "m-a", &a.path, "net1", &side).code, 0);
+    assert!(!has_link(&a, "net1"));
+    assert!(a.ip(&["route", "show", "default"]).contains("dev eth0"));
+    assert!(a.ping(&b_pod[0]));
+    // The side network is reached like any other address now: through
+    // eth0's default route, which the node routes on to its other bridge.
+    assert!(a.ip(&["route", "get", &b_side]).contains("dev eth0"));
+    for (id, p) in [("m-a", &a), ("m-b", &b)] {
+        assert_eq!(verb_if("DEL", id, &p.path, "net1", &side).code, 0);
+        assert_eq!(verb_if("DEL", id, &p.path, "eth0", &pods).code, 0);
+    }
+    assert!(agent.pod_veths().is_empty(), "{:?}", agent.pod_veths());
+    agent.stop();
+    assert_eq!(
+        held(&agent.ledger(&[("v4", V4), ("v6", V6), ("side", SIDE)])),
+        0
+    );
 }

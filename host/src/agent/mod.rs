@@ -36,6 +36,9 @@ pub struct AgentOptions {
     pub cni_socket: PathBuf,
     /// Pod CIDRs when no Node manifest gives them.
     pub pod_cidrs: Vec<IpNet>,
+    /// Further pools, for secondary networks: a network configuration names
+    /// them in `pools`; a network that names none takes the pod CIDRs'.
+    pub extra_pools: Vec<PoolConfig>,
     pub fuel: bool,
     /// How long a StatefulSet pod's released address waits for it.
     pub sticky_ttl: Duration,
@@ -71,8 +74,9 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// Pools from CIDRs: `v4` and `v6`, one per family.
-pub fn pools(cidrs: &[IpNet]) -> anyhow::Result<Vec<PoolConfig>> {
+/// Pools from the pod CIDRs (`v4` and `v6`, one per family), first, then
+/// the extra pools of secondary networks, which must not overlap any other.
+pub fn pools(cidrs: &[IpNet], extra: &[PoolConfig]) -> anyhow::Result<Vec<PoolConfig>> {
     let mut pools: Vec<PoolConfig> = vec![];
     for c in cidrs {
         let name = if c.addr().is_ipv4() { "v4" } else { "v6" };
@@ -82,6 +86,32 @@ pub fn pools(cidrs: &[IpNet]) -> anyhow::Result<Vec<PoolConfig>> {
         pools.push(PoolConfig {
             name: name.into(),
             subnet: c.trunc(),
+        });
+    }
+    for e in extra {
+        let subnet = e.subnet.trunc();
+        if let Some(p) = pools.iter().find(|p| p.name == e.name) {
+            bail!(
+                "pool {} ({subnet}): the name is taken by pool {} ({}); v4 and v6 are the pod CIDRs' pools",
+                e.name,
+                p.name,
+                p.subnet
+            );
+        }
+        if let Some(p) = pools
+            .iter()
+            .find(|p| p.subnet.contains(&subnet.network()) || subnet.contains(&p.subnet.network()))
+        {
+            bail!(
+                "pool {} ({subnet}) overlaps pool {} ({}): a pod's address must name one pool",
+                e.name,
+                p.name,
+                p.subnet
+            );
+        }
+        pools.push(PoolConfig {
+            name: e.name.clone(),
+            subnet,
         });
     }
     Ok(pools)
@@ -281,8 +311,11 @@ impl Agent {
             );
         }
         let ledger = Arc::new(
-            Ledger::open(&data.join("ipam.redb"), pools(&cidrs)?)?
-                .with_sticky_ttl(options.sticky_ttl),
+            Ledger::open(
+                &data.join("ipam.redb"),
+                pools(&cidrs, &options.extra_pools)?,
+            )?
+            .with_sticky_ttl(options.sticky_ttl),
         );
         let links = Arc::new(NetlinkLinks::new(None));
         let probes = Arc::new(ProbeTable::default());
@@ -440,6 +473,27 @@ mod tests {
             .into_iter()
             .map(|s| (s.name, s.role))
             .collect()
+    }
+
+    #[test]
+    fn extra_pools_follow_the_pod_cidrs_and_may_not_overlap_or_share_names() {
+        let cidrs: Vec<IpNet> = vec!["10.1.0.0/24".parse().unwrap(), "fd01::/64".parse().unwrap()];
+        let pool = |name: &str, subnet: &str| PoolConfig {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+        };
+        let got = pools(&cidrs, &[pool("side", "10.77.0.5/24")]).unwrap();
+        let names: Vec<&str> = got.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["v4", "v6", "side"]);
+        assert_eq!(got[2].subnet.to_string(), "10.77.0.0/24");
+        let e = pools(&cidrs, &[pool("v4", "10.77.0.0/24")]).unwrap_err();
+        assert!(e.to_string().contains("the name is taken"), "{e}");
+        let e = pools(&cidrs, &[pool("side", "10.1.0.128/25")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pool side (10.1.0.128/25) overlaps pool v4 (10.1.0.0/24)"),
+            "{e}"
+        );
     }
 
     /// The unmodified example of a referenced-only policy module: applying

@@ -53,6 +53,11 @@ struct AgentArgs {
     /// Pod CIDRs of this node, when no Node manifest gives them (one per family).
     #[arg(long = "pod-cidr")]
     pod_cidrs: Vec<ipnet::IpNet>,
+    /// A further address pool, NAME=CIDR, for a secondary network whose
+    /// configuration names it in `pools` (repeatable). Networks that name no
+    /// pool take the pod CIDRs'.
+    #[arg(long = "pool", value_name = "NAME=CIDR", value_parser = parse_pool)]
+    pools: Vec<crate::datapath::ipam::PoolConfig>,
     /// Meter fuel so modules may be given instruction budgets (slows every call ~16%).
     #[arg(long)]
     fuel_metering: bool,
@@ -114,6 +119,31 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// `NAME=CIDR`: a pool's name (what a network configuration's `pools`
+/// says) and its subnet.
+fn parse_pool(s: &str) -> Result<crate::datapath::ipam::PoolConfig, String> {
+    let (name, cidr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=CIDR (for example side=10.77.0.0/24)"))?;
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "pool name {name:?} must be 1 to 32 lowercase letters, digits, '-' or '_'"
+        ));
+    }
+    let subnet = cidr
+        .parse()
+        .map_err(|e| format!("pool {name}: {cidr:?} is not a CIDR: {e}"))?;
+    Ok(crate::datapath::ipam::PoolConfig {
+        name: name.to_string(),
+        subnet,
+    })
+}
+
 fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists: every thread made later is in the namespace.
     if let Some(ns) = &a.netns {
@@ -129,6 +159,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         node,
         cni_socket: a.cni_socket,
         pod_cidrs: a.pod_cidrs,
+        extra_pools: a.pools,
         fuel: a.fuel_metering,
         sticky_ttl: std::time::Duration::from_secs(a.sticky_ttl_seconds),
     };

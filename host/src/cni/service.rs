@@ -872,16 +872,25 @@ impl CniService {
         self.ledger
             .attachments()
             .map_err(|e| not_available(format!("the address ledger cannot be read: {e}")))?;
-        // ADD takes an address from each pool the network uses (all of
-        // them unless the configuration names some): one full pool fails it.
+        // ADD takes an address from each pool the network uses (those it
+        // names, else the pod CIDRs': the first pool of each family): one
+        // full pool fails it.
         let named: Option<Vec<&str>> = req.config["pools"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect());
-        let full: Vec<String> = self
-            .ledger
-            .pools()
+        let pools = self.ledger.pools();
+        let mut families = vec![];
+        let full: Vec<String> = pools
             .iter()
-            .filter(|p| named.as_ref().is_none_or(|n| n.contains(&p.name.as_str())))
+            .filter(|p| match &named {
+                Some(n) => n.contains(&p.name.as_str()),
+                None => {
+                    let v4 = p.subnet.addr().is_ipv4();
+                    let first = !families.contains(&v4);
+                    families.push(v4);
+                    first
+                }
+            })
             .filter(|p| p.free == 0)
             .map(|p| format!("{} ({})", p.name, p.subnet))
             .collect();

@@ -625,6 +625,21 @@ impl links::Host for HostState {
             .map_err(wit_link_error))
     }
 
+    fn pod_default_routes(
+        &mut self,
+    ) -> Result<std::result::Result<Vec<links::RouteSpec>, links::LinkError>> {
+        const F: &str = "links.pod-default-routes";
+        let a = self.attachment(F)?;
+        let Some(netns) = a.netns.clone() else {
+            return self.violation(F, "the request has no pod network namespace");
+        };
+        let backend = self.links_backend(F)?;
+        Ok(backend
+            .default_routes(&Netns::Pod(netns))
+            .map(|v| v.into_iter().map(wit_route).collect())
+            .map_err(wit_link_error))
+    }
+
     fn delete_link(
         &mut self,
         scope: links::Scope,

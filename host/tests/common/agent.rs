@@ -21,6 +21,16 @@ impl AgentProc {
     /// Start an agent for node `test-node` with these pod CIDRs and
     /// (optionally) a manifest directory holding `manifests`.
     pub fn start(tag: &str, pod_cidrs: &[&str], manifests: Option<&str>) -> AgentProc {
+        Self::start_with(tag, pod_cidrs, manifests, &[])
+    }
+
+    /// As [`AgentProc::start`], with more arguments for `switchyard agent`.
+    pub fn start_with(
+        tag: &str,
+        pod_cidrs: &[&str],
+        manifests: Option<&str>,
+        extra: &[&str],
+    ) -> AgentProc {
         let node = Netns::new(tag);
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("cni.sock");
@@ -39,6 +49,7 @@ impl AgentProc {
             args.push("--pod-cidr".into());
             args.push(c.to_string());
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         if let Some(m) = manifests {
             let local = dir.path().join("local");
             std::fs::create_dir_all(&local).unwrap();
@@ -243,13 +254,18 @@ pub fn cni(vars: &[(&str, &str)], stdin: &str) -> Run {
 
 /// ADD, DEL or CHECK for a container in a namespace, with `config`.
 pub fn verb(cmd: &str, container: &str, netns: &Path, config: &Value) -> Run {
+    verb_if(cmd, container, netns, "eth0", config)
+}
+
+/// As [`verb`], for the interface `ifname`.
+pub fn verb_if(cmd: &str, container: &str, netns: &Path, ifname: &str, config: &Value) -> Run {
     let ns = netns.display().to_string();
     cni(
         &[
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", container),
             ("CNI_NETNS", &ns),
-            ("CNI_IFNAME", "eth0"),
+            ("CNI_IFNAME", ifname),
             ("CNI_PATH", "/opt/cni/bin"),
         ],
         &config.to_string(),

@@ -1,7 +1,11 @@
 //! `cni-bridge`: the built-in CNI module. Every pod gets a veth pair whose
 //! host end is a port of the node's bridge, an address from each of the
-//! node's pools (IPv4, IPv6 or both) and a default route per family through
-//! the bridge, which holds each pool's gateway address.
+//! network's pools (by default the node's pod CIDRs: IPv4, IPv6 or both) and
+//! a default route per family through the bridge, which holds each pool's
+//! gateway address. Only a pod's first interface takes the default route of
+//! a family: a secondary one (Multus's `net1`, often of another network with
+//! its own bridge and pools) finds it taken and gets none, so the pod reaches
+//! that network's pool through the route its address's prefix makes.
 //!
 //! The host end is named from the attachment (`syv` and 12 hex digits of a
 //! hash of the container id and interface), so DEL and GC find it without
@@ -137,7 +141,18 @@ fn default_route(family: IpFamily, gateway: IpAddress, device: &str) -> RouteSpe
 fn pools(settings: &Settings) -> Result<Vec<Pool>, CniError> {
     let all = ipam::pools();
     let chosen: Vec<Pool> = match &settings.pools {
-        None => all,
+        // The node's pod CIDRs: the host lists them first, one per family;
+        // further pools serve the networks that name them.
+        None => {
+            let mut families = vec![];
+            all.into_iter()
+                .filter(|p| {
+                    let first = !families.contains(&p.family);
+                    families.push(p.family);
+                    first
+                })
+                .collect()
+        }
         Some(names) => {
             let mut v = vec![];
             for n in names {
@@ -199,6 +214,14 @@ impl Guest for Bridge {
             })?;
             allocations.push((p.family, a));
         }
+        // A family whose default route another interface of the pod holds
+        // (the pod's first, or another plugin's) gets none through this one.
+        let taken: Vec<IpFamily> = links::pod_default_routes()
+            .map_err(|e| link_err("reading the pod's default routes", e))?
+            .iter()
+            .filter(|r| r.device != req.ifname)
+            .map(|r| r.destination.family())
+            .collect();
         let gateways: Vec<IpCidr> = pools.iter().map(gateway_cidr).collect();
         links::ensure_bridge(bridge, mtu, &gateways)
             .map_err(|e| link_err(&format!("bridge {bridge}"), e))?;
@@ -229,14 +252,17 @@ impl Guest for Bridge {
         for (family, a) in allocations {
             links::add_address(Scope::Pod, &req.ifname, a.address)
                 .map_err(|e| link_err(&format!("address {}", a.address), e))?;
-            let r = default_route(family, a.gateway, &req.ifname);
-            links::add_route(Scope::Pod, &r)
-                .map_err(|e| link_err(&format!("default route via {}", a.gateway), e))?;
             ips.push(CniIp {
                 address: a.address,
                 gateway: Some(a.gateway),
                 interface: Some(1),
             });
+            if taken.contains(&family) {
+                continue;
+            }
+            let r = default_route(family, a.gateway, &req.ifname);
+            links::add_route(Scope::Pod, &r)
+                .map_err(|e| link_err(&format!("default route via {}", a.gateway), e))?;
             routes.push(CniRoute {
                 dst: r.destination,
                 gw: r.gateway,
@@ -309,6 +335,12 @@ impl Guest for Bridge {
         }
         // Addresses the previous result promised must be there too.
         let promised = prev_result_ips(req.prev_result.as_deref());
+        // The default routes ADD made: those the result lists through our
+        // gateways; without a result, one per family unless another
+        // interface holds it (then this one is secondary).
+        let promised_gateways = prev_result_default_gateways(req.prev_result.as_deref());
+        let defaults = links::pod_default_routes()
+            .map_err(|e| link_err("reading the pod's default routes", e))?;
         let routes =
             links::list_routes(Scope::Pod, &req.ifname).map_err(|e| link_err("routes", e))?;
         for a in &held {
@@ -319,11 +351,19 @@ impl Guest for Bridge {
                 )));
             }
             let fam = a.address.family();
-            if !routes.iter().any(|r| {
-                r.destination.prefix_len == 0
-                    && r.destination.family() == fam
-                    && r.gateway == Some(a.gateway)
-            }) {
+            let expected = match &promised_gateways {
+                Some(gws) => gws.contains(&a.gateway),
+                None => !defaults
+                    .iter()
+                    .any(|r| r.destination.family() == fam && r.device != req.ifname),
+            };
+            if expected
+                && !routes.iter().any(|r| {
+                    r.destination.prefix_len == 0
+                        && r.destination.family() == fam
+                        && r.gateway == Some(a.gateway)
+                })
+            {
                 return Err(bad(format!(
                     "the default route via {} is missing",
                     a.gateway
@@ -388,6 +428,27 @@ fn check_link(l: &LinkInfo, mtu: u32) -> Result<(), String> {
         return Err(format!("{} has MTU {}, not {mtu}", l.name, l.mtu));
     }
     Ok(())
+}
+
+/// Gateways of the default routes a previous result lists, if it parses.
+fn prev_result_default_gateways(prev: Option<&str>) -> Option<Vec<IpAddress>> {
+    let v = serde_json::from_str::<serde_json::Value>(prev?).ok()?;
+    Some(
+        v["routes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| {
+                        r["dst"]
+                            .as_str()
+                            .and_then(|d| d.parse::<IpCidr>().ok())
+                            .is_some_and(|d| d.prefix_len == 0)
+                    })
+                    .filter_map(|r| r["gw"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
 }
 
 /// Addresses in a previous result (CNI result JSON), if it parses.
@@ -507,6 +568,36 @@ mod tests {
         let e = Bridge::status(String::new(), String::new()).unwrap_err();
         assert_eq!(e.code, codes::NOT_AVAILABLE);
         drop(none);
+    }
+
+    #[test]
+    fn a_secondary_interface_leaves_the_default_route_to_the_first() {
+        let h = harness();
+        h.add_pool("side", "10.77.0.0/24");
+        // The pod's network takes the node's pod CIDRs, not the extra pool.
+        let first = Bridge::add(cni_request("c1", "eth0", "{}"), String::new()).unwrap();
+        assert_eq!(first.ips.len(), 2);
+        assert_eq!(first.routes.len(), 2);
+        h.set_attachment("c1", "net1");
+        let side = r#"{"name":"side","pools":["side"],"bridge":"sy1"}"#;
+        let second = Bridge::add(cni_request("c1", "net1", side), String::new()).unwrap();
+        assert_eq!(second.ips.len(), 1);
+        assert_eq!(second.ips[0].address.to_string(), "10.77.0.2/24");
+        assert!(second.routes.is_empty(), "{:?}", second.routes);
+        let defaults: Vec<_> = h
+            .routes(Scope::Pod)
+            .into_iter()
+            .filter(|r| r.destination.prefix_len == 0)
+            .collect();
+        assert_eq!(defaults.len(), 2);
+        assert!(defaults.iter().all(|r| r.device == "eth0"), "{defaults:?}");
+        // CHECK of each, with and without the previous result.
+        let mut with_prev = cni_request("c1", "net1", side);
+        with_prev.prev_result = Some(r#"{"ips":[{"address":"10.77.0.2/24"}],"routes":[]}"#.into());
+        Bridge::check(with_prev, String::new()).unwrap();
+        Bridge::check(cni_request("c1", "net1", side), String::new()).unwrap();
+        h.set_attachment("c1", "eth0");
+        Bridge::check(cni_request("c1", "eth0", "{}"), String::new()).unwrap();
     }
 
     #[test]
