@@ -1098,3 +1098,89 @@ fn a_second_network_in_a_pod_gets_its_own_pool_and_not_the_default_route() {
         0
     );
 }
+
+/// `CNI_ARGS=IP=...` and the `ips` capability (`runtimeConfig.ips`) are
+/// honoured from the pools; an address another pod holds, or one outside
+/// the network's pools, fails with the address and the pool named, and
+/// leaves nothing behind.
+#[test]
+fn static_addresses_are_honoured_or_refused_by_name() {
+    require_root();
+    let mut agent = AgentProc::start("cni-ip", &[V4, V6], None);
+    let conf = agent.conf("1.1.0");
+    let add_with_args = |id: &str, p: &Netns, args: &str| {
+        let ns = p.path.display().to_string();
+        cni(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", &ns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", args),
+            ],
+            &conf.to_string(),
+        )
+    };
+    let (a, b, c) = (Netns::new("pia"), Netns::new("pib"), Netns::new("pic"));
+    // CNI_ARGS IP, as host-local reads it: that address, the other family as usual.
+    let r = add_with_args("ip-a", &a, "IgnoreUnknown=1;IP=10.71.0.5");
+    let ips = result_ips(r.ok());
+    assert_eq!(ips[0], "10.71.0.5", "{}", r.raw);
+    assert_eq!(ips.len(), 2);
+    assert!(
+        a.ip(&["-br", "addr", "show", "eth0"])
+            .contains("10.71.0.5/24")
+    );
+    // The ips capability, in both families.
+    let mut with_ips = conf.clone();
+    with_ips["runtimeConfig"] = json!({"ips": ["10.71.0.6/24", "fd71::6"]});
+    let r = verb("ADD", "ip-b", &b.path, &with_ips);
+    assert_eq!(result_ips(r.ok()), ["10.71.0.6", "fd71::6"], "{}", r.raw);
+    assert!(
+        b.ping("10.71.0.5") && b.ping(&ips[1]),
+        "traffic to the static pod"
+    );
+
+    // Refusals, each naming the address and the pool; none leaves anything.
+    let in_use = add_with_args("ip-c", &c, "IgnoreUnknown=1;IP=10.71.0.5");
+    assert_eq!(in_use.error_code(), 101, "{}", in_use.raw);
+    let msg = in_use.out["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("address 10.71.0.5 (CNI_ARGS IP) is not available")
+            && msg.contains("pool v4")
+            && msg.contains("held by another attachment"),
+        "{}",
+        in_use.raw
+    );
+    let outside = add_with_args("ip-c", &c, "IP=10.99.0.5");
+    assert_eq!(outside.error_code(), 101, "{}", outside.raw);
+    assert_eq!(
+        outside.out["msg"],
+        "address 10.99.0.5 (CNI_ARGS IP) is in none of the pools of network \"pods\": v4 (10.71.0.0/24), v6 (fd71::/64)"
+    );
+    let mut gateway = conf.clone();
+    gateway["runtimeConfig"] = json!({"ips": ["10.71.0.1"]});
+    let r = verb("ADD", "ip-c", &c.path, &gateway);
+    assert_eq!(r.error_code(), 101, "{}", r.raw);
+    assert!(
+        r.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("is the gateway of pool v4 (10.71.0.0/24)"),
+        "{}",
+        r.raw
+    );
+    let r = add_with_args("ip-c", &c, "IP=10.71.0.300");
+    assert_eq!(r.error_code(), 4, "{}", r.raw);
+    assert!(!has_link(&c, "eth0"), "no refused ADD left an interface");
+    assert_eq!(agent.pod_veths().len(), 2, "{:?}", agent.pod_veths());
+    // Once the holder is gone, the address can be asked for again.
+    assert_eq!(verb("DEL", "ip-a", &a.path, &conf).code, 0);
+    let r = add_with_args("ip-c", &c, "IP=10.71.0.5");
+    assert_eq!(result_ips(r.ok())[0], "10.71.0.5");
+    for (id, p) in [("ip-b", &b), ("ip-c", &c)] {
+        assert_eq!(verb("DEL", id, &p.path, &conf).code, 0);
+    }
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
+}
