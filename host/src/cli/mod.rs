@@ -77,6 +77,18 @@ struct AgentArgs {
     /// With --kube: the cluster's name, as the admin API and console show it.
     #[arg(long, default_value = "kubernetes")]
     cluster_name: String,
+    /// Standalone agent (without --kube): the unix socket of the admin API
+    /// and console [default: admin.sock beside --cni-socket].
+    #[arg(long, conflicts_with = "kube")]
+    admin_socket: Option<std::path::PathBuf>,
+    /// Standalone agent: also serve the admin API and console on this TCP
+    /// address (it has no authentication of its own; keep it on a trusted
+    /// network).
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "kube")]
+    admin_address: Option<std::net::SocketAddr>,
+    /// Standalone agent: no admin API on a unix socket.
+    #[arg(long, conflicts_with_all = ["kube", "admin_socket"])]
+    no_admin_socket: bool,
     /// Enter this network namespace (a name under /var/run/netns, or a path)
     /// before anything else, as a host-network DaemonSet pod runs in its node's.
     #[arg(long)]
@@ -153,6 +165,14 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(n) => n,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    let admin = crate::agent::AdminOptions {
+        socket: (!a.no_admin_socket).then(|| {
+            a.admin_socket
+                .clone()
+                .unwrap_or_else(|| crate::agent::AdminOptions::socket_beside(&a.cni_socket))
+        }),
+        address: a.admin_address,
+    };
     let options = crate::agent::AgentOptions {
         data_dir: a.data_dir,
         local: a.local,
@@ -172,7 +192,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         if !kube {
             let agent = crate::agent::Agent::start(options).await?;
-            return agent.run().await;
+            return agent.run(admin).await;
         }
         // In a cluster: the in-cluster service account, or $KUBECONFIG.
         let client = kube::Client::try_default().await.map_err(|e| {
