@@ -1185,31 +1185,6 @@ fn static_addresses_are_honoured_or_refused_by_name() {
     assert_eq!(held(&agent.ledger(&pools())), 0);
 }
 
-/// GET `path` over an HTTP/1.1 stream; the status code and the JSON body.
-fn http_get(mut stream: impl std::io::Read + std::io::Write, path: &str) -> (u16, Value) {
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn admin_get(socket: &std::path::Path, path: &str) -> (u16, Value) {
-    let s = std::os::unix::net::UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("the admin socket {}: {e}", socket.display()));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    http_get(s, path)
-}
-
 /// A standalone agent serves the admin API on a unix socket beside its CNI
 /// socket (root's only), and on TCP when asked: an operator sees its pools
 /// and each attachment's address.
@@ -1225,7 +1200,7 @@ fn a_standalone_agent_serves_the_admin_api_on_a_unix_socket() {
     let conf = agent.conf("1.1.0");
     let ips = result_ips(verb("ADD", "api-1", &p.path, &conf).ok());
 
-    let (status, ipam) = admin_get(&socket, "/api/v1/ipam");
+    let (status, ipam) = agent.admin_get("/api/v1/ipam");
     assert_eq!(status, 200, "{ipam}");
     let pools: Vec<&str> = ipam["pools"]
         .as_array()
@@ -1246,16 +1221,16 @@ fn a_standalone_agent_serves_the_admin_api_on_a_unix_socket() {
         let addr = a["address"].as_str().unwrap().split('/').next().unwrap();
         assert!(ips.contains(&addr.to_string()), "{a} not in {ips:?}");
     }
-    let (status, node) = admin_get(&socket, "/api/v1/node");
+    let (status, node) = agent.admin_get("/api/v1/node");
     assert_eq!(status, 200);
     assert_eq!(node["source"], "flags", "{node}");
     assert_eq!(node["ready"], true, "{node}");
     assert_eq!(node["podCIDRs"], json!([V4, V6]), "{node}");
-    let (status, modules) = admin_get(&socket, "/api/v1/modules");
+    let (status, modules) = agent.admin_get("/api/v1/modules");
     assert_eq!(status, 200);
     assert!(modules.to_string().contains("cni-bridge"), "{modules}");
     // What this agent does not have says so.
-    let (status, cluster) = admin_get(&socket, "/api/v1/cluster");
+    let (status, cluster) = agent.admin_get("/api/v1/cluster");
     assert_eq!(status, 404);
     assert!(
         cluster["error"]
@@ -1265,7 +1240,7 @@ fn a_standalone_agent_serves_the_admin_api_on_a_unix_socket() {
         "{cluster}"
     );
     assert_eq!(verb("DEL", "api-1", &p.path, &conf).code, 0);
-    let (_, ipam) = admin_get(&socket, "/api/v1/ipam");
+    let (_, ipam) = agent.admin_get("/api/v1/ipam");
     assert_eq!(ipam["allocations"], json!([]), "{ipam}");
     agent.stop();
     assert!(!socket.exists(), "the socket goes with the agent");
@@ -1280,11 +1255,11 @@ fn a_standalone_agent_serves_the_admin_api_on_a_unix_socket() {
     let (status, cluster) = switchyard::datapath::netlink::in_netns(&tcp.node.path, || {
         let s = std::net::TcpStream::connect("127.0.0.1:19090")?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(http_get(s, "/api/v1/cluster"))
+        Ok(common::agent::http_get(s, "/api/v1/cluster"))
     })
     .unwrap();
     assert_eq!(status, 200, "{cluster}");
     assert!(cluster.to_string().contains("db-0"), "{cluster}");
-    let (_, node) = admin_get(&tcp.dir.path().join("admin.sock"), "/api/v1/node");
+    let (_, node) = tcp.admin_get("/api/v1/node");
     assert_eq!(node["source"], "local", "{node}");
 }

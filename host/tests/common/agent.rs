@@ -177,6 +177,15 @@ impl AgentProc {
             .collect()
     }
 
+    /// GET `path` of the agent's admin API on its unix socket.
+    pub fn admin_get(&self, path: &str) -> (u16, Value) {
+        let socket = self.dir.path().join("admin.sock");
+        let s = std::os::unix::net::UnixStream::connect(&socket)
+            .unwrap_or_else(|e| panic!("the admin socket {}: {e}", socket.display()));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        http_get(s, path)
+    }
+
     /// Host ends of pod veths on the node.
     pub fn pod_veths(&self) -> Vec<String> {
         self.node
@@ -288,4 +297,22 @@ pub fn result_ips(v: &Value) -> Vec<String> {
 /// Every attachment the ledger says holds an address.
 pub fn held(l: &Ledger) -> usize {
     l.attachments().unwrap().len()
+}
+
+/// GET `path` over an HTTP/1.1 stream; the status code and the JSON body.
+pub fn http_get(mut stream: impl std::io::Read + std::io::Write, path: &str) -> (u16, Value) {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
