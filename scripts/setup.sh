@@ -14,13 +14,13 @@ cd "$here"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages the build, the tests and the lab use: iproute2 and
-# nftables for the datapath and the lab, Debian's libcni sources for the
-# libcni test (built with the machine's Go, never Debian's older golang-go),
-# the reference CNI plugins as a peer, chromium for the console test,
+# nftables for the datapath and the lab, the reference CNI plugins as a peer
+# (the libcni test's driver builds against the libcni pinned in
+# host/tests/libcni/go.mod, fetched below), chromium for the console test,
 # docker-registry (the CNCF distribution) as the OCI registry of
 # host/tests/oci.rs and image.rs, debootstrap and jq for the agent's image
 # (deploy/image/build.sh).
-PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack golang-github-appc-cni-dev containernetworking-plugins chromium docker-registry debootstrap jq)
+PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack containernetworking-plugins chromium docker-registry debootstrap jq)
 # Node.js and npm build the console (web/); a machine may have its own.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 # kubectl (kubernetes-client) renders deploy/'s kustomization (host/tests/manifests.rs);
@@ -51,6 +51,14 @@ mkdir -p "$SWITCHYARD_CACHE"
 # if something installed it, is Go 1.19.
 if [ -x /usr/local/go/bin/go ]; then
   export PATH="/usr/local/go/bin:$PATH"
+fi
+
+# The libcni test's driver (host/tests/libcni): libcni v1.3.0 (it has GC and
+# STATUS; Debian's 1.1 has neither) and what it needs, as go.mod and go.sum
+# pin them, into Go's module cache. Only the first run on a machine fetches.
+if [ -x /usr/local/go/bin/go ]; then
+  (cd "$here/host/tests/libcni" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly /usr/local/go/bin/go mod download) ||
+    { echo "error: fetching the libcni driver's Go modules failed (is the Go module proxy reachable? GOPROXY=$(/usr/local/go/bin/go env GOPROXY))" >&2; exit 1; }
 fi
 
 if ! command -v rustup >/dev/null 2>&1; then

@@ -5,11 +5,12 @@
 
 mod common;
 
-use common::agent::{AgentProc, cni, held, result_ips, verb};
+use common::agent::{AgentProc, cni, held, result_ips, verb, verb_if};
 use common::netns::{Netns, require_root, wait_for};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
+use switchyard::datapath::ipam::Ipam;
 
 const V4: &str = "10.71.0.0/24";
 const V6: &str = "fd71::/64";
@@ -807,4 +808,458 @@ fn a_re_created_statefulset_pod_gets_its_address_back() {
     let after = result_ips(add("db-0-b", &second, "db-0").ok());
     assert_eq!(before, after, "the re-created pod has the same addresses");
     agent.stop();
+}
+
+/// How many veths the effect journals in `dir` intend without saying
+/// whether the kernel made them (a crash between the two lines).
+fn unconfirmed_veths(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut open = HashSet::new();
+        for l in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(l) else {
+                continue;
+            };
+            let host = v["host_name"].as_str().unwrap_or_default().to_string();
+            match v["effect"].as_str() {
+                Some("vethIntent") => {
+                    open.insert(host);
+                }
+                Some("vethCreated" | "vethRefused") => {
+                    open.remove(&host);
+                }
+                _ => {}
+            }
+        }
+        n += open.len();
+    }
+    n
+}
+
+/// Whether the namespace has a link named `name`.
+fn has_link(ns: &Netns, name: &str) -> bool {
+    common::netns::run("ip", &["-n", &ns.name, "link", "show", name])
+        .status
+        .success()
+}
+
+/// The window the effect journal must cover: the agent killed after the
+/// kernel made a pod's veth and before the ADD's answer. Rounds of
+/// concurrent ADDs are killed at different moments until the kill has
+/// caught ADDs in that window (bounded in rounds and time). After each
+/// restart the node must hold no link without an attachment (a host veth
+/// on the bridge, an eth0 in a pod), the ledger no address without one,
+/// and a retried ADD of every interrupted container must succeed.
+#[test]
+fn kill_9_between_creating_a_veth_and_answering_leaves_no_link() {
+    require_root();
+    const PER_ROUND: usize = 8;
+    const MAX_ROUNDS: usize = 40;
+    const WANTED: usize = 3;
+    let budget = Duration::from_secs(240);
+    let started = std::time::Instant::now();
+    let mut agent = AgentProc::start("cni-kw", &[V4, V6], None);
+    let conf = agent.conf("1.1.0");
+    let (mut rounds, mut caught, mut interrupted, mut retried, mut exact) = (0, 0, 0, 0, 0);
+    while (caught < WANTED || exact == 0) && rounds < MAX_ROUNDS && started.elapsed() < budget {
+        let pods: Vec<Netns> = (0..PER_ROUND).map(|_| Netns::new("pkw")).collect();
+        let id = |i: usize| format!("kw{rounds}-{i}");
+        // ADDs reach the agent a few ms after they start; sweep the kill
+        // across the time the round's ADDs take.
+        let delay = Duration::from_millis(4 + (rounds as u64 * 5) % 45);
+        let runs: Vec<(usize, common::agent::Run)> = std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let (conf, id) = (&conf, id(i));
+                    s.spawn(move || (i, verb("ADD", &id, &p.path, conf)))
+                })
+                .collect();
+            std::thread::sleep(delay);
+            agent.kill9();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok: HashSet<usize> = runs
+            .iter()
+            .filter(|(_, r)| r.code == 0)
+            .map(|(i, _)| *i)
+            .collect();
+        // What the kill left: ADDs that failed although their pod has eth0.
+        let in_window: Vec<usize> = (0..PER_ROUND)
+            .filter(|i| !ok.contains(i) && has_link(&pods[*i], "eth0"))
+            .collect();
+        caught += in_window.len();
+        interrupted += PER_ROUND - ok.len();
+        // Of those, the ones the kernel had made and the journal did not
+        // yet list as made: only the intent journaled before covers them.
+        let unconfirmed = unconfirmed_veths(&agent.dir.path().join("data/journal"));
+        exact += unconfirmed;
+
+        // Restart (start-up recovery runs before the socket serves), then
+        // look at the node and the agent's records with the agent stopped.
+        agent.spawn();
+        agent.stop();
+        let records = agent.records();
+        let ours: HashSet<(String, String)> = records
+            .iter()
+            .map(|r| (r.container_id.clone(), r.ifname.clone()))
+            .collect();
+        let host_ends: HashSet<String> = records
+            .iter()
+            .filter_map(|r| r.result.as_ref()?["interfaces"][0]["name"].as_str())
+            .map(str::to_string)
+            .collect();
+        let stray_host: std::collections::BTreeSet<String> = agent
+            .bridge_ports("sy0")
+            .into_iter()
+            .chain(agent.pod_veths())
+            .filter(|n| !host_ends.contains(n))
+            .collect();
+        let stray_pod: Vec<String> = (0..PER_ROUND)
+            .filter(|i| has_link(&pods[*i], "eth0") && !ours.contains(&(id(*i), "eth0".into())))
+            .map(id)
+            .collect();
+        let ledger: HashSet<(String, String)> = agent
+            .ledger(&pools())
+            .attachments()
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.container_id, k.ifname))
+            .collect();
+        eprintln!(
+            "round {rounds} (kill after {delay:?}): {} of {PER_ROUND} ADDs answered, {} killed after their veth was made ({unconfirmed} before the journal said so); after the restart {} stray host veths, {} stray pod interfaces",
+            ok.len(),
+            in_window.len(),
+            stray_host.len(),
+            stray_pod.len()
+        );
+        assert!(
+            stray_host.is_empty() && stray_pod.is_empty(),
+            "round {rounds}: links without an attachment after the restart: host {stray_host:?}, pods {stray_pod:?}"
+        );
+        assert_eq!(
+            ledger, ours,
+            "round {rounds}: the ledger holds exactly the recorded attachments"
+        );
+        for i in &ok {
+            assert!(
+                ours.contains(&(id(*i), "eth0".into())),
+                "round {rounds}: answered ADD {} was forgotten",
+                id(*i)
+            );
+        }
+
+        // The runtime retries every ADD that failed: each succeeds, with
+        // its address on eth0.
+        agent.spawn();
+        for i in (0..PER_ROUND).filter(|i| !ok.contains(i)) {
+            let r = verb("ADD", &id(i), &pods[i].path, &conf);
+            assert_eq!(
+                r.code,
+                0,
+                "round {rounds}: retried ADD {}: {}",
+                id(i),
+                r.raw
+            );
+            let addrs = pods[i].ip(&["-br", "addr", "show", "eth0"]);
+            for ip in result_ips(&r.out) {
+                assert!(
+                    addrs.contains(&ip),
+                    "{ip} not on eth0 of {}: {addrs}",
+                    id(i)
+                );
+            }
+            retried += 1;
+        }
+        for (i, p) in pods.iter().enumerate() {
+            assert_eq!(verb("DEL", &id(i), &p.path, &conf).code, 0);
+        }
+        assert!(agent.pod_veths().is_empty(), "{:?}", agent.pod_veths());
+        rounds += 1;
+    }
+    eprintln!(
+        "{rounds} rounds of {PER_ROUND} ADDs in {:?}: {interrupted} ADDs interrupted, {caught} of them after their veth was made ({exact} before the journal listed it as made), {retried} retried ADDs succeeded",
+        started.elapsed()
+    );
+    assert!(
+        caught > 0 && exact > 0,
+        "in {rounds} rounds no kill landed between a veth's creation and the answer ({caught}), or before the journal listed it as made ({exact})"
+    );
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
+}
+
+const SIDE: &str = "10.77.0.0/24";
+
+/// Multus's case: a pod on the cluster network (eth0) gets a second
+/// interface (net1) on another network, with its own bridge and pool. Only
+/// eth0 takes the default route; packets to the other network leave through
+/// net1; both carry traffic; each CHECKs; DEL of net1 leaves eth0 whole.
+#[test]
+fn a_second_network_in_a_pod_gets_its_own_pool_and_not_the_default_route() {
+    require_root();
+    let mut agent = AgentProc::start_with(
+        "cni-mn",
+        &[V4, V6],
+        None,
+        &["--pool", &format!("side={SIDE}")],
+    );
+    let pods = agent.conf("1.1.0");
+    let mut side = pods.clone();
+    side["name"] = json!("side");
+    side["pools"] = json!(["side"]);
+    side["bridge"] = json!("sy1");
+    let (a, b) = (Netns::new("pma"), Netns::new("pmb"));
+    let mut first = vec![];
+    let mut second = vec![];
+    for (id, p) in [("m-a", &a), ("m-b", &b)] {
+        let r = verb_if("ADD", id, &p.path, "eth0", &pods).ok().clone();
+        assert_eq!(
+            result_ips(&r).len(),
+            2,
+            "the pod network takes v4 and v6 only: {r}"
+        );
+        first.push(r);
+        let r = verb_if("ADD", id, &p.path, "net1", &side);
+        assert_eq!(r.code, 0, "a secondary interface: {}", r.raw);
+        let r = r.out;
+        assert_eq!(result_ips(&r).len(), 1, "{r}");
+        assert!(result_ips(&r)[0].starts_with("10.77.0."), "{r}");
+        assert!(
+            r["routes"].as_array().is_none_or(|v| v.is_empty()),
+            "no default route through net1: {r}"
+        );
+        assert_eq!(r["interfaces"][1]["name"], "net1");
+        second.push(r);
+    }
+    // The default routes stay with eth0; the side network is reached on net1.
+    let default4 = a.ip(&["route", "show", "default"]);
+    let default6 = a.ip(&["-6", "route", "show", "default"]);
+    assert!(
+        default4.contains("dev eth0") && !default4.contains("net1"),
+        "{default4}"
+    );
+    assert!(
+        default6.contains("dev eth0") && !default6.contains("net1"),
+        "{default6}"
+    );
+    let b_side = result_ips(&second[1])[0].clone();
+    let b_pod = result_ips(&first[1]);
+    assert!(
+        a.ip(&["route", "get", &b_side]).contains("dev net1"),
+        "{}",
+        a.ip(&["route", "get", &b_side])
+    );
+    assert!(a.ping(&b_side), "pod to pod on the side network");
+    assert!(a.ping(&b_pod[0]) && a.ping(&b_pod[1]), "pod to pod on eth0");
+    assert!(a.ping("10.77.0.1"), "pod to the side network's gateway");
+    assert_eq!(
+        agent.bridge_ports("sy1").len(),
+        2,
+        "{:?}",
+        agent.bridge_ports("sy1")
+    );
+    assert_eq!(
+        agent.bridge_ports("sy0").len(),
+        2,
+        "{:?}",
+        agent.bridge_ports("sy0")
+    );
+    // Each attachment CHECKs: with its result, and with none.
+    for (i, (id, p)) in [("m-a", &a), ("m-b", &b)].into_iter().enumerate() {
+        for (ifname, conf, res) in [("eth0", &pods, &first[i]), ("net1", &side, &second[i])] {
+            let c = verb_if("CHECK", id, &p.path, ifname, &with_prev(conf, res));
+            assert_eq!(c.code, 0, "CHECK {id} {ifname}: {}", c.raw);
+            let c = verb_if("CHECK", id, &p.path, ifname, conf);
+            assert_eq!(c.code, 0, "CHECK {id} {ifname} without a result: {}", c.raw);
+        }
+    }
+    // STATUS of the side network looks at its own pool.
+    let s = cni(&[("CNI_COMMAND", "STATUS")], &side.to_string());
+    assert_eq!(s.code, 0, "{}", s.raw);
+    // DEL of net1 leaves eth0 and its default route.
+    assert_eq!(verb_if("DEL", "m-a", &a.path, "net1", &side).code, 0);
+    assert!(!has_link(&a, "net1"));
+    assert!(a.ip(&["route", "show", "default"]).contains("dev eth0"));
+    assert!(a.ping(&b_pod[0]));
+    // The side network is reached like any other address now: through
+    // eth0's default route, which the node routes on to its other bridge.
+    assert!(a.ip(&["route", "get", &b_side]).contains("dev eth0"));
+    for (id, p) in [("m-a", &a), ("m-b", &b)] {
+        assert_eq!(verb_if("DEL", id, &p.path, "net1", &side).code, 0);
+        assert_eq!(verb_if("DEL", id, &p.path, "eth0", &pods).code, 0);
+    }
+    assert!(agent.pod_veths().is_empty(), "{:?}", agent.pod_veths());
+    agent.stop();
+    assert_eq!(
+        held(&agent.ledger(&[("v4", V4), ("v6", V6), ("side", SIDE)])),
+        0
+    );
+}
+
+/// `CNI_ARGS=IP=...` and the `ips` capability (`runtimeConfig.ips`) are
+/// honoured from the pools; an address another pod holds, or one outside
+/// the network's pools, fails with the address and the pool named, and
+/// leaves nothing behind.
+#[test]
+fn static_addresses_are_honoured_or_refused_by_name() {
+    require_root();
+    let mut agent = AgentProc::start("cni-ip", &[V4, V6], None);
+    let conf = agent.conf("1.1.0");
+    let add_with_args = |id: &str, p: &Netns, args: &str| {
+        let ns = p.path.display().to_string();
+        cni(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", &ns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", args),
+            ],
+            &conf.to_string(),
+        )
+    };
+    let (a, b, c) = (Netns::new("pia"), Netns::new("pib"), Netns::new("pic"));
+    // CNI_ARGS IP, as host-local reads it: that address, the other family as usual.
+    let r = add_with_args("ip-a", &a, "IgnoreUnknown=1;IP=10.71.0.5");
+    let ips = result_ips(r.ok());
+    assert_eq!(ips[0], "10.71.0.5", "{}", r.raw);
+    assert_eq!(ips.len(), 2);
+    assert!(
+        a.ip(&["-br", "addr", "show", "eth0"])
+            .contains("10.71.0.5/24")
+    );
+    // The ips capability, in both families.
+    let mut with_ips = conf.clone();
+    with_ips["runtimeConfig"] = json!({"ips": ["10.71.0.6/24", "fd71::6"]});
+    let r = verb("ADD", "ip-b", &b.path, &with_ips);
+    assert_eq!(result_ips(r.ok()), ["10.71.0.6", "fd71::6"], "{}", r.raw);
+    assert!(
+        b.ping("10.71.0.5") && b.ping(&ips[1]),
+        "traffic to the static pod"
+    );
+
+    // Refusals, each naming the address and the pool; none leaves anything.
+    let in_use = add_with_args("ip-c", &c, "IgnoreUnknown=1;IP=10.71.0.5");
+    assert_eq!(in_use.error_code(), 101, "{}", in_use.raw);
+    let msg = in_use.out["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("address 10.71.0.5 (CNI_ARGS IP) is not available")
+            && msg.contains("pool v4")
+            && msg.contains("held by another attachment"),
+        "{}",
+        in_use.raw
+    );
+    let outside = add_with_args("ip-c", &c, "IP=10.99.0.5");
+    assert_eq!(outside.error_code(), 101, "{}", outside.raw);
+    assert_eq!(
+        outside.out["msg"],
+        "address 10.99.0.5 (CNI_ARGS IP) is in none of the pools of network \"pods\": v4 (10.71.0.0/24), v6 (fd71::/64)"
+    );
+    let mut gateway = conf.clone();
+    gateway["runtimeConfig"] = json!({"ips": ["10.71.0.1"]});
+    let r = verb("ADD", "ip-c", &c.path, &gateway);
+    assert_eq!(r.error_code(), 101, "{}", r.raw);
+    assert!(
+        r.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("is the gateway of pool v4 (10.71.0.0/24)"),
+        "{}",
+        r.raw
+    );
+    let r = add_with_args("ip-c", &c, "IP=10.71.0.300");
+    assert_eq!(r.error_code(), 4, "{}", r.raw);
+    assert!(!has_link(&c, "eth0"), "no refused ADD left an interface");
+    assert_eq!(agent.pod_veths().len(), 2, "{:?}", agent.pod_veths());
+    // Once the holder is gone, the address can be asked for again.
+    assert_eq!(verb("DEL", "ip-a", &a.path, &conf).code, 0);
+    let r = add_with_args("ip-c", &c, "IP=10.71.0.5");
+    assert_eq!(result_ips(r.ok())[0], "10.71.0.5");
+    for (id, p) in [("ip-b", &b), ("ip-c", &c)] {
+        assert_eq!(verb("DEL", id, &p.path, &conf).code, 0);
+    }
+    agent.stop();
+    assert_eq!(held(&agent.ledger(&pools())), 0);
+}
+
+/// A standalone agent serves the admin API on a unix socket beside its CNI
+/// socket (root's only), and on TCP when asked: an operator sees its pools
+/// and each attachment's address.
+#[test]
+fn a_standalone_agent_serves_the_admin_api_on_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let mut agent = AgentProc::start("cni-api", &[V4, V6], None);
+    let socket = agent.dir.path().join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only root may use the admin socket");
+    let p = Netns::new("papi");
+    let conf = agent.conf("1.1.0");
+    let ips = result_ips(verb("ADD", "api-1", &p.path, &conf).ok());
+
+    let (status, ipam) = agent.admin_get("/api/v1/ipam");
+    assert_eq!(status, 200, "{ipam}");
+    let pools: Vec<&str> = ipam["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(pools, ["v4", "v6"], "{ipam}");
+    let mine: Vec<&Value> = ipam["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["containerId"] == "api-1")
+        .collect();
+    assert_eq!(mine.len(), 2, "{ipam}");
+    for a in &mine {
+        assert_eq!(a["ifname"], "eth0");
+        let addr = a["address"].as_str().unwrap().split('/').next().unwrap();
+        assert!(ips.contains(&addr.to_string()), "{a} not in {ips:?}");
+    }
+    let (status, node) = agent.admin_get("/api/v1/node");
+    assert_eq!(status, 200);
+    assert_eq!(node["source"], "flags", "{node}");
+    assert_eq!(node["ready"], true, "{node}");
+    assert_eq!(node["podCIDRs"], json!([V4, V6]), "{node}");
+    let (status, modules) = agent.admin_get("/api/v1/modules");
+    assert_eq!(status, 200);
+    assert!(modules.to_string().contains("cni-bridge"), "{modules}");
+    // What this agent does not have says so.
+    let (status, cluster) = agent.admin_get("/api/v1/cluster");
+    assert_eq!(status, 404);
+    assert!(
+        cluster["error"]
+            .as_str()
+            .unwrap()
+            .contains("no cluster view"),
+        "{cluster}"
+    );
+    assert_eq!(verb("DEL", "api-1", &p.path, &conf).code, 0);
+    let (_, ipam) = agent.admin_get("/api/v1/ipam");
+    assert_eq!(ipam["allocations"], json!([]), "{ipam}");
+    agent.stop();
+    assert!(!socket.exists(), "the socket goes with the agent");
+
+    // With manifests and a TCP address (on the node namespace's loopback).
+    let tcp = AgentProc::start_with(
+        "cni-apt",
+        &[V4],
+        Some(STATEFUL),
+        &["--admin-address", "127.0.0.1:19090"],
+    );
+    let (status, cluster) = switchyard::datapath::netlink::in_netns(&tcp.node.path, || {
+        let s = std::net::TcpStream::connect("127.0.0.1:19090")?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(common::agent::http_get(s, "/api/v1/cluster"))
+    })
+    .unwrap();
+    assert_eq!(status, 200, "{cluster}");
+    assert!(cluster.to_string().contains("db-0"), "{cluster}");
+    let (_, node) = tcp.admin_get("/api/v1/node");
+    assert_eq!(node["source"], "local", "{node}");
 }

@@ -1,6 +1,7 @@
-//! Compatibility (root): Switchyard's plugin driven by libcni, the library
-//! containerd and CRI-O use, and chained with the reference plugins from
-//! Debian's containernetworking-plugins: tuning, portmap and bandwidth.
+//! Compatibility (root): Switchyard's plugin driven by libcni (v1.3.0, the
+//! library containerd and CRI-O use, pinned in tests/libcni/go.mod), chained
+//! with the reference plugins from Debian's containernetworking-plugins:
+//! tuning, portmap and bandwidth; and GC and STATUS as libcni sends them.
 
 mod common;
 
@@ -14,33 +15,43 @@ use switchyard::datapath::netlink::in_netns;
 
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
-/// Build the libcni driver (Go, GOPATH mode, offline against Debian's
-/// sources), once per test binary: the tests run in parallel.
+/// Build the libcni driver once per test binary (the tests run in
+/// parallel): Go modules, against the libcni pinned in tests/libcni/go.mod
+/// and go.sum (fetched from the Go module proxy into Go's module cache, the
+/// first time on a machine), with the machine's Go. The binary goes beside
+/// this build's own, so clones with other target directories do not share it.
 fn driver() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT.get_or_init(build_driver).clone()
 }
 
 fn build_driver() -> PathBuf {
-    let out = std::env::temp_dir().join("switchyard-cnidriver");
+    let out = Path::new(env!("CARGO_BIN_EXE_switchyard"))
+        .parent()
+        .unwrap()
+        .join("cnidriver");
     std::fs::create_dir_all(&out).unwrap();
     let bin = out.join("cnidriver");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libcni/cnidriver.go");
-    let o = Command::new("go")
-        .args(["build", "-o"])
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libcni");
+    let go = ["/usr/local/go/bin/go", "go"]
+        .into_iter()
+        .find(|g| !g.starts_with('/') || Path::new(g).exists())
+        .unwrap();
+    let o = Command::new("timeout")
+        .args(["600", go, "build", "-o"])
         .arg(&bin)
-        .arg(&src)
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GO111MODULE", "off")
-        .env("GOCACHE", out.join("cache"))
-        .env("GOFLAGS", "")
+        .arg(".")
+        .current_dir(&src)
+        .env("GOTOOLCHAIN", "local")
+        // go.sum pins every module; the build may fetch them, never change the pins.
+        .env("GOFLAGS", "-mod=readonly")
+        .env_remove("GOPATH")
+        .env_remove("GO111MODULE")
         .output()
-        .expect(
-            "go is installed (scripts/setup.sh installs golang-go and golang-github-appc-cni-dev)",
-        );
+        .expect("go is installed (Go 1.26 in /usr/local/go; scripts/setup.sh fetches the driver's modules)");
     assert!(
         o.status.success(),
-        "building the libcni driver failed: {}",
+        "building the libcni driver with {go} failed (is the Go module proxy reachable the first time?): {}",
         String::from_utf8_lossy(&o.stderr)
     );
     bin
@@ -322,4 +333,154 @@ fn libcni_checks_switchyard_after_another_plugin() {
     let (ok, out) = call("DEL");
     assert!(ok, "libcni DEL failed: {out}");
     assert!(agent.pod_veths().is_empty());
+}
+
+/// A libcni call that names no container: GC (with its valid attachments)
+/// or STATUS.
+fn libcni_node(
+    agent: &AgentProc,
+    driver: &Path,
+    cmd: &str,
+    conflist: &Path,
+    valid: Option<&Value>,
+    plugins: &Path,
+) -> (bool, String) {
+    let cache = agent.dir.path().join("libcni-cache");
+    let mut c = Command::new("timeout");
+    c.args(["30", "ip", "netns", "exec", &agent.node.name])
+        .arg(driver)
+        .arg(cmd)
+        .arg(conflist);
+    if let Some(v) = valid {
+        c.arg(v.to_string());
+    }
+    let o = c.arg(&cache).arg(plugins).output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// libcni's GC of one network, with the runtime's valid attachments, as
+/// containerd sends it: the network's attachments not listed go, whether
+/// libcni's cache knows them (it DELs those itself) or only the agent does
+/// (our GC verb); another network on the same agent keeps all of its own.
+/// libcni's STATUS says when a network's pool is exhausted (code 50). The
+/// `ips` capability reaches the plugin through libcni too.
+#[test]
+fn libcni_gc_and_status_per_network() {
+    require_root();
+    let driver = driver();
+    let agent = AgentProc::start_with(
+        "gcnet",
+        &["10.78.0.0/24"],
+        None,
+        &["--pool", "tiny=10.78.9.0/30"],
+    );
+    let plugins = plugin_dir(&agent);
+    let write = |name: &str, extra: Value| {
+        let mut plugin = json!({"type": "switchyard-cni", "socket": agent.socket});
+        if let (Some(p), Some(e)) = (plugin.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        let path = agent.dir.path().join(format!("20-{name}.conflist"));
+        std::fs::write(
+            &path,
+            json!({"cniVersion": "1.1.0", "name": name, "plugins": [plugin]}).to_string(),
+        )
+        .unwrap();
+        path
+    };
+    let net_a = write("net-a", json!({"capabilities": {"ips": true}}));
+    let net_b = write("net-b", json!({}));
+    let net_c = write("net-c", json!({"pools": ["tiny"], "bridge": "sy9"}));
+    let pods: Vec<Netns> = (0..5).map(|_| Netns::new("pgc")).collect();
+    let none = json!({});
+    // Through libcni: a1 (with a static address), a2 and b1; straight to
+    // the plugin, as if libcni's cache had lost them: a3 and b2.
+    let add = |id: &str, pod: &Netns, list: &Path, caps: &Value| {
+        let (ok, out) = libcni(&agent, &driver, "ADD", list, id, pod, &plugins, caps);
+        assert!(ok, "libcni ADD {id}: {out}");
+        serde_json::from_str::<Value>(out.trim()).unwrap()
+    };
+    let a1 = add("a1", &pods[0], &net_a, &json!({"ips": ["10.78.0.50/24"]}));
+    assert_eq!(a1["ips"][0]["address"], "10.78.0.50/24", "{a1}");
+    add("a2", &pods[1], &net_a, &none);
+    add("b1", &pods[2], &net_b, &none);
+    let exec = |id: &str, pod: &Netns, name: &str| {
+        let conf = json!({"cniVersion": "1.1.0", "name": name, "type": "switchyard-cni", "socket": agent.socket});
+        let ns = pod.path.display().to_string();
+        let r = common::agent::cni(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", &ns),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &conf.to_string(),
+        );
+        assert_eq!(r.code, 0, "ADD {id}: {}", r.raw);
+    };
+    exec("a3", &pods[3], "net-a");
+    exec("b2", &pods[4], "net-b");
+    assert_eq!(agent.pod_veths().len(), 5);
+
+    let valid = json!([{"containerID": "a1", "ifname": "eth0"}]);
+    let (ok, out) = libcni_node(&agent, &driver, "GC", &net_a, Some(&valid), &plugins);
+    assert!(ok, "libcni GC of net-a: {out}");
+    let has_eth0 = |p: &Netns| p.ip(&["-br", "link"]).contains("eth0");
+    let kept: Vec<bool> = pods.iter().map(has_eth0).collect();
+    assert_eq!(
+        kept,
+        [true, false, true, false, true],
+        "a1 stays, a2 (in libcni's cache) and a3 (only in the agent) go, b1 and b2 stay"
+    );
+    assert_eq!(agent.pod_veths().len(), 3, "{:?}", agent.pod_veths());
+    let (status, ipam) = agent.admin_get("/api/v1/ipam");
+    assert_eq!(status, 200);
+    let mut holders: Vec<String> = ipam["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["containerId"].as_str().map(str::to_string))
+        .collect();
+    holders.sort();
+    assert_eq!(holders, ["a1", "b1", "b2"], "{ipam}");
+    for (id, pod, list) in [("a1", &pods[0], &net_a), ("b1", &pods[2], &net_b)] {
+        let (ok, out) = libcni(&agent, &driver, "CHECK", list, id, pod, &plugins, &none);
+        assert!(ok, "libcni CHECK {id} after the GC: {out}");
+    }
+
+    // STATUS per network: net-c's pool has one address.
+    for list in [&net_a, &net_c] {
+        let (ok, out) = libcni_node(&agent, &driver, "STATUS", list, None, &plugins);
+        assert!(ok, "libcni STATUS: {out}");
+    }
+    let tiny = Netns::new("pgc");
+    add("c1", &tiny, &net_c, &none);
+    let (ok, out) = libcni_node(&agent, &driver, "STATUS", &net_c, None, &plugins);
+    assert!(
+        !ok && out.contains("pool tiny (10.78.9.0/30) has no free address"),
+        "STATUS of the exhausted network: {out}"
+    );
+    let (ok, out) = libcni_node(&agent, &driver, "STATUS", &net_a, None, &plugins);
+    assert!(ok, "net-a is still served: {out}");
+
+    for (id, pod, list) in [
+        ("a1", &pods[0], &net_a),
+        ("b1", &pods[2], &net_b),
+        ("c1", &tiny, &net_c),
+    ] {
+        let (ok, out) = libcni(&agent, &driver, "DEL", list, id, pod, &plugins, &none);
+        assert!(ok, "libcni DEL {id}: {out}");
+    }
+    let (ok, out) = libcni_node(&agent, &driver, "GC", &net_b, Some(&json!([])), &plugins);
+    assert!(ok, "libcni GC of net-b with nothing valid: {out}");
+    assert!(agent.pod_veths().is_empty(), "{:?}", agent.pod_veths());
+    let (_, ipam) = agent.admin_get("/api/v1/ipam");
+    assert_eq!(ipam["allocations"], json!([]), "{ipam}");
 }

@@ -92,6 +92,7 @@ async fn module_swaps_and_failures_reach_status_and_events() {
         node: "node-1".into(),
         cni_socket: dir.path().join("cni.sock"),
         pod_cidrs: vec![],
+        extra_pools: vec![],
         fuel: false,
         compile_deadline: switchyard::runtime::COMPILE_DEADLINE,
         sticky_ttl: Duration::from_secs(600),

@@ -160,6 +160,15 @@ pub mod links {
         crate::testing::with_host(|h| h.list_routes(scope, device))
     }
 
+    /// The default routes in the pod's namespace, on whatever device: a
+    /// secondary interface leaves the pod's default route to the first.
+    pub fn pod_default_routes() -> Result<Vec<RouteSpec>, LinkError> {
+        #[cfg(target_arch = "wasm32")]
+        return super::raw::links::pod_default_routes();
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::with_host(|h| h.pod_default_routes())
+    }
+
     /// Delete a link; `false` if it did not exist.
     pub fn delete_link(scope: Scope, name: &str) -> Result<bool, LinkError> {
         #[cfg(target_arch = "wasm32")]

@@ -537,6 +537,16 @@ impl FakeHost {
             .collect())
     }
 
+    pub(crate) fn pod_default_routes(&mut self) -> Result<Vec<RouteSpec>, LinkError> {
+        Ok(self
+            .ns(Scope::Pod)
+            .routes
+            .iter()
+            .filter(|r| r.destination.prefix_len == 0)
+            .cloned()
+            .collect())
+    }
+
     pub(crate) fn delete_link(&mut self, scope: Scope, name: &str) -> Result<bool, LinkError> {
         self.check_pod_device(scope, name);
         self.note(format!("links.delete-link {scope:?} {name}"));

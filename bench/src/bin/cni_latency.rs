@@ -149,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         node: "bench-node".into(),
         cni_socket: socket.clone(),
         pod_cidrs: vec!["10.81.0.0/16".parse()?, "fd81::/64".parse()?],
+        extra_pools: vec![],
         fuel: false,
         sticky_ttl: Duration::from_secs(600),
     };

@@ -36,6 +36,9 @@ pub struct AgentOptions {
     pub cni_socket: PathBuf,
     /// Pod CIDRs when no Node manifest gives them.
     pub pod_cidrs: Vec<IpNet>,
+    /// Further pools, for secondary networks: a network configuration names
+    /// them in `pools`; a network that names none takes the pod CIDRs'.
+    pub extra_pools: Vec<PoolConfig>,
     pub fuel: bool,
     /// How long compiling one module may take.
     pub compile_deadline: Duration,
@@ -73,8 +76,9 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// Pools from CIDRs: `v4` and `v6`, one per family.
-pub fn pools(cidrs: &[IpNet]) -> anyhow::Result<Vec<PoolConfig>> {
+/// Pools from the pod CIDRs (`v4` and `v6`, one per family), first, then
+/// the extra pools of secondary networks, which must not overlap any other.
+pub fn pools(cidrs: &[IpNet], extra: &[PoolConfig]) -> anyhow::Result<Vec<PoolConfig>> {
     let mut pools: Vec<PoolConfig> = vec![];
     for c in cidrs {
         let name = if c.addr().is_ipv4() { "v4" } else { "v6" };
@@ -84,6 +88,32 @@ pub fn pools(cidrs: &[IpNet]) -> anyhow::Result<Vec<PoolConfig>> {
         pools.push(PoolConfig {
             name: name.into(),
             subnet: c.trunc(),
+        });
+    }
+    for e in extra {
+        let subnet = e.subnet.trunc();
+        if let Some(p) = pools.iter().find(|p| p.name == e.name) {
+            bail!(
+                "pool {} ({subnet}): the name is taken by pool {} ({}); v4 and v6 are the pod CIDRs' pools",
+                e.name,
+                p.name,
+                p.subnet
+            );
+        }
+        if let Some(p) = pools
+            .iter()
+            .find(|p| p.subnet.contains(&subnet.network()) || subnet.contains(&p.subnet.network()))
+        {
+            bail!(
+                "pool {} ({subnet}) overlaps pool {} ({}): a pod's address must name one pool",
+                e.name,
+                p.name,
+                p.subnet
+            );
+        }
+        pools.push(PoolConfig {
+            name: e.name.clone(),
+            subnet,
         });
     }
     Ok(pools)
@@ -283,8 +313,11 @@ impl Agent {
             );
         }
         let ledger = Arc::new(
-            Ledger::open(&data.join("ipam.redb"), pools(&cidrs)?)?
-                .with_sticky_ttl(options.sticky_ttl),
+            Ledger::open(
+                &data.join("ipam.redb"),
+                pools(&cidrs, &options.extra_pools)?,
+            )?
+            .with_sticky_ttl(options.sticky_ttl),
         );
         let links = Arc::new(NetlinkLinks::new(None));
         let probes = Arc::new(ProbeTable::default());
@@ -403,9 +436,71 @@ impl Agent {
         ModuleSync { changed, problems }
     }
 
-    /// Serve until SIGTERM or SIGINT.
-    pub async fn run(self) -> anyhow::Result<()> {
-        self.serve(shutdown_signal()).await
+    /// Serve CNI, and the admin API where `admin` says, until SIGTERM or
+    /// SIGINT: the standalone agent (`--local`, or flags alone).
+    pub async fn run(self, admin: AdminOptions) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let manifests = match &self.options.local {
+            Some(dir) => Some(Arc::new(Manifests::load_dir(dir)?)),
+            None => None,
+        };
+        let state = crate::api::ApiState {
+            registry: self.registry.clone(),
+            ledger: self.ledger.clone(),
+            probes: self.probes.clone(),
+            policy: None,
+            drops: None,
+            source: Arc::new(StandaloneSource {
+                node: self.options.node.clone(),
+                local: self.options.local.clone(),
+                cni_socket: self.options.cni_socket.clone(),
+                manifests,
+                cni: self.cni.clone(),
+                registry: self.registry.clone(),
+                ledger: self.ledger.clone(),
+            }),
+        };
+        // Bound before CNI is served, so a socket or port that cannot be
+        // had stops the agent with the reason instead of going unnoticed.
+        let mut servers = vec![];
+        if let Some(path) = &admin.socket {
+            let listener = bind_admin_socket(path)?;
+            tracing::info!("admin API and console on unix socket {}", path.display());
+            let (router, stop) = (crate::api::router(state.clone()), stopped(stop_rx.clone()));
+            servers.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }));
+        }
+        if let Some(addr) = admin.address {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("the admin API cannot listen on {addr}"))?;
+            tracing::info!(%addr, "admin API and console listening");
+            let (router, stop) = (crate::api::router(state), stopped(stop_rx.clone()));
+            servers.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }));
+        }
+        let served = self.serve(shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        for s in servers {
+            match s.await {
+                Ok(Err(e)) => tracing::warn!("the admin API: {e}"),
+                Err(e) => tracing::warn!("the admin API: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        if let Some(path) = &admin.socket {
+            let _ = std::fs::remove_file(path);
+        }
+        served
     }
 
     /// Serve CNI until `shutdown` completes.
@@ -416,6 +511,102 @@ impl Agent {
         crate::cni::server::serve(self.options.cni_socket.clone(), self.cni.clone(), shutdown)
             .await?;
         Ok(())
+    }
+}
+
+/// Where a standalone agent serves its admin API.
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// A unix socket (root only, like the CNI socket: the API has no
+    /// authentication of its own).
+    pub socket: Option<PathBuf>,
+    /// A TCP address, for operators who want it on the network.
+    pub address: Option<std::net::SocketAddr>,
+}
+
+impl AdminOptions {
+    /// The admin socket's default place: `admin.sock` beside the CNI socket.
+    pub fn socket_beside(cni_socket: &std::path::Path) -> PathBuf {
+        cni_socket
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new("/run/switchyard"))
+            .join("admin.sock")
+    }
+}
+
+/// Listen on a unix socket only root may use, replacing a stale one.
+fn bind_admin_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} for the admin socket", dir.display()))?;
+    }
+    if crate::cni::server::is_listening(path) {
+        bail!(
+            "the admin socket {} is served by another process (another agent?)",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("the admin API cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} root's only", path.display()))?;
+    Ok(listener)
+}
+
+/// The admin API's view of a standalone agent: the node from its flags or
+/// manifests, and (with `--local`) the manifests as the cluster.
+struct StandaloneSource {
+    node: String,
+    local: Option<PathBuf>,
+    cni_socket: PathBuf,
+    manifests: Option<Arc<Manifests>>,
+    cni: Arc<CniService>,
+    registry: Arc<Registry>,
+    ledger: Arc<Ledger>,
+}
+
+impl crate::api::NodeSource for StandaloneSource {
+    fn node(&self) -> serde_json::Value {
+        use crate::datapath::ipam::Ipam;
+        let pools = self.ledger.pools();
+        let mut problems = vec![];
+        if pools.is_empty() {
+            problems.push(format!(
+                "node {} has no pod CIDR (a Node manifest's spec.podCIDRs, or --pod-cidr): CNI ADD cannot be served",
+                self.node
+            ));
+        }
+        let binding = self.cni.binding();
+        if let Some(b) = self.registry.binding(&binding)
+            && b.active().is_none()
+        {
+            problems.push(format!(
+                "the CNI module {binding} is not loaded: {}",
+                b.condition().message
+            ));
+        }
+        serde_json::json!({
+            "name": self.node,
+            "pid": std::process::id(),
+            "source": if self.local.is_some() { "local" } else { "flags" },
+            "manifests": self.local,
+            "cniSocket": self.cni_socket,
+            "cniModule": binding,
+            "podCIDRs": pools.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>(),
+            "ready": problems.is_empty(),
+            "problems": problems,
+        })
+    }
+
+    fn cluster(&self) -> Option<serde_json::Value> {
+        let m = self.manifests.as_ref()?;
+        let facts = crate::api::view::NodeFacts {
+            cluster_name: "standalone".into(),
+            ..Default::default()
+        };
+        serde_json::to_value(crate::api::view::cluster_view(m, &facts)).ok()
     }
 }
 
@@ -443,6 +634,27 @@ mod tests {
             .into_iter()
             .map(|s| (s.name, s.role))
             .collect()
+    }
+
+    #[test]
+    fn extra_pools_follow_the_pod_cidrs_and_may_not_overlap_or_share_names() {
+        let cidrs: Vec<IpNet> = vec!["10.1.0.0/24".parse().unwrap(), "fd01::/64".parse().unwrap()];
+        let pool = |name: &str, subnet: &str| PoolConfig {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+        };
+        let got = pools(&cidrs, &[pool("side", "10.77.0.5/24")]).unwrap();
+        let names: Vec<&str> = got.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["v4", "v6", "side"]);
+        assert_eq!(got[2].subnet.to_string(), "10.77.0.0/24");
+        let e = pools(&cidrs, &[pool("v4", "10.77.0.0/24")]).unwrap_err();
+        assert!(e.to_string().contains("the name is taken"), "{e}");
+        let e = pools(&cidrs, &[pool("side", "10.1.0.128/25")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pool side (10.1.0.128/25) overlaps pool v4 (10.1.0.0/24)"),
+            "{e}"
+        );
     }
 
     /// The unmodified example of a referenced-only policy module: applying

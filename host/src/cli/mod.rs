@@ -53,6 +53,11 @@ struct AgentArgs {
     /// Pod CIDRs of this node, when no Node manifest gives them (one per family).
     #[arg(long = "pod-cidr")]
     pod_cidrs: Vec<ipnet::IpNet>,
+    /// A further address pool, NAME=CIDR, for a secondary network whose
+    /// configuration names it in `pools` (repeatable). Networks that name no
+    /// pool take the pod CIDRs'.
+    #[arg(long = "pool", value_name = "NAME=CIDR", value_parser = parse_pool)]
+    pools: Vec<crate::datapath::ipam::PoolConfig>,
     /// Meter fuel so modules may be given instruction budgets (slows every call ~16%).
     #[arg(long)]
     fuel_metering: bool,
@@ -75,6 +80,18 @@ struct AgentArgs {
     /// With --kube: the cluster's name, as the admin API and console show it.
     #[arg(long, default_value = "kubernetes")]
     cluster_name: String,
+    /// Standalone agent (without --kube): the unix socket of the admin API
+    /// and console [default: admin.sock beside --cni-socket].
+    #[arg(long, conflicts_with = "kube")]
+    admin_socket: Option<std::path::PathBuf>,
+    /// Standalone agent: also serve the admin API and console on this TCP
+    /// address (it has no authentication of its own; keep it on a trusted
+    /// network).
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "kube")]
+    admin_address: Option<std::net::SocketAddr>,
+    /// Standalone agent: no admin API on a unix socket.
+    #[arg(long, conflicts_with_all = ["kube", "admin_socket"])]
+    no_admin_socket: bool,
     /// Enter this network namespace (a name under /var/run/netns, or a path)
     /// before anything else, as a host-network DaemonSet pod runs in its node's.
     #[arg(long)]
@@ -117,6 +134,31 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// `NAME=CIDR`: a pool's name (what a network configuration's `pools`
+/// says) and its subnet.
+fn parse_pool(s: &str) -> Result<crate::datapath::ipam::PoolConfig, String> {
+    let (name, cidr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=CIDR (for example side=10.77.0.0/24)"))?;
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "pool name {name:?} must be 1 to 32 lowercase letters, digits, '-' or '_'"
+        ));
+    }
+    let subnet = cidr
+        .parse()
+        .map_err(|e| format!("pool {name}: {cidr:?} is not a CIDR: {e}"))?;
+    Ok(crate::datapath::ipam::PoolConfig {
+        name: name.to_string(),
+        subnet,
+    })
+}
+
 fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists: every thread made later is in the namespace.
     if let Some(ns) = &a.netns {
@@ -126,12 +168,21 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(n) => n,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    let admin = crate::agent::AdminOptions {
+        socket: (!a.no_admin_socket).then(|| {
+            a.admin_socket
+                .clone()
+                .unwrap_or_else(|| crate::agent::AdminOptions::socket_beside(&a.cni_socket))
+        }),
+        address: a.admin_address,
+    };
     let options = crate::agent::AgentOptions {
         data_dir: a.data_dir,
         local: a.local,
         node,
         cni_socket: a.cni_socket,
         pod_cidrs: a.pod_cidrs,
+        extra_pools: a.pools,
         fuel: a.fuel_metering,
         compile_deadline: std::time::Duration::from_millis(a.compile_deadline_ms),
         sticky_ttl: std::time::Duration::from_secs(a.sticky_ttl_seconds),
@@ -145,7 +196,7 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         if !kube {
             let agent = crate::agent::Agent::start(options).await?;
-            return agent.run().await;
+            return agent.run(admin).await;
         }
         // In a cluster: the in-cluster service account, or $KUBECONFIG.
         let client = kube::Client::try_default().await.map_err(|e| {

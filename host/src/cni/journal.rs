@@ -1,6 +1,9 @@
 //! The effect journal of ADDs in progress: one file per attachment, one JSON
-//! line per effect, appended by the host functions as they act. A crash in the
-//! middle of an ADD leaves the file behind, and start-up undoes what it lists.
+//! line per effect, appended by the host functions as they act. What must be
+//! undone after a crash (a veth) is journaled as an intent before the kernel
+//! call and as done or refused after it, so a crash in between is covered
+//! too. A crash in the middle of an ADD leaves the file behind, and start-up
+//! undoes what it lists.
 
 use crate::datapath::ipam::AttachmentKey;
 use crate::runtime::{Effect, EffectJournal};

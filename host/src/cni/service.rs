@@ -274,10 +274,26 @@ impl CniService {
     }
 
     /// Undo what one attachment made: the veths it created (the rest of a
-    /// pod's state lives in its namespace or on those veths). Node-scope
-    /// addresses and routes are shared (a bridge's gateway) and are not undone.
+    /// pod's state lives in its namespace or on those veths), and any veth a
+    /// crash left between the journaled intent to create it and its outcome.
+    /// Node-scope addresses and routes are shared (a bridge's gateway) and
+    /// are not undone.
     fn undo(&self, effects: &[Effect]) -> Vec<String> {
         let mut problems = vec![];
+        // Intents whose outcome never reached the journal: the crash came
+        // between the kernel call and the line after it.
+        let mut open: Vec<&Effect> = vec![];
+        for e in effects {
+            match e {
+                Effect::VethIntent { .. } => open.push(e),
+                Effect::VethCreated { host_name, .. } | Effect::VethRefused { host_name } => {
+                    open.retain(
+                        |i| !matches!(i, Effect::VethIntent { host_name: h, .. } if h == host_name),
+                    );
+                }
+                _ => {}
+            }
+        }
         for e in effects.iter().rev() {
             if let Effect::VethCreated { host_name, .. } = e {
                 match self.links.delete_link(&Netns::Node, host_name) {
@@ -285,6 +301,63 @@ impl CniService {
                     Err(err) => problems.push(format!("deleting {host_name}: {err}")),
                 }
             }
+        }
+        for e in open {
+            if let Effect::VethIntent {
+                host_name,
+                bridge,
+                pod_netns,
+                pod_ifname,
+            } = e
+            {
+                problems
+                    .extend(self.remove_unconfirmed_veth(host_name, bridge, pod_netns, pod_ifname));
+            }
+        }
+        problems
+    }
+
+    /// Remove what may exist of a veth whose creation was journaled as
+    /// intended but never as done or refused: the host end (which takes its
+    /// pod end along), then the pod end if the pod's namespace still holds
+    /// one (the attachment's interface, by its name). Only veths: a link of
+    /// that name of another kind was there before and is not ours.
+    fn remove_unconfirmed_veth(
+        &self,
+        host_name: &str,
+        bridge: &str,
+        pod_netns: &Path,
+        pod_ifname: &str,
+    ) -> Vec<String> {
+        let mut problems = vec![];
+        let mut remove = |ns: Netns, name: &str, where_: String| match self
+            .links
+            .get_link(&ns, name)
+        {
+            Ok(Some(l)) if l.kind == "veth" => match self.links.delete_link(&ns, name) {
+                Ok(_) | Err(LinkError::NotFound(_)) => tracing::info!(
+                    "removed {name} {where_}: a crash came between creating it and journaling it"
+                ),
+                Err(err) => problems.push(format!("deleting {name} {where_}: {err}")),
+            },
+            Ok(Some(l)) => tracing::warn!(
+                "left {name} {where_} alone: it is a {}, not the veth the journal meant",
+                l.kind
+            ),
+            Ok(None) | Err(LinkError::NotFound(_)) => {}
+            Err(err) => problems.push(format!("reading {name} {where_}: {err}")),
+        };
+        remove(
+            Netns::Node,
+            host_name,
+            format!("(the host end of a veth on {bridge})"),
+        );
+        if let Some(ns) = live_netns(&pod_netns.display().to_string()) {
+            remove(
+                Netns::Pod(ns),
+                pod_ifname,
+                format!("in {}", pod_netns.display()),
+            );
         }
         problems
     }
@@ -799,16 +872,25 @@ impl CniService {
         self.ledger
             .attachments()
             .map_err(|e| not_available(format!("the address ledger cannot be read: {e}")))?;
-        // ADD takes an address from each pool the network uses (all of
-        // them unless the configuration names some): one full pool fails it.
+        // ADD takes an address from each pool the network uses (those it
+        // names, else the pod CIDRs': the first pool of each family): one
+        // full pool fails it.
         let named: Option<Vec<&str>> = req.config["pools"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect());
-        let full: Vec<String> = self
-            .ledger
-            .pools()
+        let pools = self.ledger.pools();
+        let mut families = vec![];
+        let full: Vec<String> = pools
             .iter()
-            .filter(|p| named.as_ref().is_none_or(|n| n.contains(&p.name.as_str())))
+            .filter(|p| match &named {
+                Some(n) => n.contains(&p.name.as_str()),
+                None => {
+                    let v4 = p.subnet.addr().is_ipv4();
+                    let first = !families.contains(&v4);
+                    families.push(v4);
+                    first
+                }
+            })
             .filter(|p| p.free == 0)
             .map(|p| format!("{} ({})", p.name, p.subnet))
             .collect();

@@ -75,6 +75,9 @@ pub trait Links: Send + Sync {
     fn list_links(&self, ns: &Netns) -> Result<Vec<LinkState>, LinkError>;
     fn set_link_up(&self, ns: &Netns, name: &str) -> Result<(), LinkError>;
     fn list_routes(&self, ns: &Netns, device: &str) -> Result<Vec<RouteEntry>, LinkError>;
+    /// The default routes (`0.0.0.0/0`, `::/0`) of a namespace, whatever
+    /// device holds them.
+    fn default_routes(&self, ns: &Netns) -> Result<Vec<RouteEntry>, LinkError>;
     /// Delete a link; `Ok(false)` if it did not exist.
     fn delete_link(&self, ns: &Netns, name: &str) -> Result<bool, LinkError>;
 }
@@ -313,6 +316,19 @@ impl Links for RecordingLinks {
         Ok(s.routes
             .get(ns)
             .map(|r| r.iter().filter(|r| r.device == device).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn default_routes(&self, ns: &Netns) -> Result<Vec<RouteEntry>, LinkError> {
+        let s = self.state.lock();
+        Ok(s.routes
+            .get(ns)
+            .map(|r| {
+                r.iter()
+                    .filter(|r| r.destination.prefix_len() == 0)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -466,6 +466,39 @@ impl Nl {
 
     fn routes(&mut self, device: &str) -> Result<Vec<RouteEntry>, NlError> {
         let index = self.index(device)?;
+        Ok(self
+            .main_routes()?
+            .into_iter()
+            .filter(|(oif, _)| *oif == Some(index))
+            .map(|(_, mut r)| {
+                r.device = device.to_string();
+                r
+            })
+            .collect())
+    }
+
+    /// The default routes of the main table, on whatever device (named;
+    /// empty for a route without one, such as a multipath route).
+    fn default_routes(&mut self) -> Result<Vec<RouteEntry>, NlError> {
+        let names: std::collections::HashMap<u32, String> = self
+            .links()?
+            .iter()
+            .filter_map(|l| Some((l.header.index, link_name(l)?)))
+            .collect();
+        Ok(self
+            .main_routes()?
+            .into_iter()
+            .filter(|(_, r)| r.destination.prefix_len() == 0)
+            .map(|(oif, mut r)| {
+                r.device = oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default();
+                r
+            })
+            .collect())
+    }
+
+    /// The unicast routes of the main table with their output interface
+    /// index; `device` is left empty.
+    fn main_routes(&mut self) -> Result<Vec<(Option<u32>, RouteEntry)>, NlError> {
         let replies = self.request(
             "listing routes",
             RouteNetlinkMessage::GetRoute(RouteMessage::default()),
@@ -499,9 +532,6 @@ impl Nl {
                     _ => {}
                 }
             }
-            if oif != Some(index) {
-                continue;
-            }
             let unspecified = if m.header.address_family == AddressFamily::Inet6 {
                 IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
             } else {
@@ -513,13 +543,16 @@ impl Nl {
             ) else {
                 continue;
             };
-            out.push(RouteEntry {
-                destination,
-                gateway,
-                device: device.to_string(),
-                source,
-                mtu,
-            });
+            out.push((
+                oif,
+                RouteEntry {
+                    destination,
+                    gateway,
+                    device: String::new(),
+                    source,
+                    mtu,
+                },
+            ));
         }
         Ok(out)
     }
@@ -871,6 +904,10 @@ impl Links for NetlinkLinks {
 
     fn list_routes(&self, ns: &Netns, device: &str) -> Result<Vec<RouteEntry>, LinkError> {
         self.run(ns, |nl| nl.routes(device))
+    }
+
+    fn default_routes(&self, ns: &Netns) -> Result<Vec<RouteEntry>, LinkError> {
+        self.run(ns, |nl| nl.default_routes())
     }
 
     fn delete_link(&self, ns: &Netns, name: &str) -> Result<bool, LinkError> {

@@ -118,6 +118,17 @@ impl HostState {
         }
         self.call.effects.push(e);
     }
+
+    /// Journal what the next kernel call is about to do, before it does it.
+    /// Not an effect of the call (a rollback undoes effects, which follow
+    /// it); it is for start-up, after a crash in between. Without a journal
+    /// (no ADD is being served) there is nothing to write.
+    fn intend(&mut self, e: Effect) -> std::io::Result<()> {
+        match self.attachment.as_ref().and_then(|a| a.journal.clone()) {
+            Some(j) => j.append(&e),
+            None => Ok(()),
+        }
+    }
 }
 
 pub use crate::contract::check_ifname;
@@ -365,13 +376,32 @@ impl links::Host for HostState {
             return self.violation(F, "the request has no pod network namespace");
         };
         let backend = self.links_backend(F)?;
+        // The intent first: a crash after the kernel made the pair and
+        // before `VethCreated` is journaled must not leak it.
+        if let Err(e) = self.intend(Effect::VethIntent {
+            host_name: host_name.clone(),
+            bridge: bridge.clone(),
+            pod_netns: netns.clone(),
+            pod_ifname: a.ifname.clone(),
+        }) {
+            return Ok(Err(links::LinkError::Kernel(format!(
+                "veth {host_name} not created: the host could not journal it first: {e}"
+            ))));
+        }
         let r = backend.create_veth(&netns, &a.ifname, &host_name, &bridge, mtu);
-        if r.is_ok() {
-            self.effect(Effect::VethCreated {
+        match &r {
+            Ok(_) => self.effect(Effect::VethCreated {
                 host_name,
                 pod_netns: netns,
                 pod_ifname: a.ifname.clone(),
-            });
+            }),
+            Err(_) => {
+                if let Err(e) = self.intend(Effect::VethRefused {
+                    host_name: host_name.clone(),
+                }) {
+                    tracing::error!(module = %self.module, "cannot journal the refusal of veth {host_name}: {e}");
+                }
+            }
         }
         Ok(r.map(|(h, p)| (wit_link(h), wit_link(p)))
             .map_err(wit_link_error))
@@ -591,6 +621,21 @@ impl links::Host for HostState {
         let backend = self.links_backend(F)?;
         Ok(backend
             .list_routes(&ns, &device)
+            .map(|v| v.into_iter().map(wit_route).collect())
+            .map_err(wit_link_error))
+    }
+
+    fn pod_default_routes(
+        &mut self,
+    ) -> Result<std::result::Result<Vec<links::RouteSpec>, links::LinkError>> {
+        const F: &str = "links.pod-default-routes";
+        let a = self.attachment(F)?;
+        let Some(netns) = a.netns.clone() else {
+            return self.violation(F, "the request has no pod network namespace");
+        };
+        let backend = self.links_backend(F)?;
+        Ok(backend
+            .default_routes(&Netns::Pod(netns))
             .map(|v| v.into_iter().map(wit_route).collect())
             .map_err(wit_link_error))
     }

@@ -69,6 +69,20 @@ pub enum Effect {
         pod_netns: PathBuf,
         pod_ifname: String,
     },
+    /// Journaled (only) before `links.create-veth` reaches the kernel: a
+    /// crash between the kernel's work and `VethCreated` leaves just this,
+    /// and start-up removes whatever of the pair exists.
+    VethIntent {
+        host_name: String,
+        bridge: String,
+        pod_netns: PathBuf,
+        pod_ifname: String,
+    },
+    /// Journaled (only) when the kernel refused the veth of a `VethIntent`:
+    /// nothing was made, and what has those names is not ours to remove.
+    VethRefused {
+        host_name: String,
+    },
     AddressAdded {
         pod: bool,
         device: String,

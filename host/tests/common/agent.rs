@@ -21,6 +21,16 @@ impl AgentProc {
     /// Start an agent for node `test-node` with these pod CIDRs and
     /// (optionally) a manifest directory holding `manifests`.
     pub fn start(tag: &str, pod_cidrs: &[&str], manifests: Option<&str>) -> AgentProc {
+        Self::start_with(tag, pod_cidrs, manifests, &[])
+    }
+
+    /// As [`AgentProc::start`], with more arguments for `switchyard agent`.
+    pub fn start_with(
+        tag: &str,
+        pod_cidrs: &[&str],
+        manifests: Option<&str>,
+        extra: &[&str],
+    ) -> AgentProc {
         let node = Netns::new(tag);
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("cni.sock");
@@ -39,6 +49,7 @@ impl AgentProc {
             args.push("--pod-cidr".into());
             args.push(c.to_string());
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         if let Some(m) = manifests {
             let local = dir.path().join("local");
             std::fs::create_dir_all(&local).unwrap();
@@ -131,6 +142,50 @@ impl AgentProc {
         .unwrap()
     }
 
+    /// The agent's attachment records, read while the agent is stopped.
+    pub fn records(&self) -> Vec<switchyard::cni::store::AttachmentRecord> {
+        assert!(
+            self.child.is_none(),
+            "stop the agent before reading its attachment store"
+        );
+        switchyard::cni::store::AttachmentStore::open(
+            &self.dir.path().join("data/attachments.redb"),
+        )
+        .unwrap()
+        .all()
+        .unwrap()
+    }
+
+    /// Interfaces whose master is the bridge `bridge` in the node namespace.
+    pub fn bridge_ports(&self, bridge: &str) -> Vec<String> {
+        let o = super::netns::run(
+            "ip",
+            &[
+                "-n",
+                &self.node.name,
+                "-br",
+                "link",
+                "show",
+                "master",
+                bridge,
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// GET `path` of the agent's admin API on its unix socket.
+    pub fn admin_get(&self, path: &str) -> (u16, Value) {
+        let socket = self.dir.path().join("admin.sock");
+        let s = std::os::unix::net::UnixStream::connect(&socket)
+            .unwrap_or_else(|e| panic!("the admin socket {}: {e}", socket.display()));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        http_get(s, path)
+    }
+
     /// Host ends of pod veths on the node.
     pub fn pod_veths(&self) -> Vec<String> {
         self.node
@@ -208,13 +263,18 @@ pub fn cni(vars: &[(&str, &str)], stdin: &str) -> Run {
 
 /// ADD, DEL or CHECK for a container in a namespace, with `config`.
 pub fn verb(cmd: &str, container: &str, netns: &Path, config: &Value) -> Run {
+    verb_if(cmd, container, netns, "eth0", config)
+}
+
+/// As [`verb`], for the interface `ifname`.
+pub fn verb_if(cmd: &str, container: &str, netns: &Path, ifname: &str, config: &Value) -> Run {
     let ns = netns.display().to_string();
     cni(
         &[
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", container),
             ("CNI_NETNS", &ns),
-            ("CNI_IFNAME", "eth0"),
+            ("CNI_IFNAME", ifname),
             ("CNI_PATH", "/opt/cni/bin"),
         ],
         &config.to_string(),
@@ -237,4 +297,22 @@ pub fn result_ips(v: &Value) -> Vec<String> {
 /// Every attachment the ledger says holds an address.
 pub fn held(l: &Ledger) -> usize {
     l.attachments().unwrap().len()
+}
+
+/// GET `path` over an HTTP/1.1 stream; the status code and the JSON body.
+pub fn http_get(mut stream: impl std::io::Read + std::io::Write, path: &str) -> (u16, Value) {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }

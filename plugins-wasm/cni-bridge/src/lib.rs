@@ -1,7 +1,11 @@
 //! `cni-bridge`: the built-in CNI module. Every pod gets a veth pair whose
 //! host end is a port of the node's bridge, an address from each of the
-//! node's pools (IPv4, IPv6 or both) and a default route per family through
-//! the bridge, which holds each pool's gateway address.
+//! network's pools (by default the node's pod CIDRs: IPv4, IPv6 or both) and
+//! a default route per family through the bridge, which holds each pool's
+//! gateway address. Only a pod's first interface takes the default route of
+//! a family: a secondary one (Multus's `net1`, often of another network with
+//! its own bridge and pools) finds it taken and gets none, so the pod reaches
+//! that network's pool through the route its address's prefix makes.
 //!
 //! The host end is named from the attachment (`syv` and 12 hex digits of a
 //! hash of the container id and interface), so DEL and GC find it without
@@ -32,6 +36,9 @@ pub mod codes {
     pub const CHECK: u32 = 103;
     /// The configuration is wrong (the CNI spec's code 7).
     pub const INVALID_CONFIG: u32 = 7;
+    /// A variable of the environment is wrong (the CNI spec's code 4):
+    /// `CNI_ARGS`.
+    pub const INVALID_ENV: u32 = 4;
 }
 
 const SCHEMA: &str = r#"{
@@ -137,7 +144,18 @@ fn default_route(family: IpFamily, gateway: IpAddress, device: &str) -> RouteSpe
 fn pools(settings: &Settings) -> Result<Vec<Pool>, CniError> {
     let all = ipam::pools();
     let chosen: Vec<Pool> = match &settings.pools {
-        None => all,
+        // The node's pod CIDRs: the host lists them first, one per family;
+        // further pools serve the networks that name them.
+        None => {
+            let mut families = vec![];
+            all.into_iter()
+                .filter(|p| {
+                    let first = !families.contains(&p.family);
+                    families.push(p.family);
+                    first
+                })
+                .collect()
+        }
         Some(names) => {
             let mut v = vec![];
             for n in names {
@@ -171,6 +189,177 @@ fn gateway_cidr(p: &Pool) -> IpCidr {
     p.gateway.with_prefix(p.subnet.prefix_len)
 }
 
+/// An address the runtime asked for, and where it asked.
+#[derive(Debug, Clone)]
+struct Wanted {
+    address: IpAddress,
+    /// The prefix length it came with, if any.
+    prefix: Option<u8>,
+    /// `CNI_ARGS IP`, `runtimeConfig.ips` or `args.cni.ips`.
+    source: &'static str,
+}
+
+impl Wanted {
+    /// The code of a request that is wrong in itself (not just unavailable).
+    fn invalid(&self) -> u32 {
+        if self.source == "CNI_ARGS IP" {
+            codes::INVALID_ENV
+        } else {
+            codes::INVALID_CONFIG
+        }
+    }
+}
+
+/// The static addresses a runtime asks for: `IP=a[,b]` in `CNI_ARGS` (as
+/// host-local reads it), the `ips` capability (`runtimeConfig.ips`) and
+/// `args.cni.ips`, each an address with or without its prefix length.
+fn wanted(req: &CniRequest) -> Result<Vec<Wanted>, CniError> {
+    let mut out: Vec<Wanted> = vec![];
+    let mut push = |text: &str, source: &'static str| -> Result<(), CniError> {
+        let text = text.trim();
+        let parsed = text.parse::<IpCidr>().ok().filter(|_| !text.is_empty());
+        let Some(c) = parsed else {
+            let code = if source == "CNI_ARGS IP" {
+                codes::INVALID_ENV
+            } else {
+                codes::INVALID_CONFIG
+            };
+            return Err(err(
+                code,
+                format!(
+                    "{source}: {text:?} is not an IP address (10.0.0.5, or 10.0.0.5/24 with the pool's prefix length)"
+                ),
+            ));
+        };
+        let prefix = text.contains('/').then_some(c.prefix_len);
+        if !out.iter().any(|w| w.address == c.address) {
+            out.push(Wanted {
+                address: c.address,
+                prefix,
+                source,
+            });
+        }
+        Ok(())
+    };
+    for (k, v) in &req.args {
+        if k == "IP" {
+            for a in v.split(',') {
+                push(a, "CNI_ARGS IP")?;
+            }
+        }
+    }
+    let conf: serde_json::Value = serde_json::from_str(&req.network_config).unwrap_or_default();
+    for (path, source) in [
+        (&conf["runtimeConfig"]["ips"], "runtimeConfig.ips"),
+        (&conf["args"]["cni"]["ips"], "args.cni.ips"),
+    ] {
+        match path {
+            serde_json::Value::Null => {}
+            serde_json::Value::Array(a) => {
+                for v in a {
+                    match v.as_str() {
+                        Some(t) => push(t, source)?,
+                        None => {
+                            return Err(err(
+                                codes::INVALID_CONFIG,
+                                format!("{source}: {v} is not an IP address string"),
+                            ));
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(err(
+                    codes::INVALID_CONFIG,
+                    format!("{source} must be a list of addresses, not {other}"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// For each pool, the address asked of it, if any: every wanted address
+/// must be a usable address of one of the network's pools, one per pool.
+fn preferred(
+    network: &str,
+    pools: &[Pool],
+    wanted: &[Wanted],
+) -> Result<Vec<Option<Wanted>>, CniError> {
+    let mut out: Vec<Option<Wanted>> = vec![None; pools.len()];
+    let unusable = |w: &Wanted, what: String| {
+        err(
+            codes::IPAM,
+            format!(
+                "address {} ({}) cannot be given to a pod: {what}",
+                w.address, w.source
+            ),
+        )
+    };
+    for w in wanted {
+        let Some(i) = pools.iter().position(|p| p.subnet.contains(&w.address)) else {
+            let list: Vec<String> = pools
+                .iter()
+                .map(|p| format!("{} ({})", p.name, p.subnet.network()))
+                .collect();
+            return Err(err(
+                codes::IPAM,
+                format!(
+                    "address {} ({}) is in none of the pools of network {network:?}: {}",
+                    w.address,
+                    w.source,
+                    list.join(", ")
+                ),
+            ));
+        };
+        let p = &pools[i];
+        let subnet = p.subnet.network();
+        if let Some(len) = w.prefix
+            && len != subnet.prefix_len
+        {
+            return Err(err(
+                w.invalid(),
+                format!(
+                    "{}/{len} ({}): pool {} is {subnet}; give the address alone or with /{}",
+                    w.address, w.source, p.name, subnet.prefix_len
+                ),
+            ));
+        }
+        if let Some(other) = &out[i] {
+            return Err(err(
+                w.invalid(),
+                format!(
+                    "{} ({}) and {} ({}) are both in pool {} ({subnet}): an interface takes one address per pool",
+                    other.address, other.source, w.address, w.source, p.name
+                ),
+            ));
+        }
+        if w.address == p.gateway {
+            return Err(unusable(
+                w,
+                format!(
+                    "it is the gateway of pool {} ({subnet}), which the node's bridge holds",
+                    p.name
+                ),
+            ));
+        }
+        if w.address == subnet.address {
+            return Err(unusable(
+                w,
+                format!("it is the network address of pool {} ({subnet})", p.name),
+            ));
+        }
+        if p.family == IpFamily::Ipv4 && w.address == subnet.last() {
+            return Err(unusable(
+                w,
+                format!("it is the broadcast address of pool {} ({subnet})", p.name),
+            ));
+        }
+        out[i] = Some(w.clone());
+    }
+    Ok(out)
+}
+
 struct Bridge;
 
 impl Guest for Bridge {
@@ -188,17 +377,34 @@ impl Guest for Bridge {
         let s = Settings::merge(&config, &req.network_config)?;
         let pools = pools(&s)?;
         let (bridge, mtu) = (s.bridge(), s.mtu());
-        // Addresses first: an exhausted pool fails before anything is made.
+        let asked = preferred(&req.network, &pools, &wanted(&req)?)?;
+        // Addresses first: an exhausted pool, or an address asked for that
+        // another pod holds, fails before anything is made.
         let mut allocations = vec![];
-        for p in &pools {
-            let a = ipam::allocate(&p.name, None).map_err(|e| match e {
-                IpamError::Exhausted(m) | IpamError::InUse(m) => err(codes::IPAM, m),
-                IpamError::Storage(m) => {
-                    err(codes::IPAM, format!("the address ledger failed: {m}"))
+        for (p, w) in pools.iter().zip(&asked) {
+            let a = ipam::allocate(&p.name, w.as_ref().map(|w| w.address)).map_err(|e| {
+                let m = match e {
+                    IpamError::Exhausted(m) | IpamError::InUse(m) => m,
+                    IpamError::Storage(m) => format!("the address ledger failed: {m}"),
+                };
+                match w {
+                    Some(w) => err(
+                        codes::IPAM,
+                        format!("address {} ({}) is not available: {m}", w.address, w.source),
+                    ),
+                    None => err(codes::IPAM, m),
                 }
             })?;
             allocations.push((p.family, a));
         }
+        // A family whose default route another interface of the pod holds
+        // (the pod's first, or another plugin's) gets none through this one.
+        let taken: Vec<IpFamily> = links::pod_default_routes()
+            .map_err(|e| link_err("reading the pod's default routes", e))?
+            .iter()
+            .filter(|r| r.device != req.ifname)
+            .map(|r| r.destination.family())
+            .collect();
         let gateways: Vec<IpCidr> = pools.iter().map(gateway_cidr).collect();
         links::ensure_bridge(bridge, mtu, &gateways)
             .map_err(|e| link_err(&format!("bridge {bridge}"), e))?;
@@ -229,14 +435,17 @@ impl Guest for Bridge {
         for (family, a) in allocations {
             links::add_address(Scope::Pod, &req.ifname, a.address)
                 .map_err(|e| link_err(&format!("address {}", a.address), e))?;
-            let r = default_route(family, a.gateway, &req.ifname);
-            links::add_route(Scope::Pod, &r)
-                .map_err(|e| link_err(&format!("default route via {}", a.gateway), e))?;
             ips.push(CniIp {
                 address: a.address,
                 gateway: Some(a.gateway),
                 interface: Some(1),
             });
+            if taken.contains(&family) {
+                continue;
+            }
+            let r = default_route(family, a.gateway, &req.ifname);
+            links::add_route(Scope::Pod, &r)
+                .map_err(|e| link_err(&format!("default route via {}", a.gateway), e))?;
             routes.push(CniRoute {
                 dst: r.destination,
                 gw: r.gateway,
@@ -309,6 +518,12 @@ impl Guest for Bridge {
         }
         // Addresses the previous result promised must be there too.
         let promised = prev_result_ips(req.prev_result.as_deref());
+        // The default routes ADD made: those the result lists through our
+        // gateways; without a result, one per family unless another
+        // interface holds it (then this one is secondary).
+        let promised_gateways = prev_result_default_gateways(req.prev_result.as_deref());
+        let defaults = links::pod_default_routes()
+            .map_err(|e| link_err("reading the pod's default routes", e))?;
         let routes =
             links::list_routes(Scope::Pod, &req.ifname).map_err(|e| link_err("routes", e))?;
         for a in &held {
@@ -319,11 +534,19 @@ impl Guest for Bridge {
                 )));
             }
             let fam = a.address.family();
-            if !routes.iter().any(|r| {
-                r.destination.prefix_len == 0
-                    && r.destination.family() == fam
-                    && r.gateway == Some(a.gateway)
-            }) {
+            let expected = match &promised_gateways {
+                Some(gws) => gws.contains(&a.gateway),
+                None => !defaults
+                    .iter()
+                    .any(|r| r.destination.family() == fam && r.device != req.ifname),
+            };
+            if expected
+                && !routes.iter().any(|r| {
+                    r.destination.prefix_len == 0
+                        && r.destination.family() == fam
+                        && r.gateway == Some(a.gateway)
+                })
+            {
                 return Err(bad(format!(
                     "the default route via {} is missing",
                     a.gateway
@@ -388,6 +611,27 @@ fn check_link(l: &LinkInfo, mtu: u32) -> Result<(), String> {
         return Err(format!("{} has MTU {}, not {mtu}", l.name, l.mtu));
     }
     Ok(())
+}
+
+/// Gateways of the default routes a previous result lists, if it parses.
+fn prev_result_default_gateways(prev: Option<&str>) -> Option<Vec<IpAddress>> {
+    let v = serde_json::from_str::<serde_json::Value>(prev?).ok()?;
+    Some(
+        v["routes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| {
+                        r["dst"]
+                            .as_str()
+                            .and_then(|d| d.parse::<IpCidr>().ok())
+                            .is_some_and(|d| d.prefix_len == 0)
+                    })
+                    .filter_map(|r| r["gw"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
 }
 
 /// Addresses in a previous result (CNI result JSON), if it parses.
@@ -507,6 +751,109 @@ mod tests {
         let e = Bridge::status(String::new(), String::new()).unwrap_err();
         assert_eq!(e.code, codes::NOT_AVAILABLE);
         drop(none);
+    }
+
+    #[test]
+    fn a_secondary_interface_leaves_the_default_route_to_the_first() {
+        let h = harness();
+        h.add_pool("side", "10.77.0.0/24");
+        // The pod's network takes the node's pod CIDRs, not the extra pool.
+        let first = Bridge::add(cni_request("c1", "eth0", "{}"), String::new()).unwrap();
+        assert_eq!(first.ips.len(), 2);
+        assert_eq!(first.routes.len(), 2);
+        h.set_attachment("c1", "net1");
+        let side = r#"{"name":"side","pools":["side"],"bridge":"sy1"}"#;
+        let second = Bridge::add(cni_request("c1", "net1", side), String::new()).unwrap();
+        assert_eq!(second.ips.len(), 1);
+        assert_eq!(second.ips[0].address.to_string(), "10.77.0.2/24");
+        assert!(second.routes.is_empty(), "{:?}", second.routes);
+        let defaults: Vec<_> = h
+            .routes(Scope::Pod)
+            .into_iter()
+            .filter(|r| r.destination.prefix_len == 0)
+            .collect();
+        assert_eq!(defaults.len(), 2);
+        assert!(defaults.iter().all(|r| r.device == "eth0"), "{defaults:?}");
+        // CHECK of each, with and without the previous result.
+        let mut with_prev = cni_request("c1", "net1", side);
+        with_prev.prev_result = Some(r#"{"ips":[{"address":"10.77.0.2/24"}],"routes":[]}"#.into());
+        Bridge::check(with_prev, String::new()).unwrap();
+        Bridge::check(cni_request("c1", "net1", side), String::new()).unwrap();
+        h.set_attachment("c1", "eth0");
+        Bridge::check(cni_request("c1", "eth0", "{}"), String::new()).unwrap();
+    }
+
+    #[test]
+    fn static_addresses_come_from_the_pool_or_fail_naming_address_and_pool() {
+        let h = harness();
+        let with_ip = |id: &str, ip: &str, conf: &str| {
+            let mut r = cni_request(id, "eth0", conf);
+            r.args = vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("IP".into(), ip.into()),
+            ];
+            r
+        };
+        let r = Bridge::add(with_ip("c1", "10.244.1.50", "{}"), String::new()).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.244.1.50/24");
+        assert_eq!(r.ips.len(), 2, "the other family is allocated as usual");
+        // The ips capability, both families, with their prefix lengths.
+        h.set_attachment("c2", "eth0");
+        let conf = r#"{"runtimeConfig":{"ips":["10.244.1.60/24","fd00:10:244:1::60/64"]}}"#;
+        let r = Bridge::add(cni_request("c2", "eth0", conf), String::new()).unwrap();
+        let got: Vec<String> = r.ips.iter().map(|i| i.address.to_string()).collect();
+        assert_eq!(got, ["10.244.1.60/24", "fd00:10:244:1::60/64"]);
+        h.set_attachment("c3", "eth0");
+        let refused = |req: CniRequest| Bridge::add(req, String::new()).unwrap_err();
+        let e = refused(with_ip("c3", "10.244.1.50", "{}"));
+        assert_eq!(e.code, codes::IPAM);
+        assert!(
+            e.msg
+                .contains("address 10.244.1.50 (CNI_ARGS IP) is not available")
+                && e.msg.contains("held by another attachment"),
+            "{}",
+            e.msg
+        );
+        let e = refused(with_ip("c3", "10.99.0.5", "{}"));
+        assert_eq!(e.code, codes::IPAM);
+        assert_eq!(
+            e.msg,
+            "address 10.99.0.5 (CNI_ARGS IP) is in none of the pools of network \"switchyard\": v4 (10.244.1.0/24), v6 (fd00:10:244:1::/64)"
+        );
+        let e = refused(with_ip("c3", "10.244.1.1", "{}"));
+        assert!(e.msg.contains("gateway of pool v4"), "{}", e.msg);
+        let e = refused(with_ip("c3", "10.244.1.255", "{}"));
+        assert!(e.msg.contains("broadcast address of pool v4"), "{}", e.msg);
+        let e = refused(with_ip("c3", "banana", "{}"));
+        assert_eq!(e.code, codes::INVALID_ENV);
+        assert!(
+            e.msg.contains("\"banana\" is not an IP address"),
+            "{}",
+            e.msg
+        );
+        let e = refused(with_ip("c3", "10.244.1.7,10.244.1.8", "{}"));
+        assert_eq!(e.code, codes::INVALID_ENV);
+        assert!(e.msg.contains("one address per pool"), "{}", e.msg);
+        let e = refused(cni_request(
+            "c3",
+            "eth0",
+            r#"{"runtimeConfig":{"ips":["10.244.1.70/16"]}}"#,
+        ));
+        assert_eq!(e.code, codes::INVALID_CONFIG);
+        assert!(
+            e.msg
+                .contains("pool v4 is 10.244.1.0/24; give the address alone or with /24"),
+            "{}",
+            e.msg
+        );
+        // Nothing was allocated by the refused ADDs.
+        assert_eq!(
+            h.held_addresses()
+                .iter()
+                .filter(|(c, _, _)| c == "c3")
+                .count(),
+            0
+        );
     }
 
     #[test]
