@@ -151,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         pod_cidrs: vec!["10.81.0.0/16".parse()?, "fd81::/64".parse()?],
         extra_pools: vec![],
         fuel: false,
+        compile_deadline: switchyard::runtime::COMPILE_DEADLINE,
         sticky_ttl: Duration::from_secs(600),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
