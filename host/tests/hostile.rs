@@ -290,6 +290,18 @@ async fn a_module_failing_every_call_is_reported_degraded() {
         "{}",
         c.message
     );
+    // As the admin API's /metrics says it.
+    let metrics = switchyard::registry::metrics::text(&reg.status());
+    for line in [
+        "switchyard_module_ready{module=\"failing\",role=\"service-proxy\",reason=\"CallsFailing\"} 0",
+        "switchyard_module_consecutive_call_errors{module=\"failing\",role=\"service-proxy\"} 10",
+        "switchyard_module_call_errors_total{module=\"failing\",role=\"service-proxy\"} 10",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
     reg.render_service("failing", ctx(), service("web", 7, &[]), endpoints(1))
         .await
         .unwrap();

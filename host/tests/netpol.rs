@@ -698,6 +698,15 @@ spec:
         ),
         "{metrics}"
     );
+    // The module bindings are there too, the policy module serving.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_module_ready{")
+                && l.contains("role=\"network-policy\"")
+                && l.ends_with("reason=\"Loaded\"} 1")),
+        "{metrics}"
+    );
     vec![(80, "TCP")]
 }
 

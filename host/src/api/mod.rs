@@ -14,7 +14,7 @@
 //! | `/api/v1/pods/{namespace}/{name}` | one pod of that view, with its probes' status |
 //! | `/api/v1/probes` | endpoint health as modules read it (the `probes` host interface) |
 //! | `/api/v1/drops` | the latest packets NetworkPolicy dropped (or would drop, in monitor mode), with their policies |
-//! | `/metrics` | Prometheus text: NetworkPolicy drops per policy, direction and mode |
+//! | `/metrics` | Prometheus text: each module binding's readiness, calls, errors (in a row too) and latency; NetworkPolicy drops per policy, direction and mode |
 //! | `/api/v1/explain?from=IP&to=IP&protocol=TCP&port=80` | which NetworkPolicies and rules decide that connection on this node |
 //! | `/` | the console (`web/`, built into the binary) |
 
@@ -197,17 +197,22 @@ async fn drops(State(s): State<ApiState>) -> Response {
     }
 }
 
-/// Prometheus metrics: the policy table's drop counters.
-async fn metrics() -> Response {
+/// Prometheus metrics: the module bindings, and the policy table's drop
+/// counters. Counters that cannot be read are said in a comment; the rest
+/// is still served.
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let mut text = crate::registry::metrics::text(&s.registry.status());
     match tokio::task::spawn_blocking(crate::policy::engine::read_counters).await {
-        Ok(Ok(c)) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            crate::policy::engine::metrics_text(&c),
-        )
-            .into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Ok(c)) => text.push_str(&crate::policy::engine::metrics_text(&c)),
+        Ok(Err(e)) => text.push_str(&format!(
+            "# the policy drop counters could not be read: {}\n",
+            e.replace('\n', " ")
+        )),
+        Err(e) => text.push_str(&format!(
+            "# the policy drop counters could not be read: {e}\n"
+        )),
     }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(Debug, Default)]

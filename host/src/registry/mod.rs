@@ -9,6 +9,7 @@
 //! on the old version finish on it, new calls go to the new one. If any step
 //! fails the old version keeps serving and the binding reports Degraded.
 
+pub mod metrics;
 pub mod source;
 pub mod stats;
 
