@@ -226,15 +226,21 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Compile slots taken: see [`COMPILE_SLOTS`].
+/// Compile slots: see [`COMPILE_SLOTS`]. Each has a rayon pool of its
+/// own (as many threads as cores), made when first used.
 #[derive(Default)]
 struct Slots {
+    /// The free slots' pools (`None`: not made yet, or could not be).
+    free: Mutex<Vec<Option<Arc<rayon::ThreadPool>>>>,
     taken: Mutex<usize>,
     freed: Condvar,
 }
 
 /// One compile slot, given back when dropped (when the compile ends).
-struct Slot(Arc<Slots>);
+struct Slot {
+    slots: Arc<Slots>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
 
 impl Slots {
     /// A slot, waiting for one until `until`.
@@ -246,14 +252,26 @@ impl Slots {
             }
         }
         *taken += 1;
-        Some(Slot(slots.clone()))
+        drop(taken);
+        let pool = slots.free.lock().pop().flatten().or_else(|| {
+            rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("compile-{i}"))
+                .build()
+                .ok()
+                .map(Arc::new)
+        });
+        Some(Slot {
+            slots: slots.clone(),
+            pool,
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        *self.0.taken.lock() -= 1;
-        self.0.freed.notify_one();
+        self.slots.free.lock().push(self.pool.take());
+        *self.slots.taken.lock() -= 1;
+        self.slots.freed.notify_one();
     }
 }
 
@@ -324,7 +342,7 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .consume_fuel(rc.fuel)
-            .parallel_compilation(false)
+            .parallel_compilation(true)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         if rc.pooling {
             let mut p = wasmtime::PoolingAllocationConfig::default();
@@ -482,11 +500,20 @@ impl Runtime {
         std::thread::Builder::new()
             .name(format!("compile-{name}"))
             .spawn(move || {
-                let _slot = slot;
+                // The slot's own rayon pool: wasmtime compiles a module's
+                // functions in parallel in the current pool, and in the
+                // global one a small module would queue behind every
+                // function of a big one.
+                let compile = || Component::new(&engine, &owned);
+                let r = match &slot.pool {
+                    Some(pool) => pool.install(compile),
+                    None => compile(),
+                };
+                drop(slot);
                 // The receiver is gone if the deadline passed: the result
                 // is dropped (a late compile is not cached either, so the
                 // module stays refused).
-                let _ = tx.send(Component::new(&engine, &owned));
+                let _ = tx.send(r);
             })
             .map_err(|e| LoadError::Engine {
                 module: name.into(),
