@@ -24,7 +24,14 @@ use switchyard_bench::proxy_input::{self, object};
 use switchyard_bench::{Summary, header, machine, write_results};
 
 const ENDPOINTS: u32 = 10;
-const CHANGES: usize = 40;
+/// Rounds of changes per size (`PROXY_SYNC_CHANGES` overrides it, to
+/// profile the change path rather than the full sync).
+fn changes() -> usize {
+    std::env::var("PROXY_SYNC_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40)
+}
 
 /// Service `svc-I` at 10.96.0.0 + I.
 fn service(i: u32) -> Service {
@@ -62,9 +69,14 @@ struct Results {
     sizes: Vec<SizeResult>,
 }
 
+/// Render and apply times of every timed change, for the split printed
+/// at the end.
+static PHASES: std::sync::Mutex<Vec<(Duration, Duration)>> = std::sync::Mutex::new(vec![]);
+
 async fn timed(proxy: &mut ServiceProxy) -> Duration {
     let t = Instant::now();
     let r = proxy.sync().await;
+    PHASES.lock().unwrap().push((r.render, r.apply));
     assert!(
         r.error.is_none() && proxy.errors().is_empty(),
         "{r:?} {:?}",
@@ -101,7 +113,7 @@ async fn run(sizes: &[u32]) -> anyhow::Result<Results> {
         let mut added = vec![];
         let mut svc_add = vec![];
         let mut svc_del = vec![];
-        for k in 0..CHANGES as u32 {
+        for k in 0..changes() as u32 {
             let i = (k * 7919) % n;
             // An endpoint replaced by one with a new address.
             let mut eps = endpoints(i, ENDPOINTS, 0);
@@ -147,6 +159,22 @@ async fn run(sizes: &[u32]) -> anyhow::Result<Results> {
         r.endpoint_added.print();
         r.service_added.print();
         r.service_deleted.print();
+        let mut phases = std::mem::take(&mut *PHASES.lock().unwrap());
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v.get(v.len() / 2)
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e6
+        };
+        let mut render: Vec<Duration> = phases.iter().map(|p| p.0).collect();
+        let mut apply: Vec<Duration> = phases.drain(..).map(|p| p.1).collect();
+        println!(
+            "of every change (p50): render {:.0} us, apply (the delta into the kernel) {:.0} us",
+            median(&mut render),
+            median(&mut apply)
+        );
         out.push(r);
     }
     let _ = std::process::Command::new("nft")
