@@ -275,6 +275,91 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     assert!(!table.contains("10.244.1.2"), "{table}");
 }
 
+fn list_set(ns: &Netns, set: &str) -> String {
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            "nft",
+            "list",
+            "set",
+            "inet",
+            "switchyard-policy",
+            set,
+        ],
+    )
+}
+
+/// Boxes of one peer address and one port go to the allow set's hash-set
+/// twin, where each policy holds its own elements: two policies allowing
+/// the same are one element, which leaves with the last of them, each
+/// change a delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_boxes_are_shared_between_policies_and_leave_with_the_last() {
+    require_root();
+    let ns = pods_ns("polexact", &[80, 81]);
+    let e = env();
+    e.registry
+        .apply_async(builtin(
+            "policy-kubernetes",
+            "policy-kubernetes",
+            Role::NetworkPolicy,
+        ))
+        .await
+        .unwrap();
+    let mut engine = PolicyEngine::new(
+        e.registry.clone(),
+        Arc::new(Nft::new(Some(ns.path.clone()))),
+    );
+    engine.set_context(common::ctx());
+    let a = pod("a", "10.244.1.2");
+    let keep = BTreeSet::new();
+    let one = egress("one", std::slice::from_ref(&a), "10.244.1.3/32", (80, 80));
+    let mut two = egress("two", std::slice::from_ref(&a), "10.244.1.3/32", (80, 80));
+    two.egress
+        .push(egress("x", &[], "10.244.1.3/32", (81, 81)).egress.remove(0));
+    let exact = "10.244.1.2 . 10.244.1.3 . tcp . 80";
+
+    engine.set_policies(vec![one.clone().into(), two.clone().into()], &keep);
+    let r = engine.sync().await;
+    assert!(r.error.is_none(), "{r:?}");
+    assert!(engine.errors().is_empty(), "{:?}", engine.errors());
+    let set = list_set(&ns, "egress-allow-exact4");
+    assert_eq!(set.matches(exact).count(), 1, "{set}");
+    assert!(set.contains("10.244.1.2 . 10.244.1.3 . tcp . 81"), "{set}");
+    let merged = list_set(&ns, "egress-allow4");
+    assert!(!merged.contains("10.244.1.2"), "{merged}");
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 80));
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 81));
+
+    // `two` goes: `one` still holds port 80.
+    engine.set_policies(vec![one.clone().into()], &keep);
+    let r = engine.sync().await;
+    assert!(r.error.is_none() && !r.full, "{r:?}");
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 80));
+    assert!(!connects(&ns, "10.244.1.2", "10.244.1.3", 81));
+    assert_eq!(
+        list_set(&ns, "egress-allow-exact4").matches(exact).count(),
+        1
+    );
+
+    // `two` back and `one` gone, in one sync: port 80 stays allowed.
+    engine.set_policies(vec![two.clone().into()], &keep);
+    let r = engine.sync().await;
+    assert!(r.error.is_none() && !r.full, "{r:?}");
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 80));
+    assert!(connects(&ns, "10.244.1.2", "10.244.1.3", 81));
+
+    // The last goes: the pod is no longer isolated and the set is empty.
+    engine.set_policies(vec![], &keep);
+    let r = engine.sync().await;
+    assert!(r.error.is_none() && !r.full, "{r:?}");
+    let set = list_set(&ns, "egress-allow-exact4");
+    assert!(!set.contains("10.244.1.2"), "{set}");
+}
+
 /// A namespace with a veth holding pod addresses 10.244.1.2-4, and TCP
 /// listeners on 10.244.1.3 at `ports`.
 fn pods_ns(name: &str, ports: &[u16]) -> Netns {

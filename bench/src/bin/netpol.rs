@@ -23,7 +23,9 @@
 //! `allow-client`, allows the client on the iperf3 port (5201) and the
 //! connect port (8080). So with N > 0 the server is isolated and every new
 //! connection from the client is judged by the policy table (N+1 policies,
-//! N+2 boxes of the server in the interval allow set); N = 0 is the
+//! N+2 boxes of the server, all of one peer and one port, so in the allow
+//! set's exact twin, a hash set; before that twin, in the interval allow
+//! set, merged); N = 0 is the
 //! engine's table with no policy at all: the baseline. Two more variants:
 //! `no table` (br_netfilter on, no policy table, so no conntrack either)
 //! shows what the table itself costs; `other pod` has the same N filler
@@ -599,7 +601,8 @@ struct VariantResult {
     label: String,
     /// Policies installed (filler + allow-client).
     policies_installed: u32,
-    /// Elements in `ingress-allow4` (every pod's) after the load, per round.
+    /// Elements in `ingress-allow4` and `ingress-allow-exact4` (every
+    /// pod's) after the load, per round.
     allow_elements: Vec<usize>,
     connect: Summary,
     connect_p50_us_per_round: Vec<f64>,
@@ -900,24 +903,19 @@ impl Node {
         bail!("{}: iperf3 -c failed three times: {last}", self.v.label())
     }
 
-    /// The server's boxes in `ingress-allow4`, and all its elements.
+    /// The server's boxes in `ingress-allow4` and its exact twin
+    /// `ingress-allow-exact4` (where boxes of one peer and one port go),
+    /// and all their elements.
     fn allow_elements(&self) -> anyhow::Result<(usize, usize)> {
-        let out = run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.node,
-            "nft",
-            "list",
-            "set",
-            "inet",
-            TABLE,
-            "ingress-allow4",
-        ])?;
-        Ok((
-            out.matches(&format!("{SERVER_IP} . ")).count(),
-            out.matches(" . tcp . ").count(),
-        ))
+        let (mut server, mut all) = (0, 0);
+        for set in ["ingress-allow4", "ingress-allow-exact4"] {
+            let out = run(&[
+                "ip", "netns", "exec", &self.node, "nft", "list", "set", "inet", TABLE, set,
+            ])?;
+            server += out.matches(&format!("{SERVER_IP} . ")).count();
+            all += out.matches(" . tcp . ").count();
+        }
+        Ok((server, all))
     }
 
     /// A fresh engine loads the variant's policies: its first full load,
@@ -952,7 +950,7 @@ impl Node {
         let (got, all) = self.allow_elements()?;
         ensure!(
             got == want,
-            "{}: ingress-allow4 holds {got} boxes of the server, not {want}",
+            "{}: ingress-allow4 and ingress-allow-exact4 hold {got} boxes of the server, not {want}",
             self.v.label()
         );
         self.s.allow_elements.push(all);

@@ -375,7 +375,11 @@ const PROXY: Skeleton = Skeleton {
 /// elements to the isolation sets and boxes to the allow sets; the allow
 /// sets are interval sets, which cannot hold overlapping elements, so the
 /// host merges every box of a pod (from every policy) into disjoint
-/// elements before the kernel sees them ([`crate::policy::merge`]). The
+/// elements before the kernel sees them ([`crate::policy::merge`]). Boxes
+/// of one peer address and one port (a pod peer, the common case) go to
+/// the host's exact twin of the set instead, a hash set, where each policy
+/// holds its own elements: the kernel commits a change to a pipapo set by
+/// copying the whole set, to a hash set in constant time. The
 /// drop maps and their chains are the host's: they attribute every drop to
 /// the policies that isolate the pod.
 const POLICY: Skeleton = Skeleton {
@@ -596,6 +600,22 @@ const POLICY: Skeleton = Skeleton {
         "ingress-monitor-drops6",
         "egress-monitor-drops4",
         "egress-monitor-drops6",
+        "ingress-allow-exact4",
+        "ingress-allow-exact6",
+        "egress-allow-exact4",
+        "egress-allow-exact6",
+        "ingress-monitor-allow-exact4",
+        "ingress-monitor-allow-exact6",
+        "egress-monitor-allow-exact4",
+        "egress-monitor-allow-exact6",
+        "ingress-allow-all-exact4",
+        "ingress-allow-all-exact6",
+        "egress-allow-all-exact4",
+        "egress-allow-all-exact6",
+        "ingress-monitor-allow-all-exact4",
+        "ingress-monitor-allow-all-exact6",
+        "egress-monitor-allow-all-exact4",
+        "egress-monitor-allow-all-exact6",
     ],
     nat: false,
     host_chains: policy_chains,
@@ -634,6 +654,13 @@ fn policy_chains() -> String {
         for (f, ty) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
             for m in ["", "monitor-"] {
                 let _ = writeln!(t, "  map {d}-{m}drops{f} {{ type {ty} : verdict; }}");
+                // The host's exact twins of the allow sets (hash sets):
+                // see `crate::policy::merge::exact_set`.
+                let _ = writeln!(
+                    t,
+                    "  set {d}-{m}allow-exact{f} {{ type {ty} . {ty} . inet_proto . inet_service; }}"
+                );
+                let _ = writeln!(t, "  set {d}-{m}allow-all-exact{f} {{ type {ty} . {ty}; }}");
             }
         }
     }
@@ -649,7 +676,7 @@ fn policy_chains() -> String {
         for (f, ip) in [("4", "ip"), ("6", "ip6")] {
             let boxes = |m: &str| {
                 format!(
-                    "    {ip} {pod} . {ip} {peer} @{d}-{m}allow-all{f} return\n    {ip} {pod} . {ip} {peer} . meta l4proto . th dport @{d}-{m}allow{f} return\n"
+                    "    {ip} {pod} . {ip} {peer} @{d}-{m}allow-all-exact{f} return\n    {ip} {pod} . {ip} {peer} . meta l4proto . th dport @{d}-{m}allow-exact{f} return\n    {ip} {pod} . {ip} {peer} @{d}-{m}allow-all{f} return\n    {ip} {pod} . {ip} {peer} . meta l4proto . th dport @{d}-{m}allow{f} return\n"
                 )
             };
             let _ = write!(

@@ -33,7 +33,7 @@ use crate::plan::reconcile::{Table, Tracker};
 use crate::plan::{Change, Fragment, skeleton};
 use crate::registry::Registry;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -483,14 +483,27 @@ impl PolicyEngine {
     }
 
     /// Split a rendered fragment into what the store keeps and the boxes.
+    /// Every box is kept for `explain`; an exact box (one peer address,
+    /// one port) also stays in the fragment, as an element of its set's
+    /// exact twin that other policies may hold too, and only the others
+    /// are merged per pod ([`merge::exact_set`]).
     fn split(fragment: Fragment) -> (Fragment, Vec<Provenance>) {
         let mut rest = vec![];
         let mut boxes = vec![];
+        let mut exact = HashSet::new();
         for item in fragment.items {
             if let wit::PlanBody::NftElement(e) = &item.body
                 && is_allow_set(&e.set)
                 && let Some((pod, allow)) = merge::parse(e)
             {
+                if allow.is_exact() {
+                    let i = merge::exact_element(&e.set, pod, &allow, item.rule_id.clone());
+                    // Two rules of one policy may allow the same: the
+                    // fragment holds the element once.
+                    if exact.insert(crate::plan::store::claim(&i)) {
+                        rest.push(i);
+                    }
+                }
                 boxes.push(Provenance {
                     set: e.set.clone(),
                     pod: crate::runtime::wit_to_ip(&pod),
@@ -518,8 +531,10 @@ impl PolicyEngine {
         boxes: Option<Vec<Provenance>>,
     ) -> BTreeSet<IpAddr> {
         let mut touched = BTreeSet::new();
+        // Only boxes that are merged touch their pod: exact ones are
+        // installed with the policy's own fragment.
         if let Some(old) = self.boxes.remove(object) {
-            for b in old.iter() {
+            for b in old.iter().filter(|b| !b.allow.is_exact()) {
                 touched.insert(b.pod);
                 if let Some(s) = self.index.get_mut(&b.pod) {
                     s.remove(object);
@@ -530,7 +545,7 @@ impl PolicyEngine {
             }
         }
         if let Some(new) = boxes {
-            for b in &new {
+            for b in new.iter().filter(|b| !b.allow.is_exact()) {
                 touched.insert(b.pod);
                 self.index.entry(b.pod).or_default().insert(object.clone());
             }
@@ -544,7 +559,7 @@ impl PolicyEngine {
         let mut by_set: BTreeMap<&str, Vec<AllowBox>> = BTreeMap::new();
         for o in self.index.get(&pod).into_iter().flatten() {
             for b in self.boxes.get(o).into_iter().flat_map(|v| v.iter()) {
-                if b.pod == pod {
+                if b.pod == pod && !b.allow.is_exact() {
                     by_set.entry(&b.set).or_default().push(b.allow);
                 }
             }

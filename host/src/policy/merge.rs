@@ -29,6 +29,34 @@ pub struct AllowBox {
     pub ports: Option<(Protocol, u16, u16)>,
 }
 
+impl AllowBox {
+    /// One peer address and, if ports are named, one port: a key a hash
+    /// set can hold (see [`exact_set`]).
+    pub fn is_exact(&self) -> bool {
+        self.peer.0 == self.peer.1 && self.ports.is_none_or(|(_, a, b)| a == b)
+    }
+}
+
+/// The host's exact twin of an allow set (`ingress-allow4` ->
+/// `ingress-allow-exact4`): a hash set of the same key without ranges.
+/// Exact boxes need no merging (a hash set takes any elements, overlap
+/// means equality, and equal elements of two policies are one element
+/// both hold), and the kernel adds to or removes from a hash set in
+/// constant time, where a change to a pipapo set copies the whole set.
+pub fn exact_set(set: &str) -> String {
+    let (base, family) = set.split_at(set.len().saturating_sub(1));
+    format!("{base}-exact{family}")
+}
+
+/// An exact box as an element of its set's exact twin, held shared (other
+/// policies may allow the same).
+pub fn exact_element(set: &str, pod: IpAddress, b: &AllowBox, rule_id: String) -> PlanItem {
+    let mut item = element(&exact_set(set), pod, b);
+    item.rule_id = rule_id;
+    item.shared = true;
+    item
+}
+
 /// An address as a number (IPv4 in the low 32 bits), for range arithmetic.
 pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
     match ip {
