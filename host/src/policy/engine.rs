@@ -77,7 +77,8 @@ pub struct PolicyEngine {
     ctx: Option<wit::NodeContext>,
     errors: BTreeMap<ObjectRef, String>,
     /// Each policy's boxes, as rendered.
-    boxes: BTreeMap<ObjectRef, Arc<Vec<Provenance>>>,
+    /// (A persistent map: the snapshot for `explain` shares it.)
+    boxes: imbl::OrdMap<ObjectRef, Arc<Vec<Provenance>>>,
     /// Which policies have boxes for a pod address.
     index: BTreeMap<IpAddr, BTreeSet<ObjectRef>>,
     /// The policies as last given, for closed fragments and descriptions.
@@ -283,6 +284,86 @@ impl From<wit::Policy> for PolicyInput {
     }
 }
 
+/// Every installed policy's isolation elements, grouped.
+fn groups_of(store: &crate::plan::PlanStore) -> Groups {
+    let mut groups = Groups::new();
+    for fr in store.installed().filter(|f| is_policy(&f.object)) {
+        for (key, a) in isolations(fr) {
+            groups
+                .entry(key)
+                .or_default()
+                .entry(crate::contract::wit_to_ip(&a))
+                .or_insert((a, BTreeSet::new()))
+                .1
+                .insert(fr.object.clone());
+        }
+    }
+    groups
+}
+
+/// The isolation elements of a fragment: group key and pod address.
+fn isolations(fr: &Fragment) -> impl Iterator<Item = (GroupKey, wit::IpAddress)> + '_ {
+    fr.items.iter().filter_map(|i| {
+        let wit::PlanBody::NftElement(e) = &i.body else {
+            return None;
+        };
+        let (d, rest) = e.set.split_once('-')?;
+        let (monitor, f) = if let Some(f) = rest.strip_prefix("isolated") {
+            (false, f)
+        } else if let Some(f) = rest.strip_prefix("monitored") {
+            (true, f)
+        } else {
+            return None;
+        };
+        match e.key.first() {
+            Some(wit::NftValue::Address(a)) => Some(((d.to_string(), monitor, f.to_string()), *a)),
+            _ => None,
+        }
+    })
+}
+
+/// Update `groups` with one change of the store; returns whether who
+/// isolates whom changed. Only the changed object's items are read, and
+/// most changes (allowed peers) leave its isolation alone.
+fn update_groups(groups: &mut Groups, c: &Change) -> bool {
+    if !is_policy(&c.object) {
+        return false;
+    }
+    let set = |f: &Option<Arc<Fragment>>| -> BTreeSet<(GroupKey, IpAddr)> {
+        f.iter()
+            .flat_map(|f| isolations(f))
+            .map(|(k, a)| (k, crate::contract::wit_to_ip(&a)))
+            .collect()
+    };
+    let (old, new) = (set(&c.old), set(&c.new));
+    if old == new {
+        return false;
+    }
+    for (key, ip) in old.difference(&new) {
+        if let Some(pods) = groups.get_mut(key) {
+            if let Some((_, members)) = pods.get_mut(ip) {
+                members.remove(&c.object);
+                if members.is_empty() {
+                    pods.remove(ip);
+                }
+            }
+            if pods.is_empty() {
+                groups.remove(key);
+            }
+        }
+    }
+    for (key, ip) in new.difference(&old) {
+        groups
+            .entry(key.clone())
+            .or_default()
+            .entry(*ip)
+            .or_insert((crate::contract::wit_ip(*ip), BTreeSet::new()))
+            .1
+            .insert(c.object.clone());
+    }
+    true
+}
+
 fn is_policy(o: &ObjectRef) -> bool {
     matches!(
         o.kind,
@@ -332,7 +413,7 @@ impl PolicyEngine {
             table: Table::new(skeleton::for_role(Role::NetworkPolicy)),
             ctx: None,
             errors: BTreeMap::new(),
-            boxes: BTreeMap::new(),
+            boxes: imbl::OrdMap::new(),
             index: BTreeMap::new(),
             policies: BTreeMap::new(),
             snapshot: Default::default(),
@@ -346,40 +427,11 @@ impl PolicyEngine {
     }
 
     /// The isolation elements of the installed policy fragments, grouped.
+    /// A whole pass over the store: after a rebuild or a refusal; a sync
+    /// otherwise updates the last groups with its changes
+    /// ([`update_groups`]).
     fn groups(&self) -> Groups {
-        let mut groups = Groups::new();
-        for fr in self
-            .table
-            .store
-            .installed()
-            .filter(|f| is_policy(&f.object))
-        {
-            for i in &fr.items {
-                let wit::PlanBody::NftElement(e) = &i.body else {
-                    continue;
-                };
-                let Some((d, rest)) = e.set.split_once('-') else {
-                    continue;
-                };
-                let (monitor, f) = if let Some(f) = rest.strip_prefix("isolated") {
-                    (false, f)
-                } else if let Some(f) = rest.strip_prefix("monitored") {
-                    (true, f)
-                } else {
-                    continue;
-                };
-                if let Some(wit::NftValue::Address(a)) = e.key.first() {
-                    groups
-                        .entry((d.to_string(), monitor, f.to_string()))
-                        .or_default()
-                        .entry(crate::contract::wit_to_ip(a))
-                        .or_insert((*a, BTreeSet::new()))
-                        .1
-                        .insert(fr.object.clone());
-                }
-            }
-        }
-        groups
+        groups_of(&self.table.store)
     }
 
     /// Publish the installed state for `explain` and the drop log.
@@ -906,13 +958,27 @@ impl PolicyEngine {
             };
             changes.push(c);
         }
-        let groups = self.groups();
+        // Who isolates whom: the last groups updated with this sync's
+        // changes, or (after a rebuild, or with none kept) the store's.
+        let (groups, same_groups) = match self.last_groups.take() {
+            Some(mut groups) if previous.is_none() => {
+                let mut changed = false;
+                for c in &changes {
+                    changed |= update_groups(&mut groups, c);
+                }
+                (groups, !changed)
+            }
+            last => {
+                let groups = self.groups();
+                let same = last.as_ref() == Some(&groups);
+                (groups, same)
+            }
+        };
         let drops_installed = self
             .table
             .store
             .entry(&drops_ref())
             .is_some_and(|e| e.installed.is_some());
-        let same_groups = self.last_groups.as_ref() == Some(&groups);
         if !(same_groups && drops_installed) {
             match self.table.store.rendered(Self::drops(&groups)) {
                 Ok(c) => changes.push(c),
@@ -958,7 +1024,84 @@ impl PolicyEngine {
         report.error = applied.error;
         report.apply = t.elapsed();
         self.publish(&groups, same_groups);
-        self.last_groups = Some(groups);
+        // A refusal replaced plans in the store past these changes: the
+        // next sync groups from the store.
+        self.last_groups = applied.isolated.is_empty().then_some(groups);
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn isolation(set: &str, ip: &str) -> wit::PlanItem {
+        let ip: IpAddr = ip.parse().unwrap();
+        // Isolation elements are shared: every policy selecting a pod
+        // renders its element.
+        let mut i = element(
+            set,
+            vec![wit::NftValue::Address(crate::contract::wit_ip(ip))],
+            None,
+        );
+        i.shared = true;
+        i
+    }
+
+    /// Groups updated change by change are the groups of the whole store.
+    #[test]
+    fn groups_follow_changes_as_a_whole_pass_would() {
+        let mut store = crate::plan::PlanStore::new();
+        let mut groups = Groups::new();
+        let pol = |n: &str| ObjectRef::new(ObjectKind::NetworkPolicy, "ns", n);
+        let frag = |o: ObjectRef, items: Vec<wit::PlanItem>| Fragment {
+            object: o,
+            module: "m".into(),
+            digest: String::new(),
+            items,
+        };
+        let steps: Vec<(ObjectRef, Option<Vec<wit::PlanItem>>, bool)> = vec![
+            (
+                pol("a"),
+                Some(vec![isolation("ingress-isolated4", "10.0.0.1")]),
+                true,
+            ),
+            (
+                pol("b"),
+                Some(vec![isolation("ingress-isolated4", "10.0.0.1")]),
+                true,
+            ),
+            // Same isolation, new allowed peers: no change of groups.
+            (
+                pol("b"),
+                Some(vec![
+                    isolation("ingress-isolated4", "10.0.0.1"),
+                    element("ingress-allow-exact4", vec![], None),
+                ]),
+                false,
+            ),
+            (
+                pol("c"),
+                Some(vec![isolation("egress-monitored6", "fd00::1")]),
+                true,
+            ),
+            (
+                pol("a"),
+                Some(vec![isolation("ingress-isolated4", "10.0.0.2")]),
+                true,
+            ),
+            (pol("b"), None, true),
+            (pol("a"), None, true),
+            (pol("c"), None, true),
+        ];
+        for (object, items, changes) in steps {
+            let c = match items {
+                Some(items) => store.rendered(frag(object, items)).unwrap(),
+                None => store.remove(&object),
+            };
+            assert_eq!(update_groups(&mut groups, &c), changes, "{c:?}");
+            assert_eq!(groups, groups_of(&store));
+        }
+        assert!(groups.is_empty());
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub node: String,
     /// Each policy's boxes.
-    pub boxes: BTreeMap<ObjectRef, Arc<Vec<Provenance>>>,
+    pub boxes: imbl::OrdMap<ObjectRef, Arc<Vec<Provenance>>>,
     /// Which policies isolate a pod address: (direction, monitor, address).
     pub isolating: Arc<BTreeMap<(String, bool, IpAddr), Vec<ObjectRef>>>,
     /// The policies of each drop chain, by the chain's name (the prefix
