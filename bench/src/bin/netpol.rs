@@ -222,8 +222,8 @@ async fn registry() -> anyhow::Result<Arc<Registry>> {
 }
 
 /// The real runner, timing each transaction it hands to the kernel
-/// (libnftables' parsing and the kernel's commit), apart from the engine's
-/// own work.
+/// (libnftables' parsing and the kernel's commit, or the netlink batch of
+/// an element-only delta), apart from the engine's own work.
 struct TimedNft {
     inner: Nft,
     runs: Mutex<Vec<Duration>>,
@@ -233,6 +233,23 @@ impl NftRunner for TimedNft {
     fn run(&self, script: &str) -> Result<(), String> {
         let t = Instant::now();
         let r = self.inner.run(script);
+        self.runs.lock().unwrap().push(t.elapsed());
+        r
+    }
+
+    /// Element-only deltas, sent over netlink (`datapath::nft_elements`),
+    /// timed the same way; `SY_BENCH_SCRIPTS_ONLY=1` sends them as scripts
+    /// through libnftables instead, to compare the two in one build.
+    fn elements(
+        &self,
+        table: &str,
+        ops: &[switchyard::datapath::nft_elements::ElementOp],
+    ) -> Option<Result<usize, String>> {
+        if std::env::var_os("SY_BENCH_SCRIPTS_ONLY").is_some() {
+            return None;
+        }
+        let t = Instant::now();
+        let r = self.inner.elements(table, ops);
         self.runs.lock().unwrap().push(t.elapsed());
         r
     }

@@ -11,6 +11,7 @@ pub mod links;
 pub mod netlink;
 pub mod nflog;
 pub mod nft;
+pub mod nft_elements;
 pub mod nodenet;
 pub mod probes;
 pub mod process;

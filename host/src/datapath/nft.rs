@@ -12,6 +12,7 @@
 //! `nft` binary costs a process start and a ruleset read per call, which is
 //! most of a small change), else through `nft -f -`.
 
+use super::nft_elements::ElementOp;
 use crate::contract::bindings::imports::switchyard::plugin::types::*;
 use crate::contract::wit_to_ip as ip;
 use crate::plan::skeleton::{Skeleton, SkeletonData};
@@ -483,6 +484,54 @@ pub trait NftRunner: Send + Sync {
         let _ = script;
         Err("this runner cannot check a script without applying it".into())
     }
+
+    /// Apply element changes of `inet table` as one transaction without a
+    /// script ([`super::nft_elements`]), returning the batch's size; `None`
+    /// if this runner has no such path (the delta goes as a script).
+    fn elements(&self, table: &str, ops: &[ElementOp]) -> Option<Result<usize, String>> {
+        let _ = (table, ops);
+        None
+    }
+}
+
+/// The element changes of `changes` in the order the script would make
+/// them, if that is all they are and every set's types are known (a set
+/// of the skeleton or the host's own, not an interval set).
+pub fn element_ops(sk: &Skeleton, changes: &[Change]) -> Option<Vec<ElementOp>> {
+    let mut ops = vec![];
+    let mut op = |item: &PlanItem, delete: bool| -> Option<()> {
+        let PlanBody::NftElement(e) = &item.body else {
+            return None;
+        };
+        let (key, data) = sk.element_types(&e.set)?;
+        let datum = match (&e.value, delete, data) {
+            (_, true, _) | (None, false, SkeletonData::Set) => None,
+            (Some(v), false, SkeletonData::Verdict | SkeletonData::Data(_)) => {
+                Some(super::nft_elements::datum(&data, v, REJECT_CHAIN)?)
+            }
+            _ => return None,
+        };
+        ops.push(ElementOp {
+            set: e.set.clone(),
+            delete,
+            key: super::nft_elements::encode(key, &e.key)?,
+            datum,
+        });
+        Some(())
+    };
+    for c in changes {
+        for i in &c.evicted {
+            op(i, true)?;
+        }
+        let d = c.delta();
+        for i in d.removed {
+            op(i, true)?;
+        }
+        for i in d.added {
+            op(i, false)?;
+        }
+    }
+    Some(ops)
 }
 
 /// The real one: libnftables in-process if it loads, else `nft -f -`; in the
@@ -490,12 +539,18 @@ pub trait NftRunner: Send + Sync {
 pub struct Nft {
     netns: Option<PathBuf>,
     lib: Option<Arc<libnft::Lib>>,
+    /// The netlink socket element-only deltas go through, kept open.
+    socket: parking_lot::Mutex<Option<netlink_sys::Socket>>,
 }
 
 impl Nft {
     pub fn new(netns: Option<PathBuf>) -> Self {
         let lib = libnft::Lib::load().map(Arc::new);
-        Nft { netns, lib }
+        Nft {
+            netns,
+            lib,
+            socket: parking_lot::Mutex::new(None),
+        }
     }
 
     /// Whether transactions go through libnftables.
@@ -536,6 +591,32 @@ impl NftRunner for Nft {
                 .map_err(|e| e.to_string())?,
             None => self.check_here(script),
         }
+    }
+
+    fn elements(&self, table: &str, ops: &[ElementOp]) -> Option<Result<usize, String>> {
+        use super::nft_elements::{BatchError, apply, open};
+        let mut socket = self.socket.lock();
+        if socket.is_none() {
+            // Opened in the runner's namespace, where it stays.
+            let opened = match &self.netns {
+                Some(p) => crate::datapath::netlink::in_netns(p, || Ok(open()))
+                    .unwrap_or_else(|e| Err(e.to_string())),
+                None => open(),
+            };
+            match opened {
+                Ok(s) => *socket = Some(s),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let r = apply(socket.as_ref()?, table, ops)?;
+        Some(r.map_err(|e| {
+            // Answers of a refused batch may still be queued, and a failed
+            // socket is no use: the next batch opens a new one.
+            *socket = None;
+            match e {
+                BatchError::Refused(e) | BatchError::Socket(e) => e,
+            }
+        }))
     }
 }
 
@@ -721,6 +802,15 @@ pub struct NftApplier(pub Arc<dyn NftRunner>);
 
 impl crate::plan::reconcile::Applier for NftApplier {
     fn delta(&self, table: &Skeleton, changes: &[Change]) -> Result<usize, String> {
+        // Elements only: straight to the kernel, if the runner can.
+        if let Some(ops) = element_ops(table, changes) {
+            if ops.is_empty() {
+                return Ok(0);
+            }
+            if let Some(r) = self.0.elements(table.table, &ops) {
+                return r;
+            }
+        }
         let script = delta_script(table.table, changes);
         if script.is_empty() {
             return Ok(0);

@@ -814,6 +814,45 @@ impl Skeleton {
         self.maps.iter().find(|m| m.name == name)
     }
 
+    /// The key and data types of an element of `name`, for the sets and
+    /// maps whose elements are single values (not interval sets): the
+    /// skeleton's, and the host's own in the policy table (drop maps and
+    /// the allow sets' exact twins, declared in [`policy_chains`]).
+    pub fn element_types(&self, name: &str) -> Option<(&'static [NftType], SkeletonData)> {
+        if let Some(m) = self.map(name) {
+            return (!m.interval()).then_some((m.key, m.data));
+        }
+        if self.table != POLICY.table {
+            return None;
+        }
+        let (base, family) = name.split_at(name.len().checked_sub(1)?);
+        let v6 = match family {
+            "4" => false,
+            "6" => true,
+            _ => return None,
+        };
+        let (dir, rest) = base.split_once('-')?;
+        if dir != "ingress" && dir != "egress" {
+            return None;
+        }
+        let rest = rest.strip_prefix("monitor-").unwrap_or(rest);
+        Some(match (rest, v6) {
+            ("drops", false) => (&[Ipv4Addr], SkeletonData::Verdict),
+            ("drops", true) => (&[Ipv6Addr], SkeletonData::Verdict),
+            ("allow-all-exact", false) => (&[Ipv4Addr, Ipv4Addr], SkeletonData::Set),
+            ("allow-all-exact", true) => (&[Ipv6Addr, Ipv6Addr], SkeletonData::Set),
+            ("allow-exact", false) => (
+                &[Ipv4Addr, Ipv4Addr, InetProto, InetService],
+                SkeletonData::Set,
+            ),
+            ("allow-exact", true) => (
+                &[Ipv6Addr, Ipv6Addr, InetProto, InetService],
+                SkeletonData::Set,
+            ),
+            _ => return None,
+        })
+    }
+
     pub fn is_reserved(&self, name: &str) -> bool {
         self.reserved.contains(&name) || self.chains.contains(&name) || self.map(name).is_some()
     }
