@@ -106,20 +106,7 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     require_root();
     let ns = pods_ns("poleng", &[80, 81, 90]);
 
-    let e = env();
-    e.registry
-        .apply_async(builtin(
-            "policy-kubernetes",
-            "policy-kubernetes",
-            Role::NetworkPolicy,
-        ))
-        .await
-        .unwrap();
-    let mut engine = PolicyEngine::new(
-        e.registry.clone(),
-        Arc::new(Nft::new(Some(ns.path.clone()))),
-    );
-    engine.set_context(common::ctx());
+    let (_e, mut engine) = kubernetes_engine(&ns).await;
     let a = pod("a", "10.244.1.2");
     let keep = BTreeSet::new();
 
@@ -275,6 +262,26 @@ async fn overlapping_policies_merge_apply_incrementally_and_count_drops() {
     assert!(!table.contains("10.244.1.2"), "{table}");
 }
 
+/// An engine with the built-in policy-kubernetes module, writing the
+/// policy table of `ns` (the environment must outlive it).
+async fn kubernetes_engine(ns: &Netns) -> (common::Env, PolicyEngine) {
+    let e = env();
+    e.registry
+        .apply_async(builtin(
+            "policy-kubernetes",
+            "policy-kubernetes",
+            Role::NetworkPolicy,
+        ))
+        .await
+        .unwrap();
+    let mut engine = PolicyEngine::new(
+        e.registry.clone(),
+        Arc::new(Nft::new(Some(ns.path.clone()))),
+    );
+    engine.set_context(common::ctx());
+    (e, engine)
+}
+
 fn list_set(ns: &Netns, set: &str) -> String {
     sh(
         "ip",
@@ -300,20 +307,7 @@ fn list_set(ns: &Netns, set: &str) -> String {
 async fn exact_boxes_are_shared_between_policies_and_leave_with_the_last() {
     require_root();
     let ns = pods_ns("polexact", &[80, 81]);
-    let e = env();
-    e.registry
-        .apply_async(builtin(
-            "policy-kubernetes",
-            "policy-kubernetes",
-            Role::NetworkPolicy,
-        ))
-        .await
-        .unwrap();
-    let mut engine = PolicyEngine::new(
-        e.registry.clone(),
-        Arc::new(Nft::new(Some(ns.path.clone()))),
-    );
-    engine.set_context(common::ctx());
+    let (_e, mut engine) = kubernetes_engine(&ns).await;
     let a = pod("a", "10.244.1.2");
     let keep = BTreeSet::new();
     let one = egress("one", std::slice::from_ref(&a), "10.244.1.3/32", (80, 80));
