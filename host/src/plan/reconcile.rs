@@ -220,6 +220,28 @@ pub struct Applied {
     pub isolated: Vec<Isolated>,
 }
 
+impl Applied {
+    /// Says what the kernel refused, for the role's `table`: each isolated
+    /// object is logged, counted against its module by `count` and kept in
+    /// `errors`; a table that could not be loaded is logged. The caller
+    /// copies `full`, `script_bytes` and `error` into its report.
+    pub fn say(
+        &self,
+        table: &str,
+        errors: &mut BTreeMap<ObjectRef, String>,
+        mut count: impl FnMut(&Isolated),
+    ) {
+        for i in &self.isolated {
+            tracing::warn!(object = %i.object, error = %i.error, table, "isolated from the table");
+            count(i);
+            errors.insert(i.object.clone(), i.error.clone());
+        }
+        if let Some(e) = &self.error {
+            tracing::error!(error = %e, table, "the table could not be loaded");
+        }
+    }
+}
+
 /// The store kept while a new module renders everything again.
 #[derive(Debug)]
 pub struct Kept {

@@ -1009,18 +1009,14 @@ impl PolicyEngine {
             },
         );
         // Counted against the module that rendered it, and said per object.
-        for i in &applied.isolated {
-            tracing::warn!(object = %i.object, error = %i.error, "isolated from the policy table");
-            if let Some(a) = self.registry.binding(&i.module).and_then(|b| b.active()) {
+        let registry = &self.registry;
+        applied.say("policy", &mut self.errors, |i| {
+            if let Some(a) = registry.binding(&i.module).and_then(|b| b.active()) {
                 a.stats.record(std::time::Duration::ZERO, Some(&i.error));
             }
-            self.errors.insert(i.object.clone(), i.error.clone());
-        }
+        });
         report.full = applied.full;
         report.script_bytes = applied.script_bytes;
-        if let Some(e) = &applied.error {
-            tracing::error!(error = %e, "the policy table could not be loaded");
-        }
         report.error = applied.error;
         report.apply = t.elapsed();
         self.publish(&groups, same_groups);

@@ -301,16 +301,11 @@ impl ServiceProxy {
                 );
             });
         // Counted against the module, and said per Service.
-        for i in &applied.isolated {
-            tracing::warn!(object = %i.object, error = %i.error, "isolated from the proxy table");
-            active.stats.record(Duration::ZERO, Some(&i.error));
-            self.errors.insert(i.object.clone(), i.error.clone());
-        }
+        applied.say("proxy", &mut self.errors, |i| {
+            active.stats.record(Duration::ZERO, Some(&i.error))
+        });
         report.full = applied.full;
         report.script_bytes = applied.script_bytes;
-        if let Some(e) = &applied.error {
-            tracing::error!(error = %e, "the proxy table could not be loaded");
-        }
         report.error = applied.error;
         report.apply = t.elapsed();
         report.conntrack_deleted = self.clear_conntrack(&changes);
