@@ -31,6 +31,7 @@ pub mod cli;
 pub mod cni;
 pub mod contract;
 pub mod datapath;
+pub mod dns;
 pub mod k8s;
 pub mod lab;
 pub mod model;

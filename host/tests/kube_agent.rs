@@ -111,6 +111,7 @@ async fn module_swaps_and_failures_reach_status_and_events() {
             netns: Some(ns.name.clone()),
             kubelet: None,
             cluster_name: "kubernetes".into(),
+            ..Default::default()
         },
         async {
             let _ = stopped.await;

@@ -52,6 +52,11 @@ pub struct ClusterOptions {
     pub kubelet: Option<String>,
     /// The cluster's name, for the admin API and the console.
     pub cluster_name: String,
+    /// Upstream resolvers of the node's DNS (`--dns-upstream`); by default
+    /// the ClusterNetwork's `spec.dns.servers`, else `resolv_conf`'s.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The node's resolv.conf.
+    pub resolv_conf: std::path::PathBuf,
 }
 
 impl Default for ClusterOptions {
@@ -68,6 +73,8 @@ impl Default for ClusterOptions {
             netns: None,
             kubelet: None,
             cluster_name: "kubernetes".into(),
+            dns_upstreams: vec![],
+            resolv_conf: "/etc/resolv.conf".into(),
         }
     }
 }
@@ -141,6 +148,16 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let node_dns = crate::agent::dns::spawn(
+        rx.clone(),
+        cluster
+            .netns
+            .as_ref()
+            .map(|n| std::path::Path::new("/var/run/netns").join(n)),
+        cluster.dns_upstreams.clone(),
+        cluster.resolv_conf.clone(),
+        stop_rx.clone(),
+    );
     let cni_agent = agent.clone();
     let cni = tokio::spawn({
         let stop = stopped(stop_rx.clone());
@@ -158,12 +175,14 @@ pub async fn run(
                     .ok(),
                 Some(_) => None,
             },
+            dns: Some(node_dns.dns.clone()),
             source: Arc::new(ClusterSource {
                 node: agent.options.node.clone(),
                 rx: rx.clone(),
                 report: report.clone(),
                 pod_probes: pod_probes.clone(),
                 cluster_name: cluster.cluster_name.clone(),
+                dns_problems: node_dns.problems.clone(),
             }),
         };
         let stop = stopped(stop_rx.clone());
@@ -204,6 +223,8 @@ struct ClusterSource {
     /// The probes of this node's pods, from its kubelet, when it serves them.
     pod_probes: Option<crate::source::kubelet::PodProbes>,
     cluster_name: String,
+    /// What the node's DNS could not do.
+    dns_problems: Arc<Mutex<Vec<String>>>,
 }
 
 impl crate::api::NodeSource for ClusterSource {
@@ -215,6 +236,7 @@ impl crate::api::NodeSource for ClusterSource {
         let view = self.report.lock().clone();
         let mut problems = health.errors();
         problems.extend(view.problems);
+        problems.extend(self.dns_problems.lock().iter().cloned());
         let mut v = serde_json::json!({
             "name": self.node,
             "pid": std::process::id(),

@@ -5,6 +5,7 @@
 //! writes back ([`status`]).
 
 pub mod cluster;
+pub mod dns;
 pub mod node;
 pub mod status;
 
@@ -453,6 +454,7 @@ impl Agent {
             probes: self.probes.clone(),
             policy: None,
             drops: None,
+            dns: None,
             source: Arc::new(StandaloneSource {
                 node: self.options.node.clone(),
                 local: self.options.local.clone(),

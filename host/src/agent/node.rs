@@ -255,7 +255,12 @@ impl NodeDatapath {
         let ctx = convert::node_context(&self.node, zone, node_ips, &net);
         self.policy.set_context(ctx.clone());
         self.proxy.set_context(ctx);
-        let (inputs, unreadable) = convert::inputs(m);
+        let (mut inputs, unreadable) = convert::inputs(m);
+        // The cluster DNS Service's ClusterIPs belong to every node's own
+        // DNS (`agent::dns`): not DNATed to endpoints.
+        if let Some((ns, name)) = crate::agent::dns::served_service(m) {
+            inputs.retain(|(s, _)| !(s.namespace == ns && s.name == name));
+        }
         self.unreadable = unreadable;
         let rest = match &mut self.userspace {
             Some(u) => {

@@ -14,7 +14,8 @@
 //! | `/api/v1/pods/{namespace}/{name}` | one pod of that view, with its probes' status |
 //! | `/api/v1/probes` | endpoint health as modules read it (the `probes` host interface) |
 //! | `/api/v1/drops` | the latest packets NetworkPolicy dropped (or would drop, in monitor mode), with their policies |
-//! | `/metrics` | Prometheus text: each module binding's readiness, calls, errors (in a row too) and latency; NetworkPolicy drops per policy, direction and mode |
+//! | `/api/v1/dns` | the node's DNS: cluster domain, upstreams, whether a forwarding loop was found, and the last queries with what answered each (the zone, the cache or an upstream) |
+//! | `/metrics` | Prometheus text: each module binding's readiness, calls, errors (in a row too) and latency; NetworkPolicy drops per policy, direction and mode; DNS queries, answers by rcode and by source, cache hits, upstream latency |
 //! | `/api/v1/explain?from=IP&to=IP&protocol=TCP&port=80` | which NetworkPolicies and rules decide that connection on this node |
 //! | `/` | the console (`web/`, built into the binary) |
 
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub policy: Option<crate::policy::engine::SharedSnapshot>,
     /// The latest policy drops, if this agent reads them.
     pub drops: Option<Arc<crate::policy::droplog::DropLog>>,
+    /// The node's DNS, if this agent serves it.
+    pub dns: Option<Arc<crate::dns::Dns>>,
 }
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
@@ -93,10 +96,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/explain", get(explain))
         .route("/metrics", get(metrics))
         .route("/api/v1/drops", get(drops))
+        .route("/api/v1/dns", get(dns))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster, /api/v1/pods/NAMESPACE/NAME, /api/v1/probes, /api/v1/explain, /api/v1/drops, /metrics"})),
+                axum::Json(json!({"error": "no such path; see /api/v1/node, /api/v1/modules, /api/v1/ipam, /api/v1/cluster, /api/v1/pods/NAMESPACE/NAME, /api/v1/probes, /api/v1/explain, /api/v1/drops, /api/v1/dns, /metrics"})),
             )
         })
         .with_state(state)
@@ -212,7 +216,34 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             "# the policy drop counters could not be read: {e}\n"
         )),
     }
+    if let Some(d) = &s.dns {
+        d.metrics.render(&mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The node's DNS and its last queries.
+async fn dns(State(s): State<ApiState>) -> Response {
+    match &s.dns {
+        Some(d) => {
+            let zone = d.zone();
+            axum::Json(json!({
+                "domain": zone.domain,
+                "serial": zone.serial,
+                "names": zone.names.len(),
+                "upstreams": d.upstreams(),
+                "forwardingLoop": d.looping(),
+                "problems": zone.problems,
+                "queries": d.recent(),
+            }))
+            .into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "this agent does not serve DNS"})),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Default)]

@@ -92,6 +92,11 @@ struct AgentArgs {
     /// Standalone agent: no admin API on a unix socket.
     #[arg(long, conflicts_with_all = ["kube", "admin_socket"])]
     no_admin_socket: bool,
+    /// With --kube: an upstream resolver of the node's DNS (`IP`,
+    /// `IP:PORT`, `[IPv6]:PORT`; repeatable) [default: the ClusterNetwork's
+    /// spec.dns.servers, else the node's resolv.conf].
+    #[arg(long, requires = "kube", value_parser = crate::agent::dns::upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
     /// Enter this network namespace (a name under /var/run/netns, or a path)
     /// before anything else, as a host-network DaemonSet pod runs in its node's.
     #[arg(long)]
@@ -193,6 +198,8 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let kube = a.kube;
     let kubelet = a.kubelet_url;
     let cluster_name = a.cluster_name;
+    let dns_upstreams = a.dns_upstream;
+    let resolv_conf = crate::agent::dns::node_resolv_conf(a.netns.as_deref());
     rt.block_on(async move {
         if !kube {
             let agent = crate::agent::Agent::start(options).await?;
@@ -210,6 +217,8 @@ fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
             crate::agent::cluster::ClusterOptions {
                 kubelet,
                 cluster_name,
+                dns_upstreams,
+                resolv_conf,
                 ..Default::default()
             },
             crate::agent::shutdown_signal(),

@@ -411,7 +411,12 @@ impl Nl {
         .map(|_| ())
     }
 
-    fn del_address(&mut self, index: u32, device: &str, addr: IpNet) -> Result<(), NlError> {
+    pub(crate) fn del_address(
+        &mut self,
+        index: u32,
+        device: &str,
+        addr: IpNet,
+    ) -> Result<(), NlError> {
         let mut m = AddressMessage::default();
         m.header.family = family(&addr.addr());
         m.header.prefix_len = addr.prefix_len();

@@ -383,14 +383,33 @@ impl Default for ProxySpec {
     }
 }
 
-/// DNS settings handed to pods.
+/// Cluster DNS, served by every node's agent (`crate::dns`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DnsSpec {
+    /// The cluster domain (`cluster.local` by default).
     #[serde(default)]
+    #[schemars(length(max = 253))]
     pub cluster_domain: Option<String>,
+    /// Upstream resolvers for names outside the cluster domain (`IP` or
+    /// `IP:PORT`, or `[IPv6]:PORT`); by default the node's resolv.conf.
     #[serde(default)]
+    #[schemars(length(max = 3))]
     pub servers: Vec<String>,
+    /// Whether the agents serve cluster DNS (true by default). When false,
+    /// the DNS Service is proxied like any other, to its own endpoints.
+    #[serde(default)]
+    pub serve: Option<bool>,
+    /// The node-local address the agents' DNS also answers on
+    /// (`169.254.20.10` by default, NodeLocal DNSCache's).
+    #[serde(default)]
+    pub local_address: Option<String>,
+    /// The Service whose ClusterIPs pods' resolv.conf names (the kubelet's
+    /// `--cluster-dns`): `namespace/name`, `kube-system/kube-dns` by default.
+    /// The agents answer on its ClusterIPs on every node, and the proxy
+    /// leaves them to the node.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 /// `ClusterNetwork.spec` (the singleton `default`).
