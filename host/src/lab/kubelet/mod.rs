@@ -11,6 +11,7 @@
 //! read-only port) the pods it runs and its probes' results, which the
 //! node's agent reads for probe latencies.
 
+pub mod dns;
 pub mod node;
 pub mod pods;
 pub mod status;
