@@ -677,6 +677,21 @@ fn start_external_server(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster domain a ClusterNetwork `default` among `docs` asks for.
+fn cluster_domain_in(docs: &[apply::Doc]) -> Option<String> {
+    docs.iter()
+        .map(|d| &d.value)
+        .find(|v| {
+            v["kind"].as_str() == Some("ClusterNetwork")
+                && v["apiVersion"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("switchyard.dev/"))
+                && v["metadata"]["name"].as_str() == Some("default")
+        })
+        .and_then(|v| v["spec"]["dns"]["clusterDomain"].as_str())
+        .map(str::to_string)
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let t: Vec<&str> = text.lines().rev().take(lines).collect();
@@ -818,9 +833,15 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         apply::read(&a.files)?
     };
     let bin = controlplane::locate()?;
+    let mut config = LabConfig::new(&a.name, a.nodes, a.model, a.ip_family, true, bin);
+    // The kubelets' --cluster-domain is node configuration, fixed when they
+    // start: a ClusterNetwork given here sets it; one applied later does not.
+    if let Some(domain) = cluster_domain_in(&docs) {
+        config.cluster_domain = domain;
+    }
     let lab = Lab {
         dir: dir.to_path_buf(),
-        config: LabConfig::new(&a.name, a.nodes, a.model, a.ip_family, true, bin),
+        config,
     };
     topology::preflight(&lab)?;
     let plugin = find_plugin()?;
@@ -1672,6 +1693,25 @@ fn print_status(lab: &Lab, v: &LabView) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_network_given_to_up_sets_the_cluster_domain() {
+        let doc = |yaml: &str| apply::Doc {
+            origin: "test".into(),
+            value: serde_yaml::from_str(yaml).unwrap(),
+        };
+        let cn = "apiVersion: switchyard.dev/v1alpha1\nkind: ClusterNetwork\n\
+                  metadata: {name: default}\nspec: {dns: {clusterDomain: corp.internal}}";
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: default}";
+        assert_eq!(
+            cluster_domain_in(&[doc(pod), doc(cn)]).as_deref(),
+            Some("corp.internal")
+        );
+        assert_eq!(cluster_domain_in(&[doc(pod)]), None);
+        let no_dns = "apiVersion: switchyard.dev/v1alpha1\nkind: ClusterNetwork\n\
+                      metadata: {name: default}\nspec: {model: flat}";
+        assert_eq!(cluster_domain_in(&[doc(no_dns)]), None);
+    }
 
     #[test]
     fn durations_and_names() {
