@@ -618,6 +618,7 @@ fn start_agent(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
         .arg("--kubelet-url")
         .arg(format!("http://127.0.0.1:{KUBELET_PORT}"))
         .args(["--cluster-name", &lab.config.name])
+        // TODO(dns): `--dns-upstream ADDR` per lab.config.dns_upstreams(), once the agent has it.
         .env("KUBECONFIG", controlplane::agent_kubeconfig(lab, node))
         .env("POD_NAMESPACE", controlplane::AGENT_NAMESPACE)
         .env("SWITCHYARD_LOG", log_level())
@@ -675,6 +676,52 @@ fn start_external_server(lab: &Lab) -> anyhow::Result<()> {
         .spawn()
         .context("starting the external host's server")?;
     Ok(())
+}
+
+/// Start the external host's DNS server ([`topology::dnsmasq_conf`]),
+/// detached, logging to `DIR/external/dnsmasq.log`, and wait until it
+/// accepts connections on port 53 (`lab down` stops it with everything else
+/// in the lab's namespaces).
+fn start_external_dns(lab: &Lab) -> anyhow::Result<()> {
+    let dir = lab.external_dir();
+    let conf = dir.join("dnsmasq.conf");
+    crate::util::write_atomic(&conf, topology::dnsmasq_conf(lab).as_bytes())
+        .with_context(|| format!("writing {}", conf.display()))?;
+    let log_path = dir.join("dnsmasq.log");
+    let log = log_file(&log_path)?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.external_netns(), topology::DNSMASQ])
+        .arg(format!("--conf-file={}", conf.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the external host's DNS server (dnsmasq)")?;
+    let netns = Lab::netns_path(&lab.external_netns());
+    let to = SocketAddr::new(lab.config.dns_upstreams()[0], 53);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "the external host's DNS server exited ({status}); {}",
+                tail(&log_path, 12)
+            );
+        }
+        let up = in_netns(&netns, move || {
+            Ok(std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok())
+        })?;
+        if up {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the external host's DNS server does not answer on {to} after 10 s; {}",
+                tail(&log_path, 12)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The cluster domain a ClusterNetwork `default` among `docs` asks for.
@@ -875,6 +922,7 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         ));
         topology::build_underlay(&lab)?;
         start_external_server(&lab)?;
+        start_external_dns(&lab)?;
         controlplane::create_pki(&lab)?;
         let t = Instant::now();
         let (mut running, client) = controlplane::start(&lab, timeout).await?;
@@ -886,6 +934,21 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         ));
         controlplane::bootstrap(&lab, &client, timeout).await?;
         say("installed the switchyard.dev CRDs, the agents' RBAC and ClusterNetwork \"default\"");
+        say(&format!(
+            "cluster DNS: Service kube-system/kube-dns on {}, domain {}; upstream {} (dnsmasq on the external host, zone {})",
+            c.cluster_dns()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            c.cluster_domain,
+            c.dns_upstreams()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            super::layout::EXTERNAL_ZONE
+        ));
         let mut procs = vec![];
         for n in &c.nodes {
             topology::build_node(&lab, n)?;
