@@ -249,6 +249,17 @@ struct KubeletArgs {
     /// namespaces it mounts there would be invisible to the agent.)
     #[arg(long)]
     netns: PathBuf,
+    /// The cluster DNS Service's IPs, as the kubelet's `--cluster-dns`
+    /// (comma-separated); none makes ClusterFirst pods fall back to Default.
+    #[arg(long = "cluster-dns", value_delimiter = ',')]
+    cluster_dns: Vec<IpAddr>,
+    /// As the kubelet's `--cluster-domain` (empty: no cluster search paths).
+    #[arg(long = "cluster-domain", default_value = "")]
+    cluster_domain: String,
+    /// The node's resolver configuration, as the kubelet's `--resolv-conf`
+    /// (empty: none, so pods of the Default policy ask the loopback).
+    #[arg(long = "resolv-conf", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -521,7 +532,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCommand::Kubelet(a) => {
             // Before any thread exists: every thread made later is there.
             crate::datapath::netlink::enter_netns(&a.netns)?;
-            runtime()?.block_on(super::kubelet::run(&dir, &a.node))?;
+            let dns = super::kubelet::dns::DnsFlags {
+                cluster_dns: a.cluster_dns,
+                cluster_domain: a.cluster_domain,
+                resolv_conf: Some(a.resolv_conf).filter(|p| !p.as_os_str().is_empty()),
+            };
+            runtime()?.block_on(super::kubelet::run(&dir, &a.node, dns))?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::CloudController => {
@@ -581,13 +597,23 @@ fn log_level() -> String {
 }
 
 /// Start a node's kubelet in its namespace, detached: it outlives this command.
+///
+/// Its DNS comes in flags, as a kubelet's does (a kubelet knows nothing of
+/// Service CIDRs): `--cluster-dns` the ClusterIPs `lab up` gives
+/// `kube-system/kube-dns` (both from [`LabConfig::cluster_dns`], so they
+/// cannot disagree), `--cluster-domain`, and `--resolv-conf` the node's own
+/// resolv.conf, which [`topology::build_node`] wrote.
 fn start_kubelet(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
     let log = log_file(&lab.node_dir(node).join("kubelet.log"))?;
-    Command::new(lab.dir.join("bin").join("switchyard"))
-        .arg("lab")
-        .arg("--dir")
-        .arg(&lab.dir)
-        .args(["kubelet", "--node", node, "--netns", &lab.node_netns(node)])
+    let mut cmd = Command::new(lab.dir.join("bin").join("switchyard"));
+    cmd.arg("lab").arg("--dir").arg(&lab.dir);
+    cmd.args(["kubelet", "--node", node, "--netns", &lab.node_netns(node)]);
+    for ip in lab.config.cluster_dns() {
+        cmd.arg(format!("--cluster-dns={ip}"));
+    }
+    cmd.arg(format!("--cluster-domain={}", lab.config.cluster_domain))
+        .arg("--resolv-conf")
+        .arg(Lab::netns_resolv_conf(&lab.node_netns(node)))
         .env("SWITCHYARD_LOG", log_level())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -98,9 +98,9 @@ fn reference(e: &PodEvent) -> ObjectReference {
     }
 }
 
-/// Run the kubelet of lab node `node` until SIGTERM.
-pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
-    tracing::info!(node, lab = %dir.display(), pid = std::process::id(), "lab kubelet starting");
+/// Run the kubelet of lab node `node` until SIGTERM, with its DNS flags.
+pub async fn run(dir: &Path, node: &str, dns: dns::DnsFlags) -> anyhow::Result<()> {
+    tracing::info!(node, lab = %dir.display(), pid = std::process::id(), ?dns, "lab kubelet starting");
     let lab = Lab::load(dir)?.with_context(|| {
         format!(
             "no lab in {} (run `switchyard lab up` first)",
@@ -162,7 +162,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let plugin = lab.dir.join("bin").join("switchyard-cni");
     let socket = lab.node_dir(node).join("cni.sock");
     let rt = tokio::runtime::Handle::current();
-    let mut pods = Pods::new(lab.clone(), node, plugin, &socket, rt.clone(), table)?;
+    let mut pods = Pods::new(lab.clone(), node, plugin, &socket, rt.clone(), table, dns)?;
     let stop = Arc::new(AtomicBool::new(false));
     let node_name = node.to_string();
     let loop_stop = stop.clone();
