@@ -19,10 +19,12 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # host/tests/libcni/go.mod, fetched below), chromium for the console test,
 # docker-registry (the CNCF distribution) as the OCI registry of
 # host/tests/oci.rs and image.rs, debootstrap and jq for the agent's image
-# (deploy/image/build.sh), dig (bind9-dnsutils) and dnsmasq (dnsmasq-base,
-# without a service) for the DNS tests' queries and upstream, dnsperf for its
-# benchmark.
-PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack containernetworking-plugins chromium docker-registry debootstrap jq bind9-dnsutils dnsmasq-base dnsperf)
+# (deploy/image/build.sh), dnsmasq as the lab's upstream DNS server on its
+# external host and the DNS tests' upstream (dnsmasq-base: the program
+# without the service that would serve the machine itself), dig
+# (bind9-dnsutils) for the DNS tests, dnsperf and unbound for the DNS
+# benchmark's peers.
+PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack containernetworking-plugins chromium docker-registry debootstrap jq dnsmasq-base bind9-dnsutils dnsperf unbound)
 # Node.js and npm build the console (web/); a machine may have its own.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 # kubectl (kubernetes-client) renders deploy/'s kustomization (host/tests/manifests.rs);

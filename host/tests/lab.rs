@@ -206,10 +206,230 @@ fn check_model(model: &str, short: &str) {
                 assert_encapsulated(&lab, fam);
             }
         }
+        check_dns(&lab, family, &e, &format!("{model} {family}"));
         let dir = lab.dir.clone();
         drop(lab);
         assert_gone(&name, &dir);
     }
+}
+
+/// `dig` in a lab namespace (`x/a`, `node/NAME`), bounded by its own timeout:
+/// the answers, one a line.
+fn dig(lab: &TestLab, from: &str, args: &[&str]) -> String {
+    let mut cmd = vec!["exec", from, "--", "dig", "+short", "+time=2", "+tries=2"];
+    cmd.extend_from_slice(args);
+    lab.ok(&cmd).trim().to_string()
+}
+
+/// Cluster DNS as the lab sets it up: the kube-dns Service at the 10th
+/// address of each Service CIDR, a pod's resolv.conf as the kubelet writes it
+/// (what programs in the pod read, through `ip netns exec`), nodes resolving
+/// through the external host's dnsmasq, pods reaching it where the model lets
+/// them out, and a deleted pod's resolv.conf gone with it.
+fn check_dns(lab: &TestLab, family: &str, e: &Expect, ctx: &str) {
+    let (ips, resolvers): (&[&str], &[&str]) = match family {
+        "ipv4" => (&["10.96.0.10"], &["nameserver 10.96.0.10"]),
+        "ipv6" => (&["fd00:10:96::a"], &["nameserver fd00:10:96::a"]),
+        _ => (
+            &["10.96.0.10", "fd00:10:96::a"],
+            &["nameserver 10.96.0.10", "nameserver fd00:10:96::a"],
+        ),
+    };
+    let svc: Value = serde_json::from_str(&lab.kubectl_ok(&[
+        "get",
+        "service",
+        "-n",
+        "kube-system",
+        "kube-dns",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        svc["spec"]["clusterIPs"],
+        serde_json::json!(ips),
+        "{ctx}: {svc}"
+    );
+    assert_eq!(svc["metadata"]["labels"]["k8s-app"], "kube-dns", "{ctx}");
+    let want = format!(
+        "search x.svc.cluster.local svc.cluster.local cluster.local\n{}\noptions ndots:5\n",
+        resolvers.join("\n")
+    );
+    assert_eq!(
+        lab.ok(&["exec", "x/a", "--", "cat", "/etc/resolv.conf"]),
+        want,
+        "{ctx}: x/a's resolv.conf"
+    );
+
+    let status = lab.status();
+    let external: Vec<String> = status["external"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let ext = |v4: bool| {
+        external
+            .iter()
+            .find(|a| a.contains('.') == v4)
+            .unwrap()
+            .clone()
+    };
+    // A node resolves through its own resolv.conf: the external host's
+    // dnsmasq, authoritative for example.test and nothing else.
+    let node_conf = lab.ok(&["exec", "node/node-1", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        node_conf.contains(&format!("nameserver {}", ext(family != "ipv6"))),
+        "{ctx}: {node_conf}"
+    );
+    assert_eq!(
+        dig(lab, "node/node-1", &["www.example.test", "A"]),
+        ext(true),
+        "{ctx}"
+    );
+    assert_eq!(
+        dig(lab, "node/node-1", &["alias.example.test", "AAAA"]),
+        format!("www.example.test.\n{}", ext(false)),
+        "{ctx}"
+    );
+    assert_eq!(
+        dig(lab, "node/node-1", &["info.example.test", "TXT"]),
+        "\"switchyard lab upstream\"",
+        "{ctx}"
+    );
+    let nx = lab.ok(&[
+        "exec",
+        "node/node-1",
+        "--",
+        "dig",
+        "+time=2",
+        "+tries=2",
+        "nothing.example.test",
+    ]);
+    assert!(
+        nx.contains("status: NXDOMAIN") && nx.contains("SOA"),
+        "{ctx}: {nx}"
+    );
+    let refused = lab.ok(&[
+        "exec",
+        "node/node-1",
+        "--",
+        "dig",
+        "+time=2",
+        "+tries=2",
+        "example.com",
+    ]);
+    assert!(
+        refused.contains("status: REFUSED"),
+        "{ctx}: nothing is forwarded: {refused}"
+    );
+    // A pod asks the upstream directly, in each of its families.
+    if e.pods_reach_outside {
+        for v4 in [true, false] {
+            if (v4 && family == "ipv6") || (!v4 && family == "ipv4") {
+                continue;
+            }
+            let (server, kind) = (ext(v4), if v4 { "A" } else { "AAAA" });
+            assert_eq!(
+                dig(
+                    lab,
+                    "x/a",
+                    &[&format!("@{server}"), "www.example.test", kind]
+                ),
+                ext(v4),
+                "{ctx}: x/a asks {server}"
+            );
+        }
+    }
+
+    // Where the cluster's two servers and the pod's two make four, the
+    // kubelet keeps three, and says so; so for 33 search paths.
+    if family == "dual" {
+        let searches: Vec<String> = (1..=30).map(|i| format!("s{i}.example")).collect();
+        let o = lab.apply(&format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: trimmed, namespace: x}}
+spec:
+  nodeName: node-1
+  dnsConfig:
+    nameservers: [192.0.2.1, 192.0.2.2]
+    searches: [{}]
+    options: [{{name: ndots, value: \"2\"}}, {{name: edns0}}]
+  containers: [{{name: s, image: registry.k8s.io/e2e-test-images/agnhost:2.53}}]
+",
+            searches.join(", ")
+        ));
+        assert!(o.status.success(), "{ctx}: {}", text(&o));
+        let kept = searches[..29].join(" ");
+        assert_eq!(
+            lab.ok(&["exec", "x/trimmed", "--", "cat", "/etc/resolv.conf"]),
+            format!(
+                "search x.svc.cluster.local svc.cluster.local cluster.local {kept}\n\
+                 nameserver 10.96.0.10\nnameserver fd00:10:96::a\nnameserver 192.0.2.1\n\
+                 options ndots:2 edns0\n"
+            ),
+            "{ctx}"
+        );
+        let want = [
+            "Nameserver limits were exceeded, some nameservers have been omitted, the applied \
+             nameserver line is: 10.96.0.10 fd00:10:96::a 192.0.2.1"
+                .to_string(),
+            format!(
+                "Search Line limits were exceeded, some search paths have been omitted, the \
+                 applied search line is: x.svc.cluster.local svc.cluster.local cluster.local {kept}"
+            ),
+        ];
+        let start = std::time::Instant::now();
+        loop {
+            let events: Value = serde_json::from_str(&lab.kubectl_ok(&[
+                "get",
+                "events",
+                "-n",
+                "x",
+                "--field-selector",
+                "involvedObject.name=trimmed,reason=DNSConfigForming",
+                "-o",
+                "json",
+            ]))
+            .unwrap();
+            let mut said: Vec<String> = events["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == "Warning")
+                .map(|e| e["message"].as_str().unwrap().to_string())
+                .collect();
+            said.sort();
+            if said == want {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{ctx}: the kubelet's DNSConfigForming Events: {said:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        lab.kubectl_ok(&["delete", "pod", "-n", "x", "trimmed", "--timeout=60s"]);
+    }
+
+    // A deleted pod's resolv.conf goes with its namespace.
+    let pods_conf = || {
+        std::fs::read_dir("/etc/netns")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(&format!("sy{}-p-", lab.name))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(pods_conf(), 3, "{ctx}: one resolv.conf per pod");
+    lab.kubectl_ok(&["delete", "pod", "-n", "x", "c", "--timeout=60s"]);
+    assert_eq!(pods_conf(), 2, "{ctx}: x/c's resolv.conf is still there");
 }
 
 /// In the overlay, pod addresses never appear on the underlay: between nodes

@@ -249,6 +249,17 @@ struct KubeletArgs {
     /// namespaces it mounts there would be invisible to the agent.)
     #[arg(long)]
     netns: PathBuf,
+    /// The cluster DNS Service's IPs, as the kubelet's `--cluster-dns`
+    /// (comma-separated); none makes ClusterFirst pods fall back to Default.
+    #[arg(long = "cluster-dns", value_delimiter = ',')]
+    cluster_dns: Vec<IpAddr>,
+    /// As the kubelet's `--cluster-domain` (empty: no cluster search paths).
+    #[arg(long = "cluster-domain", default_value = "")]
+    cluster_domain: String,
+    /// The node's resolver configuration, as the kubelet's `--resolv-conf`
+    /// (empty: none, so pods of the Default policy ask the loopback).
+    #[arg(long = "resolv-conf", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -521,7 +532,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCommand::Kubelet(a) => {
             // Before any thread exists: every thread made later is there.
             crate::datapath::netlink::enter_netns(&a.netns)?;
-            runtime()?.block_on(super::kubelet::run(&dir, &a.node))?;
+            let dns = super::kubelet::dns::DnsFlags {
+                cluster_dns: a.cluster_dns,
+                cluster_domain: a.cluster_domain,
+                resolv_conf: Some(a.resolv_conf).filter(|p| !p.as_os_str().is_empty()),
+            };
+            runtime()?.block_on(super::kubelet::run(&dir, &a.node, dns))?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::CloudController => {
@@ -581,13 +597,23 @@ fn log_level() -> String {
 }
 
 /// Start a node's kubelet in its namespace, detached: it outlives this command.
+///
+/// Its DNS comes in flags, as a kubelet's does (a kubelet knows nothing of
+/// Service CIDRs): `--cluster-dns` the ClusterIPs `lab up` gives
+/// `kube-system/kube-dns` (both from [`LabConfig::cluster_dns`], so they
+/// cannot disagree), `--cluster-domain`, and `--resolv-conf` the node's own
+/// resolv.conf, which [`topology::build_node`] wrote.
 fn start_kubelet(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
     let log = log_file(&lab.node_dir(node).join("kubelet.log"))?;
-    Command::new(lab.dir.join("bin").join("switchyard"))
-        .arg("lab")
-        .arg("--dir")
-        .arg(&lab.dir)
-        .args(["kubelet", "--node", node, "--netns", &lab.node_netns(node)])
+    let mut cmd = Command::new(lab.dir.join("bin").join("switchyard"));
+    cmd.arg("lab").arg("--dir").arg(&lab.dir);
+    cmd.args(["kubelet", "--node", node, "--netns", &lab.node_netns(node)]);
+    for ip in lab.config.cluster_dns() {
+        cmd.arg(format!("--cluster-dns={ip}"));
+    }
+    cmd.arg(format!("--cluster-domain={}", lab.config.cluster_domain))
+        .arg("--resolv-conf")
+        .arg(Lab::netns_resolv_conf(&lab.node_netns(node)))
         .env("SWITCHYARD_LOG", log_level())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -618,6 +644,7 @@ fn start_agent(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
         .arg("--kubelet-url")
         .arg(format!("http://127.0.0.1:{KUBELET_PORT}"))
         .args(["--cluster-name", &lab.config.name])
+        // TODO(dns): `--dns-upstream ADDR` per lab.config.dns_upstreams(), once the agent has it.
         .env("KUBECONFIG", controlplane::agent_kubeconfig(lab, node))
         .env("POD_NAMESPACE", controlplane::AGENT_NAMESPACE)
         .env("SWITCHYARD_LOG", log_level())
@@ -675,6 +702,67 @@ fn start_external_server(lab: &Lab) -> anyhow::Result<()> {
         .spawn()
         .context("starting the external host's server")?;
     Ok(())
+}
+
+/// Start the external host's DNS server ([`topology::dnsmasq_conf`]),
+/// detached, logging to `DIR/external/dnsmasq.log`, and wait until it
+/// accepts connections on port 53 (`lab down` stops it with everything else
+/// in the lab's namespaces).
+fn start_external_dns(lab: &Lab) -> anyhow::Result<()> {
+    let dir = lab.external_dir();
+    let conf = dir.join("dnsmasq.conf");
+    crate::util::write_atomic(&conf, topology::dnsmasq_conf(lab).as_bytes())
+        .with_context(|| format!("writing {}", conf.display()))?;
+    let log_path = dir.join("dnsmasq.log");
+    let log = log_file(&log_path)?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.external_netns(), topology::DNSMASQ])
+        .arg(format!("--conf-file={}", conf.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the external host's DNS server (dnsmasq)")?;
+    let netns = Lab::netns_path(&lab.external_netns());
+    let to = SocketAddr::new(lab.config.dns_upstreams()[0], 53);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "the external host's DNS server exited ({status}); {}",
+                tail(&log_path, 12)
+            );
+        }
+        let up = in_netns(&netns, move || {
+            Ok(std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok())
+        })?;
+        if up {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the external host's DNS server does not answer on {to} after 10 s; {}",
+                tail(&log_path, 12)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The cluster domain a ClusterNetwork `default` among `docs` asks for.
+fn cluster_domain_in(docs: &[apply::Doc]) -> Option<String> {
+    docs.iter()
+        .map(|d| &d.value)
+        .find(|v| {
+            v["kind"].as_str() == Some("ClusterNetwork")
+                && v["apiVersion"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("switchyard.dev/"))
+                && v["metadata"]["name"].as_str() == Some("default")
+        })
+        .and_then(|v| v["spec"]["dns"]["clusterDomain"].as_str())
+        .map(str::to_string)
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -818,9 +906,15 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         apply::read(&a.files)?
     };
     let bin = controlplane::locate()?;
+    let mut config = LabConfig::new(&a.name, a.nodes, a.model, a.ip_family, true, bin);
+    // The kubelets' --cluster-domain is node configuration, fixed when they
+    // start: a ClusterNetwork given here sets it; one applied later does not.
+    if let Some(domain) = cluster_domain_in(&docs) {
+        config.cluster_domain = domain;
+    }
     let lab = Lab {
         dir: dir.to_path_buf(),
-        config: LabConfig::new(&a.name, a.nodes, a.model, a.ip_family, true, bin),
+        config,
     };
     topology::preflight(&lab)?;
     let plugin = find_plugin()?;
@@ -854,6 +948,7 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         ));
         topology::build_underlay(&lab)?;
         start_external_server(&lab)?;
+        start_external_dns(&lab)?;
         controlplane::create_pki(&lab)?;
         let t = Instant::now();
         let (mut running, client) = controlplane::start(&lab, timeout).await?;
@@ -865,6 +960,21 @@ fn up(dir: &Path, a: UpArgs) -> anyhow::Result<ExitCode> {
         ));
         controlplane::bootstrap(&lab, &client, timeout).await?;
         say("installed the switchyard.dev CRDs, the agents' RBAC and ClusterNetwork \"default\"");
+        say(&format!(
+            "cluster DNS: Service kube-system/kube-dns on {}, domain {}; upstream {} (dnsmasq on the external host, zone {})",
+            c.cluster_dns()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            c.cluster_domain,
+            c.dns_upstreams()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            super::layout::EXTERNAL_ZONE
+        ));
         let mut procs = vec![];
         for n in &c.nodes {
             topology::build_node(&lab, n)?;
@@ -1672,6 +1782,25 @@ fn print_status(lab: &Lab, v: &LabView) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_network_given_to_up_sets_the_cluster_domain() {
+        let doc = |yaml: &str| apply::Doc {
+            origin: "test".into(),
+            value: serde_yaml::from_str(yaml).unwrap(),
+        };
+        let cn = "apiVersion: switchyard.dev/v1alpha1\nkind: ClusterNetwork\n\
+                  metadata: {name: default}\nspec: {dns: {clusterDomain: corp.internal}}";
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: default}";
+        assert_eq!(
+            cluster_domain_in(&[doc(pod), doc(cn)]).as_deref(),
+            Some("corp.internal")
+        );
+        assert_eq!(cluster_domain_in(&[doc(pod)]), None);
+        let no_dns = "apiVersion: switchyard.dev/v1alpha1\nkind: ClusterNetwork\n\
+                      metadata: {name: default}\nspec: {model: flat}";
+        assert_eq!(cluster_domain_in(&[doc(no_dns)]), None);
+    }
 
     #[test]
     fn durations_and_names() {

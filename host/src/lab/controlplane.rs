@@ -20,8 +20,9 @@
 //!
 //! Then the lab installs what a cluster operator would: our CRDs (the
 //! YAML `switchyard crds` prints, which is what `crds/` holds), the agent's
-//! namespace, ServiceAccount and RBAC from `deploy/kubernetes`, and the
-//! `default` ClusterNetwork.
+//! namespace, ServiceAccount and RBAC from `deploy/kubernetes`, the
+//! `default` ClusterNetwork, and the cluster DNS Service
+//! `kube-system/kube-dns`.
 
 use super::layout::{APISERVER_PORT, Lab};
 use super::pki::{self, Authority, CertFiles, Identity, KubeconfigUser};
@@ -599,7 +600,62 @@ pub async fn bootstrap(lab: &Lab, client: &kube::Client, timeout: Duration) -> a
     apply_yaml(client, &cluster_network_manifest(lab))
         .await
         .context("the default ClusterNetwork")?;
+    // kube-system and the Service CIDRs' allocators are the API server's own
+    // to make, moments after it is ready: until then the Service is refused.
+    let dns = kube_dns_manifest(lab);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match apply_yaml(client, &dns).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context("the cluster DNS Service kube-system/kube-dns"));
+            }
+            Err(e) => tracing::debug!("kube-system/kube-dns not created yet: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
+}
+
+/// The cluster DNS Service, as kubeadm makes it for CoreDNS: `kube-dns` in
+/// `kube-system`, DNS over UDP and TCP on port 53, at the 10th address of
+/// each Service CIDR ([`super::layout::LabConfig::cluster_dns`], which the
+/// kubelets are given as `--cluster-dns`). No pods back it: every node's
+/// agent serves cluster DNS itself, so it has no selector (one matching no
+/// pod would only say "no endpoints" in `lab status`).
+pub fn kube_dns_manifest(lab: &Lab) -> String {
+    let ips = lab.config.cluster_dns();
+    let quoted = |v: Vec<String>| v.join(", ");
+    let families = quoted(
+        ips.iter()
+            .map(|ip| if ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_string())
+            .collect(),
+    );
+    let policy = if ips.len() > 1 {
+        "PreferDualStack"
+    } else {
+        "SingleStack"
+    };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {{k8s-app: kube-dns}}
+spec:
+  type: ClusterIP
+  ipFamilyPolicy: {policy}
+  ipFamilies: [{families}]
+  clusterIP: \"{}\"
+  clusterIPs: [{}]
+  ports:
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 53}}
+  - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}}
+",
+        ips.first().map(|ip| ip.to_string()).unwrap_or_default(),
+        quoted(ips.iter().map(|ip| format!("\"{ip}\"")).collect()),
+    )
 }
 
 fn cluster_network_manifest(lab: &Lab) -> String {
@@ -619,10 +675,13 @@ spec:
   model: {}
   podCIDRs: [{}]
   serviceCIDRs: [{}]
+  dns:
+    clusterDomain: {}
 ",
         c.model,
         q(&c.cluster_pod_cidrs),
-        q(&c.service_cidrs)
+        q(&c.service_cidrs),
+        c.cluster_domain
     )
 }
 
@@ -715,6 +774,52 @@ mod tests {
             first_service_ip(&"fd00:10:96::/112".parse().unwrap()),
             Some("fd00:10:96::1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn kube_dns_has_the_tenth_address_of_each_family() {
+        use super::super::layout::{Families, LabConfig};
+        use crate::model::crd::NetworkModel;
+        let svc = |f| -> k8s_openapi::api::core::v1::Service {
+            let lab = Lab {
+                dir: "/x".into(),
+                config: LabConfig::new("lab", 1, NetworkModel::Flat, f, false, "/k8s".into()),
+            };
+            serde_yaml::from_str(&kube_dns_manifest(&lab)).unwrap()
+        };
+        let dual = svc(Families::Dual);
+        assert_eq!(dual.metadata.name.as_deref(), Some("kube-dns"));
+        assert_eq!(dual.metadata.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(
+            dual.metadata.labels.unwrap()["k8s-app"],
+            "kube-dns".to_string()
+        );
+        let spec = dual.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+        assert_eq!(
+            spec.cluster_ips.unwrap(),
+            ["10.96.0.10".to_string(), "fd00:10:96::a".to_string()]
+        );
+        assert_eq!(spec.ip_families.unwrap(), ["IPv4", "IPv6"]);
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("PreferDualStack"));
+        assert!(spec.selector.is_none());
+        let ports: Vec<(String, i32, String)> = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port, p.protocol.unwrap()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("dns".to_string(), 53, "UDP".to_string()),
+                ("dns-tcp".to_string(), 53, "TCP".to_string())
+            ]
+        );
+        let v6 = svc(Families::Ipv6).spec.unwrap();
+        assert_eq!(v6.cluster_ip.as_deref(), Some("fd00:10:96::a"));
+        assert_eq!(v6.ip_families.unwrap(), ["IPv6"]);
+        assert_eq!(v6.ip_family_policy.as_deref(), Some("SingleStack"));
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! DIR/control/          etcd's data and the control plane's logs and kubeconfigs
 //! DIR/nodes/NODE/       the node's agent and kubelet: logs, kubeconfigs, data, pod records
 //! DIR/bin/              the switchyard binary and plugin the lab runs
+//! DIR/external/         the external host's DNS server: dnsmasq.conf, dnsmasq.log
+//! /etc/netns/NETNS/     resolv.conf of a node (the node's own) or of a pod (the
+//!                       kubelet's), which `ip netns exec NETNS` puts in place
 //! ```
 
 use crate::model::crd::NetworkModel;
@@ -28,6 +31,15 @@ pub const APISERVER_PORT: u16 = 6443;
 pub const KUBELET_PORT: u16 = 10255;
 /// The uplink of every node and of the external host.
 pub const UPLINK: &str = "eth0";
+/// Where `ip netns exec NAME` finds the files it bind-mounts over `/etc`
+/// (`/etc/netns/NAME/resolv.conf` becomes `/etc/resolv.conf`).
+pub const ETC_NETNS: &str = "/etc/netns";
+/// The zone the external host's DNS server is authoritative for: `.test`
+/// (RFC 2606) can never be a real name.
+pub const EXTERNAL_ZONE: &str = "example.test";
+/// Which address of a Service CIDR the cluster DNS Service gets (kubeadm's
+/// convention: 10.96.0.10).
+const CLUSTER_DNS_INDEX: u32 = 10;
 
 /// Which families the pods get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +118,33 @@ pub struct LabConfig {
     pub service_cidrs: Vec<IpNet>,
     /// Whether the machine has a link into the lab (for the console).
     pub host_link: bool,
+    /// The cluster domain (the kubelets' `--cluster-domain`): the
+    /// ClusterNetwork's `spec.dns.clusterDomain` when `lab up` was given
+    /// one, else `cluster.local`.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+    /// The resolvers outside the cluster (the external host's DNS server),
+    /// the lab's first family first: what the nodes' resolv.conf names and
+    /// where cluster DNS forwards the names it does not serve.
+    #[serde(default)]
+    pub dns_upstreams: Vec<IpAddr>,
+}
+
+fn default_cluster_domain() -> String {
+    super::kubelet::dns::DEFAULT_CLUSTER_DOMAIN.to_string()
+}
+
+/// The `n`th address of `net` (its network address is the 0th).
+fn nth_address(net: &IpNet, n: u32) -> Option<IpAddr> {
+    let a = match net {
+        IpNet::V4(v) => IpAddr::from(std::net::Ipv4Addr::from(
+            u32::from(v.network()).checked_add(n)?,
+        )),
+        IpNet::V6(v) => IpAddr::from(std::net::Ipv6Addr::from(
+            u128::from(v.network()).checked_add(n.into())?,
+        )),
+    };
+    net.contains(&a).then_some(a)
 }
 
 fn index_of(name: &str) -> u8 {
@@ -146,20 +185,41 @@ impl LabConfig {
                 zone: ["zone-a", "zone-b", "zone-c"][(i - 1) % 3].to_string(),
             })
             .collect();
+        let external = vec![ul4(100), ul6(0x100)];
+        let mut dns_upstreams = external.clone();
+        dns_upstreams.sort_by_key(|a| a.is_ipv4() != families.v4());
         LabConfig {
             name: name.to_string(),
             model,
             families,
             index: x,
             nodes,
-            external: vec![ul4(100), ul6(0x100)],
+            external,
             router: vec![ul4(1), ul6(1)],
             control: vec![ul4(2), ul6(2)],
             kubernetes_bin,
             cluster_pod_cidrs: cluster,
             service_cidrs: services,
             host_link,
+            cluster_domain: default_cluster_domain(),
+            dns_upstreams,
         }
+    }
+
+    /// The cluster DNS Service's ClusterIPs (`kube-system/kube-dns`, the
+    /// kubelets' `--cluster-dns`): the 10th address of each Service CIDR, in
+    /// the CIDRs' order (IPv4 first in a dual-stack lab).
+    pub fn cluster_dns(&self) -> Vec<IpAddr> {
+        self.service_cidrs
+            .iter()
+            .filter_map(|c| nth_address(c, CLUSTER_DNS_INDEX))
+            .collect()
+    }
+
+    /// The resolvers outside the cluster that cluster DNS forwards to: the
+    /// external host's DNS server, on each of its addresses.
+    pub fn dns_upstreams(&self) -> Vec<IpAddr> {
+        self.dns_upstreams.clone()
     }
 
     pub fn underlay(&self) -> Vec<IpNet> {
@@ -344,6 +404,21 @@ impl Lab {
     pub fn netns_path(name: &str) -> PathBuf {
         PathBuf::from("/var/run/netns").join(name)
     }
+
+    /// The files `ip netns exec NAME` puts over `/etc` (only resolv.conf here).
+    pub fn netns_etc_dir(name: &str) -> PathBuf {
+        PathBuf::from(ETC_NETNS).join(name)
+    }
+
+    /// The resolv.conf programs see under `ip netns exec NAME`.
+    pub fn netns_resolv_conf(name: &str) -> PathBuf {
+        Self::netns_etc_dir(name).join("resolv.conf")
+    }
+
+    /// The external host's DNS server: its configuration and log.
+    pub fn external_dir(&self) -> PathBuf {
+        self.dir.join("external")
+    }
 }
 
 /// Watch what `api` lists (with `config`) into a store, on a task of its
@@ -461,5 +536,41 @@ mod tests {
             lab.pod_netns("default", "web", "u2")
         );
         assert!(lab.host_link_name().len() <= 15);
+    }
+
+    #[test]
+    fn cluster_dns_is_the_tenth_service_address_of_each_family() {
+        let c = |f| LabConfig::new("lab", 1, NetworkModel::Flat, f, false, "/k8s".into());
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert_eq!(c(Families::Ipv4).cluster_dns(), [ip("10.96.0.10")]);
+        assert_eq!(c(Families::Ipv6).cluster_dns(), [ip("fd00:10:96::a")]);
+        assert_eq!(
+            c(Families::Dual).cluster_dns(),
+            [ip("10.96.0.10"), ip("fd00:10:96::a")]
+        );
+        assert_eq!(c(Families::Dual).cluster_domain, "cluster.local");
+        let tiny: IpNet = "10.0.0.0/29".parse().unwrap();
+        assert_eq!(nth_address(&tiny, 10), None, "not inside a /29");
+    }
+
+    #[test]
+    fn the_upstreams_are_the_external_host_first_family_first() {
+        let c = |f| LabConfig::new("lab", 1, NetworkModel::Flat, f, false, "/k8s".into());
+        let v4 = c(Families::Ipv4);
+        assert_eq!(v4.dns_upstreams(), v4.external);
+        assert!(v4.dns_upstreams()[0].is_ipv4());
+        let v6 = c(Families::Ipv6);
+        assert!(v6.dns_upstreams()[0].is_ipv6() && v6.dns_upstreams()[1].is_ipv4());
+        assert!(c(Families::Dual).dns_upstreams()[0].is_ipv4());
+        // A lab.json written before these fields still loads.
+        let mut old = serde_json::to_value(&v4).unwrap();
+        old.as_object_mut().unwrap().remove("clusterDomain");
+        old.as_object_mut().unwrap().remove("dnsUpstreams");
+        let back: LabConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(back.cluster_domain, "cluster.local");
+        assert_eq!(
+            Lab::netns_resolv_conf("sylab-node-1"),
+            Path::new("/etc/netns/sylab-node-1/resolv.conf")
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! The lab's wires: namespaces, the underlay bridge, the host link, the
-//! external host, and taking all of it down again.
+//! external host (and its DNS server's configuration), the nodes' own
+//! resolv.conf, and taking all of it down again.
 //!
 //! Everything is made with `ip` and `nft` (the lab is also a demonstration a
 //! newcomer can repeat by hand) and named from the lab's name, so `down` finds
 //! it all even when `lab.json` is gone.
 
-use super::layout::{ADMIN_PORT, APISERVER_PORT, Lab, UPLINK};
+use super::layout::{ADMIN_PORT, APISERVER_PORT, ETC_NETNS, EXTERNAL_ZONE, Lab, UPLINK};
 use crate::datapath::netlink::{in_netns, write_sysctl};
 use anyhow::{Context, bail};
 use std::net::IpAddr;
@@ -139,6 +140,12 @@ pub fn preflight(lab: &Lab) -> anyhow::Result<()> {
                 "`{tool}` is not installed: the lab needs iproute2 and nftables (scripts/setup.sh installs them)"
             );
         }
+    }
+    if Command::new(DNSMASQ).arg("--version").output().is_err() {
+        bail!(
+            "`{DNSMASQ}` is not installed: the lab's external host serves DNS with it \
+             (Debian's dnsmasq-base; scripts/setup.sh installs it)"
+        );
     }
     if !nix::unistd::geteuid().is_root() {
         bail!("the lab makes network namespaces and links: run it as root");
@@ -333,10 +340,88 @@ fn route_pod_cidrs_in(
     Ok(())
 }
 
+/// The DNS server of the external host.
+pub const DNSMASQ: &str = "dnsmasq";
+
+/// The external host's DNS server's configuration: dnsmasq, authoritative for
+/// [`EXTERNAL_ZONE`] on the external host's addresses, forwarding nothing
+/// (no upstream servers, no /etc/resolv.conf, no /etc/hosts): a name outside
+/// the zone is REFUSED, so no query leaves the lab. It logs every query to
+/// stderr (the log file), which is how a test sees what was forwarded.
+///
+/// The zone: `www` (A and AAAA: the external host, whose servers answer on
+/// port 80), `ipv4` (A only), `ipv6` (AAAA only), `alias` (a CNAME to
+/// `www`), `info` (TXT), `_http._tcp` (SRV to `www`, port 80), `ns`; any
+/// other name in it is NXDOMAIN with the zone's SOA (negative TTL 60 s).
+pub fn dnsmasq_conf(lab: &Lab) -> String {
+    let addrs = &lab.config.dns_upstreams;
+    let list = |v: &[IpAddr]| -> String {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let all = list(addrs);
+    let v4 = list(
+        &addrs
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4())
+            .collect::<Vec<_>>(),
+    );
+    let v6 = list(
+        &addrs
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv6())
+            .collect::<Vec<_>>(),
+    );
+    let z = EXTERNAL_ZONE;
+    format!(
+        "# The lab's outside world's DNS server (written by `switchyard lab up`).
+# Authoritative for {z}; forwards nothing, so no query leaves the lab.
+no-resolv
+no-hosts
+no-poll
+keep-in-foreground
+log-facility=-
+log-queries
+pid-file=
+bind-interfaces
+listen-address={all}
+auth-server=ns.{z},{all}
+auth-zone={z}
+auth-soa=1,hostmaster.{z},1200,120,604800
+auth-ttl=60
+host-record=ns.{z},{all}
+host-record=www.{z},{all}
+host-record=ipv4.{z},{v4}
+host-record=ipv6.{z},{v6}
+cname=alias.{z},www.{z}
+txt-record=info.{z},\"switchyard lab upstream\"
+srv-host=_http._tcp.{z},www.{z},80,0,0
+"
+    )
+}
+
+/// A node's own resolver configuration (the kubelet's `--resolv-conf`, and
+/// what programs in the node's namespace use under `ip netns exec`): the
+/// external host's DNS server, as a DHCP server would have set it.
+pub fn node_resolv_conf(lab: &Lab) -> String {
+    let mut out = String::from("# The lab node's resolver: the external host's DNS server.\n");
+    for a in &lab.config.dns_upstreams {
+        out.push_str(&format!("nameserver {a}\n"));
+    }
+    out
+}
+
 /// Make one node's namespace and plug it in.
 pub fn build_node(lab: &Lab, node: &super::layout::LabNode) -> anyhow::Result<()> {
     let ns = lab.node_netns(&node.name);
     add_netns(&ns)?;
+    let resolv = Lab::netns_resolv_conf(&ns);
+    crate::util::write_atomic(&resolv, node_resolv_conf(lab).as_bytes())
+        .with_context(|| format!("writing {}", resolv.display()))?;
     plug(lab, &ns, &format!("u-{}", node.name), &node.addresses)?;
     sysctls(
         &ns,
@@ -475,6 +560,19 @@ pub fn down(dir: &Path, name: &str) -> anyhow::Result<Removed> {
             Err(e) => problems.push(e.to_string()),
         }
     }
+    // What `ip netns del` leaves: the namespaces' resolv.conf (the nodes'
+    // and the pods'). /etc/netns itself stays: another lab may be writing
+    // into it.
+    for dir in std::fs::read_dir(ETC_NETNS).into_iter().flatten().flatten() {
+        if dir
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+            && let Err(e) = std::fs::remove_dir_all(dir.path())
+        {
+            problems.push(format!("removing {}: {e}", dir.path().display()));
+        }
+    }
     let link = format!("syh-{name}");
     if run(&["ip", "link", "show", &link]).is_ok() {
         run(&["ip", "link", "del", &link])?;
@@ -492,6 +590,7 @@ pub fn down(dir: &Path, name: &str) -> anyhow::Result<Removed> {
             "lab.json",
             "kubeconfig",
             "external.log",
+            "external",
         ] {
             let p = dir.join(sub);
             if p.is_dir() {

@@ -378,6 +378,15 @@ pub fn assert_gone(name: &str, dir: &Path) {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let left: Vec<String> = std::fs::read_dir("/etc/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "/etc/netns entries left behind: {left:?}");
     let link = Command::new("ip")
         .args(["link", "show", &format!("syh-{name}")])
         .output()

@@ -11,12 +11,13 @@
 //! read-only port) the pods it runs and its probes' results, which the
 //! node's agent reads for probe latencies.
 
+pub mod dns;
 pub mod node;
 pub mod pods;
 pub mod status;
 
 use super::controlplane::kubelet_kubeconfig;
-use super::layout::{KUBELET_PORT, Lab, kube_client, watch_store};
+use super::layout::{KUBELET_PORT, Lab, kube_client, short_hash, watch_store};
 use crate::datapath::probes::ProbeTable;
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -97,9 +98,18 @@ fn reference(e: &PodEvent) -> ObjectReference {
     }
 }
 
-/// Run the kubelet of lab node `node` until SIGTERM.
-pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
-    tracing::info!(node, lab = %dir.display(), pid = std::process::id(), "lab kubelet starting");
+/// An Event's action: its reason and a digest of its note. kube's Recorder
+/// folds every Event of one action and reason on an object into a series of
+/// the first, notes and all; the kubelet (client-go's correlator) keeps
+/// Events whose messages differ apart, as when a pod's nameservers and its
+/// search line are both cut.
+fn action(reason: &str, note: &str) -> String {
+    format!("{reason}-{}", short_hash(note))
+}
+
+/// Run the kubelet of lab node `node` until SIGTERM, with its DNS flags.
+pub async fn run(dir: &Path, node: &str, dns: dns::DnsFlags) -> anyhow::Result<()> {
+    tracing::info!(node, lab = %dir.display(), pid = std::process::id(), ?dns, "lab kubelet starting");
     let lab = Lab::load(dir)?.with_context(|| {
         format!(
             "no lab in {} (run `switchyard lab up` first)",
@@ -149,7 +159,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
                 },
                 reason: e.reason.clone(),
                 note: Some(e.note.chars().take(1024).collect()),
-                action: e.reason.clone(),
+                action: action(&e.reason, &e.note),
                 secondary: None,
             };
             if let Err(err) = recorder.publish(&ev, &reference(&e)).await {
@@ -161,7 +171,7 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     let plugin = lab.dir.join("bin").join("switchyard-cni");
     let socket = lab.node_dir(node).join("cni.sock");
     let rt = tokio::runtime::Handle::current();
-    let mut pods = Pods::new(lab.clone(), node, plugin, &socket, rt.clone(), table)?;
+    let mut pods = Pods::new(lab.clone(), node, plugin, &socket, rt.clone(), table, dns)?;
     let stop = Arc::new(AtomicBool::new(false));
     let node_name = node.to_string();
     let loop_stop = stop.clone();
@@ -306,4 +316,21 @@ pub async fn run(dir: &Path, node: &str) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = looper.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::action;
+
+    #[test]
+    fn events_with_other_notes_are_other_events() {
+        let a = action("DNSConfigForming", "Nameserver limits were exceeded, ...");
+        let b = action("DNSConfigForming", "Search Line limits were exceeded, ...");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            action("DNSConfigForming", "Nameserver limits were exceeded, ...")
+        );
+        assert!(a.starts_with("DNSConfigForming-") && a.len() <= 128);
+    }
 }

@@ -19,6 +19,7 @@
 use super::super::behaviour::Behaviour;
 use super::super::layout::Lab;
 use super::super::prober::{PodKey, ProbeStatus, Prober};
+use super::dns::{self, DnsFlags};
 use super::status::{self, Inputs, Runtime, Termination, Transitions};
 use crate::datapath::probes::ProbeTable;
 use crate::probe::{ProbeKind, ProbeSpec};
@@ -155,6 +156,8 @@ pub struct Pods {
     exe: PathBuf,
     /// The node's addresses (`status.hostIPs`).
     host_ips: Vec<String>,
+    /// The kubelet's DNS flags, for the pods' resolv.conf.
+    dns: DnsFlags,
     records: BTreeMap<PodKey, PodRecord>,
     /// Servers this kubelet started (adopted ones are watched by pid).
     children: BTreeMap<PodKey, Child>,
@@ -203,6 +206,7 @@ impl Pods {
         cni_socket: &Path,
         rt: tokio::runtime::Handle,
         probes: Arc<ProbeTable>,
+        dns: DnsFlags,
     ) -> anyhow::Result<Pods> {
         let v4_first = lab.config.families.v4();
         let mut host_ips: Vec<std::net::IpAddr> = lab
@@ -217,6 +221,7 @@ impl Pods {
             conf: json!({"cniVersion": "1.1.0", "name": "lab", "type": "switchyard-cni", "socket": cni_socket}),
             exe: std::env::current_exe()?,
             host_ips: host_ips.iter().map(|a| a.to_string()).collect(),
+            dns,
             records: BTreeMap::new(),
             children: BTreeMap::new(),
             backoff: BTreeMap::new(),
@@ -615,10 +620,28 @@ impl Pods {
         std::mem::take(&mut self.finished)
     }
 
-    /// Start one pod: namespace, CNI ADD, server. A failed start is undone
-    /// (CNI DEL, namespace removed), so the next try starts clean.
+    /// The pod's resolver configuration, as the kubelet forms it for the
+    /// sandbox; the Warning Events it posts meanwhile are queued.
+    fn pod_dns(&mut self, key: &PodKey, pod: &Pod) -> Result<dns::ResolvConf, String> {
+        let node_ips: Vec<std::net::IpAddr> = self
+            .host_ips
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let d = dns::pod_dns(pod, &self.dns.read(&node_ips)?);
+        for w in d.warnings {
+            self.event(key, true, w.reason, w.message);
+        }
+        Ok(d.config)
+    }
+
+    /// Start one pod: its DNS configuration (formed first, as the kubelet
+    /// forms the sandbox's), namespace, resolv.conf, CNI ADD, server. A
+    /// failed start is undone (CNI DEL, namespace and resolv.conf removed),
+    /// so the next try starts clean.
     fn start(&mut self, pod: &Pod) -> Result<(), String> {
         let (ns, name) = key_of(pod);
+        let resolv = self.pod_dns(&(ns.clone(), name.clone()), pod)?;
         let uid = pod
             .metadata
             .uid
@@ -651,6 +674,14 @@ impl Pods {
         self.save(&r).map_err(|e| e.to_string())?;
         self.records.insert((ns.clone(), name.clone()), r.clone());
         let started = (|| -> Result<(), String> {
+            // Where `ip netns exec`, and so the pod's server and `lab exec`,
+            // find it as /etc/resolv.conf. Every pod gets one, hostNetwork
+            // pods too: the lab runs those in a namespace of their own as
+            // well, so theirs (the node's, or the cluster's under
+            // ClusterFirstWithHostNet) is written there.
+            let path = Lab::netns_resolv_conf(&r.netns);
+            crate::util::write_atomic(&path, resolv.render().as_bytes())
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
             let result = self.cni("ADD", &r)?;
             r.ips = result["ips"]
                 .as_array()
@@ -688,7 +719,8 @@ impl Pods {
         }
     }
 
-    /// Tear one pod down: server, CNI DEL, namespace, record, probes.
+    /// Tear one pod down: server, CNI DEL, namespace and its resolv.conf,
+    /// record, probes.
     fn teardown(&mut self, r: PodRecord) -> Vec<String> {
         let mut problems = vec![];
         self.stop_server(&r);
@@ -699,6 +731,13 @@ impl Pods {
             && let Err(e) = sh(&["ip", "netns", "del", &r.netns])
         {
             problems.push(e);
+        }
+        // `ip netns del` leaves /etc/netns/NAME behind.
+        let etc = Lab::netns_etc_dir(&r.netns);
+        match std::fs::remove_dir_all(&etc) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("removing {}: {e}", etc.display())),
         }
         let _ = std::fs::remove_file(self.record_path(&r.namespace, &r.name));
         let key = (r.namespace.clone(), r.name.clone());
