@@ -22,9 +22,9 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # (deploy/image/build.sh), dnsmasq as the lab's upstream DNS server on its
 # external host and the DNS tests' upstream (dnsmasq-base: the program
 # without the service that would serve the machine itself), dig
-# (bind9-dnsutils) for the DNS tests, dnsperf and unbound for the DNS
-# benchmark's peers.
-PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack containernetworking-plugins chromium docker-registry debootstrap jq dnsmasq-base bind9-dnsutils dnsperf unbound)
+# (bind9-dnsutils) for the DNS tests, dnsperf for the DNS benchmark (its
+# peer unbound is not installed here: its package may start a service).
+PACKAGES=(gcc ca-certificates curl iproute2 iputils-ping iptables nftables conntrack containernetworking-plugins chromium docker-registry debootstrap jq dnsmasq-base bind9-dnsutils dnsperf)
 # Node.js and npm build the console (web/); a machine may have its own.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 # kubectl (kubernetes-client) renders deploy/'s kustomization (host/tests/manifests.rs);

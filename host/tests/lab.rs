@@ -221,6 +221,139 @@ fn dig(lab: &TestLab, from: &str, args: &[&str]) -> String {
     lab.ok(&cmd).trim().to_string()
 }
 
+/// The node's own DNS (the agent, `host/src/dns`) answers pods on the DNS
+/// Service's ClusterIPs and the node-local address: cluster names from the
+/// model, other names forwarded to the outside world's resolver, a new
+/// Service as soon as the agent's next snapshot has it.
+fn check_node_dns(lab: &TestLab, family: &str, dns_ips: &[&str], ctx: &str) {
+    let o = lab.apply(
+        "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{name: http, port: 80, protocol: TCP}]
+",
+    );
+    assert!(o.status.success(), "{ctx}: {}", text(&o));
+    let web: Value =
+        serde_json::from_str(&lab.kubectl_ok(&["get", "service", "-n", "x", "web", "-o", "json"]))
+            .unwrap();
+    let web_ips: Vec<String> = web["spec"]["clusterIPs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let (first, kind) = if family == "ipv6" {
+        (web_ips[0].clone(), "AAAA")
+    } else {
+        (
+            web_ips.iter().find(|i| i.contains('.')).unwrap().clone(),
+            "A",
+        )
+    };
+    // Through the pod's resolv.conf (search path, ndots 5): the agent may
+    // still be binding its sockets when the lab comes up, so ask until it
+    // answers, for 20 s at most.
+    let start = std::time::Instant::now();
+    loop {
+        let o = lab.run(&[
+            "exec", "x/a", "--", "dig", "+short", "+time=1", "+tries=1", "+search", "web", kind,
+        ]);
+        let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if got == first {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{ctx}: x/a resolving web through its resolv.conf: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut servers: Vec<&str> = dns_ips.to_vec();
+    if family != "ipv6" {
+        servers.push("169.254.20.10");
+    }
+    for server in servers {
+        for ip in &web_ips {
+            let k = if ip.contains('.') { "A" } else { "AAAA" };
+            assert_eq!(
+                dig(
+                    lab,
+                    "x/a",
+                    &[&format!("@{server}"), "web.x.svc.cluster.local", k]
+                ),
+                *ip,
+                "{ctx}: asking {server}"
+            );
+        }
+    }
+    assert_eq!(
+        dig(lab, "x/a", &["_http._tcp.web.x.svc.cluster.local", "SRV"]),
+        "0 100 80 web.x.svc.cluster.local.",
+        "{ctx}"
+    );
+    assert_eq!(
+        dig(lab, "x/a", &["-x", &first]),
+        "web.x.svc.cluster.local.",
+        "{ctx}"
+    );
+    let nx = lab.ok(&[
+        "exec",
+        "x/a",
+        "--",
+        "dig",
+        "+time=2",
+        "+tries=2",
+        "nope.x.svc.cluster.local",
+    ]);
+    assert!(
+        nx.contains("status: NXDOMAIN") && nx.contains("SOA"),
+        "{ctx}: {nx}"
+    );
+    // Forwarded to the outside world's resolver, by the node.
+    let www = dig(lab, "x/a", &["www.example.test", kind]);
+    assert!(
+        !www.is_empty() && www.lines().all(|l| l.parse::<std::net::IpAddr>().is_ok()),
+        "{ctx}: {www}"
+    );
+    // A new Service is answered once the agent's snapshot has it.
+    lab.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "late",
+        "-n",
+        "x",
+        "--tcp=80:80",
+    ]);
+    let start = std::time::Instant::now();
+    loop {
+        let o = lab.run(&[
+            "exec",
+            "x/a",
+            "--",
+            "dig",
+            "+short",
+            "+time=1",
+            "+tries=1",
+            "late.x.svc.cluster.local",
+            kind,
+        ]);
+        if o.status.success() && !o.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{ctx}: the new Service late.x never resolved"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.kubectl_ok(&["delete", "service", "-n", "x", "late", "web"]);
+}
+
 /// Cluster DNS as the lab sets it up: the kube-dns Service at the 10th
 /// address of each Service CIDR, a pod's resolv.conf as the kubelet writes it
 /// (what programs in the pod read, through `ip netns exec`), nodes resolving
@@ -260,6 +393,8 @@ fn check_dns(lab: &TestLab, family: &str, e: &Expect, ctx: &str) {
         want,
         "{ctx}: x/a's resolv.conf"
     );
+
+    check_node_dns(lab, family, ips, ctx);
 
     let status = lab.status();
     let external: Vec<String> = status["external"]

@@ -1,7 +1,7 @@
 //! The node's cluster DNS in the agent ([`crate::dns`]): its zone follows
 //! every snapshot of the cluster, and it answers on port 53 of the
-//! node-local address and of the cluster DNS Service's ClusterIPs, which a
-//! dummy link on the node holds ([`crate::datapath::nodenet::local_addresses`]).
+//! node-local address and of the cluster DNS Service's ClusterIPs, which the
+//! node's loopback link holds ([`crate::datapath::nodenet::local_addresses`]).
 //! A pod's query goes to its own node and never crosses the network; the
 //! proxy leaves those ClusterIPs alone ([`served_service`]), so no DNAT and
 //! no conntrack race sits between a pod and its resolver.
@@ -180,6 +180,8 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut serving: Option<(Vec<IpAddr>, watch::Sender<bool>)> = None;
         let mut last_upstreams = None;
+        // The addresses this agent put on the node's loopback.
+        let mut held: Vec<IpAddr> = vec![];
         loop {
             let m = rx.borrow_and_update().manifests.clone();
             let plan = plan(&m);
@@ -221,8 +223,9 @@ pub fn spawn(
                         if let Some((_, tx)) = serving.take() {
                             let _ = tx.send(true);
                         }
-                        match listen(netns.clone(), &p.listen).await {
+                        match listen(netns.clone(), &p.listen, &held).await {
                             Ok(bound) => {
+                                held = p.listen.clone();
                                 let (tx, mut srx) = watch::channel(false);
                                 tokio::spawn(server::serve(dns.clone(), bound, async move {
                                     let _ = srx.wait_for(|s| *s).await;
@@ -242,8 +245,9 @@ pub fn spawn(
                     if let Some((_, tx)) = serving.take() {
                         let _ = tx.send(true);
                         let ns = netns.clone();
+                        let previous = std::mem::take(&mut held);
                         let _ = tokio::task::spawn_blocking(move || {
-                            crate::datapath::nodenet::local_addresses(ns.as_ref(), &[])
+                            crate::datapath::nodenet::local_addresses(ns.as_ref(), &[], &previous)
                         })
                         .await;
                     }
@@ -269,10 +273,14 @@ pub fn spawn(
 }
 
 /// Put `addrs` on the node's local link and bind port 53 on each.
-async fn listen(netns: Option<PathBuf>, addrs: &[IpAddr]) -> Result<Vec<server::Bound>, String> {
-    let a = addrs.to_vec();
+async fn listen(
+    netns: Option<PathBuf>,
+    addrs: &[IpAddr],
+    previous: &[IpAddr],
+) -> Result<Vec<server::Bound>, String> {
+    let (a, p) = (addrs.to_vec(), previous.to_vec());
     tokio::task::spawn_blocking(move || {
-        crate::datapath::nodenet::local_addresses(netns.as_ref(), &a)
+        crate::datapath::nodenet::local_addresses(netns.as_ref(), &a, &p)
     })
     .await
     .map_err(|e| e.to_string())??;

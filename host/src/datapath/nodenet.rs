@@ -454,73 +454,35 @@ pub fn apply(netns: Option<&PathBuf>, uplink: &str, plan: &NodePlan) -> Result<(
     apply_nft(netns, &plan.nft)
 }
 
-/// The dummy link holding the addresses the node serves itself: the
-/// node-local DNS address and the cluster DNS Service's ClusterIPs
-/// (NodeLocal DNSCache's `nodelocaldns` device). Packets to them are
-/// delivered to the node, where the agent's DNS answers.
-pub const LOCAL_DEVICE: &str = "sy-local0";
+/// Where the addresses the node serves itself live (the node-local DNS
+/// address, the cluster DNS Service's ClusterIPs): the loopback link, as
+/// /32 and /128, so packets to them are delivered to the node, where the
+/// agent's DNS answers. (A dummy link, NodeLocal DNSCache's choice, needs
+/// the `dummy` kernel module, which not every node has.)
+pub const LOCAL_DEVICE: &str = "lo";
 
-/// Make [`LOCAL_DEVICE`] hold exactly `addresses` (each a /32 or /128); no
-/// addresses removes the link.
-pub fn local_addresses(netns: Option<&PathBuf>, addresses: &[IpAddr]) -> Result<(), String> {
+/// Make the loopback link hold `addresses`, and no longer hold those of
+/// `previous` that are not wanted (only addresses this agent added are
+/// ever removed).
+pub fn local_addresses(
+    netns: Option<&PathBuf>,
+    addresses: &[IpAddr],
+    previous: &[IpAddr],
+) -> Result<(), String> {
     let body = || -> Result<(), NlError> {
         let mut nl = Nl::new()?;
-        let existing = nl.link(LOCAL_DEVICE)?;
-        if addresses.is_empty() {
-            if let Some(l) = existing {
-                let mut m = LinkMessage::default();
-                m.header.index = l.header.index;
-                match nl.request(
-                    "removing the node-local address link",
-                    RouteNetlinkMessage::DelLink(m),
-                    NLM_F_ACK,
-                ) {
-                    Err(e) if e.errno == ENODEV => {}
-                    r => {
-                        r?;
-                    }
-                }
-            }
-            return Ok(());
-        }
-        if existing.is_none() {
-            let mut m = LinkMessage::default();
-            m.attributes
-                .push(LinkAttribute::IfName(LOCAL_DEVICE.into()));
-            m.attributes
-                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
-                    InfoKind::Dummy,
-                )]));
-            match nl.request(
-                "creating the node-local address link",
-                RouteNetlinkMessage::NewLink(m),
-                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            ) {
-                Err(e) if e.errno == EEXIST => {}
-                r => {
-                    r?;
-                }
-            }
-        }
         let index = nl.index(LOCAL_DEVICE)?;
-        nl.set_up(index)?;
-        let want: Vec<IpNet> = addresses.iter().map(|a| IpNet::from(*a)).collect();
         let have = nl.addresses(index)?;
-        for a in &want {
-            if !have.contains(a) {
-                match nl.add_address(index, LOCAL_DEVICE, *a) {
+        for a in addresses.iter().map(|a| IpNet::from(*a)) {
+            if !have.contains(&a) {
+                match nl.add_address(index, LOCAL_DEVICE, a) {
                     Err(e) if e.errno == EEXIST => {}
                     r => r?,
                 }
             }
         }
-        for a in have {
-            // The kernel's own link-local address on a dummy stays.
-            let link_local =
-                matches!(a.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-            if !want.contains(&a) && !link_local {
-                nl.del_address(index, LOCAL_DEVICE, a)?;
-            }
+        for a in previous.iter().filter(|a| !addresses.contains(a)) {
+            nl.del_address(index, LOCAL_DEVICE, IpNet::from(*a))?;
         }
         Ok(())
     };

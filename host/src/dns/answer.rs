@@ -6,7 +6,7 @@
 //! (RFC 2308). Names outside the zone, and reverse names of addresses the
 //! zone does not know, are not answered here: they are forwarded. Pure.
 
-use super::zone::{TTL, Zone, key};
+use super::zone::{TTL, Zone};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -73,12 +73,11 @@ fn addresses(owner: &Name, node: &super::zone::Node, qtype: RecordType, out: &mu
     }
 }
 
-/// The zone's answer for `qname` and `qtype`, or `None` when the question
-/// is not the zone's to answer.
-pub fn resolve(zone: &Zone, qname: &Name, qtype: RecordType) -> Option<Reply> {
-    let k = key(&qname.to_ascii());
-    if !zone.holds(&k) {
-        return reverse(zone, qname, &k, qtype);
+/// The zone's answer for `qname` (`k`: its [`key`]) and `qtype`, or `None`
+/// when the question is not the zone's to answer.
+pub fn resolve(zone: &Zone, qname: &Name, k: &str, qtype: RecordType) -> Option<Reply> {
+    if !zone.holds(k) {
+        return reverse(zone, qname, k, qtype);
     }
     let mut r = Reply {
         rcode: ResponseCode::NoError,
@@ -99,7 +98,7 @@ pub fn resolve(zone: &Zone, qname: &Name, qtype: RecordType) -> Option<Reply> {
         if qtype == RecordType::ANY {
             r.answers.push(soa(zone));
         }
-    } else if let Some(node) = zone.names.get(&k) {
+    } else if let Some(node) = zone.names.get(k) {
         if let Some(target) = &node.cname {
             r.answers.push(Record::from_rdata(
                 qname.clone(),
@@ -129,7 +128,7 @@ pub fn resolve(zone: &Zone, qname: &Name, qtype: RecordType) -> Option<Reply> {
                 ));
             }
         }
-    } else if let Some(ip) = zone.pod(&k) {
+    } else if let Some(ip) = zone.pod(k) {
         let node = super::zone::Node {
             a: match ip {
                 IpAddr::V4(v4) => vec![v4],
@@ -142,7 +141,7 @@ pub fn resolve(zone: &Zone, qname: &Name, qtype: RecordType) -> Option<Reply> {
             ..Default::default()
         };
         addresses(qname, &node, qtype, &mut r.answers);
-    } else if !zone.interior.contains(&k) {
+    } else if !zone.interior.contains(k) {
         return Some(Reply::negative(zone, ResponseCode::NXDomain));
     }
     if r.answers.is_empty() {
@@ -184,10 +183,11 @@ fn reverse(zone: &Zone, qname: &Name, k: &str, qtype: RecordType) -> Option<Repl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::zone::key;
     use crate::dns::zone::tests::cluster;
 
     fn ask(z: &Zone, n: &str, t: RecordType) -> Option<Reply> {
-        resolve(z, &Name::from_ascii(n).unwrap(), t)
+        resolve(z, &Name::from_ascii(n).unwrap(), &key(n), t)
     }
 
     fn data(r: &Reply) -> Vec<String> {

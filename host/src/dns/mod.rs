@@ -66,15 +66,34 @@ pub struct QueryLog {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     pub client: SocketAddr,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub qtype: String,
-    pub rcode: String,
+    /// Kept as parsed and spelled only when served: a query's log costs no
+    /// formatting.
+    #[serde(serialize_with = "ser_name")]
+    pub name: Option<hickory_proto::rr::Name>,
+    #[serde(rename = "type", serialize_with = "ser_type")]
+    pub qtype: Option<RecordType>,
+    #[serde(serialize_with = "ser_rcode")]
+    pub rcode: ResponseCode,
     pub source: Source,
     /// The upstream that answered, when one did.
     pub upstream: Option<SocketAddr>,
     pub answers: usize,
     pub micros: u64,
+}
+
+fn ser_name<S: serde::Serializer>(
+    n: &Option<hickory_proto::rr::Name>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&n.as_ref().map(|n| n.to_ascii()).unwrap_or_default())
+}
+
+fn ser_type<S: serde::Serializer>(t: &Option<RecordType>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.map(|t| t.to_string()).unwrap_or_default())
+}
+
+fn ser_rcode<S: serde::Serializer>(r: &ResponseCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rcode_name(*r))
 }
 
 /// The rcodes counted one by one; any other is counted as `other`.
@@ -406,11 +425,9 @@ impl Dns {
         let entry = QueryLog {
             at_ms: now_ms(),
             client,
-            name: query.map(|q| q.name().to_ascii()).unwrap_or_default(),
-            qtype: query
-                .map(|q| q.query_type().to_string())
-                .unwrap_or_default(),
-            rcode: rcode_name(rcode),
+            name: query.map(|q| q.name().clone()),
+            qtype: query.map(|q| q.query_type()),
+            rcode,
             source,
             upstream,
             answers,
@@ -510,7 +527,7 @@ impl Dns {
             return fail(ResponseCode::ServFail, Some(query));
         }
         let zone = self.zone.load();
-        if let Some(reply) = answer::resolve(&zone, query.name(), query.query_type()) {
+        if let Some(reply) = answer::resolve(&zone, query.name(), &name_key, query.query_type()) {
             let mut m = Message::response(id, OpCode::Query);
             m.metadata.authoritative = true;
             m.metadata.recursion_desired = rd;

@@ -644,7 +644,14 @@ fn start_agent(lab: &Lab, node: &str) -> anyhow::Result<std::process::Child> {
         .arg("--kubelet-url")
         .arg(format!("http://127.0.0.1:{KUBELET_PORT}"))
         .args(["--cluster-name", &lab.config.name])
-        // TODO(dns): `--dns-upstream ADDR` per lab.config.dns_upstreams(), once the agent has it.
+        // The node's DNS forwards to the outside world's resolver, never to
+        // this machine's.
+        .args(
+            lab.config
+                .dns_upstreams()
+                .iter()
+                .flat_map(|ip| ["--dns-upstream".to_string(), ip.to_string()]),
+        )
         .env("KUBECONFIG", controlplane::agent_kubeconfig(lab, node))
         .env("POD_NAMESPACE", controlplane::AGENT_NAMESPACE)
         .env("SWITCHYARD_LOG", log_level())
