@@ -603,29 +603,14 @@ impl Dns {
                 self.finish(m, &p.request, p.transport)
             }
             Err(e) => {
-                Metrics::inc(&self.metrics.upstream_errors);
                 tracing::debug!(name = %query.name(), error = %e, "no upstream answered");
-                self.log(
-                    p.client,
-                    Some(&query),
-                    ResponseCode::ServFail,
-                    Source::Error,
-                    None,
-                    0,
-                    p.started,
-                );
-                error(
-                    p.request.metadata.id,
-                    OpCode::Query,
-                    ResponseCode::ServFail,
-                    Some(&query),
-                    p.request.metadata.recursion_desired,
-                )
+                self.overloaded(p)
             }
         }
     }
 
-    /// SERVFAIL for a pending query that found no room to be forwarded.
+    /// SERVFAIL for a pending query that no upstream answered, or that
+    /// found no room to be forwarded.
     pub fn overloaded(&self, p: Pending) -> Vec<u8> {
         let query = &p.request.queries[0];
         Metrics::inc(&self.metrics.upstream_errors);
