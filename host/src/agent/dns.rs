@@ -140,19 +140,11 @@ pub fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {
 /// the named network namespace NAME (as `ip netns exec` would give it),
 /// else `/etc/resolv.conf`.
 pub fn node_resolv_conf(netns: Option<&Path>) -> PathBuf {
-    if let Some(name) = netns.and_then(|p| p.file_name())
-        && netns.is_some_and(|p| {
-            p.components().count() == 1
-                || p.starts_with("/var/run/netns")
-                || p.starts_with("/run/netns")
-        })
-    {
-        let p = Path::new("/etc/netns").join(name).join("resolv.conf");
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from("/etc/resolv.conf")
+    netns
+        .and_then(|p| p.file_name())
+        .map(|name| Path::new("/etc/netns").join(name).join("resolv.conf"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"))
 }
 
 /// The node's DNS, running: what the admin API and `/metrics` read.
@@ -188,7 +180,12 @@ pub fn spawn(
             let mut said = vec![];
             match &plan {
                 Some(p) => {
-                    dns.set_zone(Zone::build(&m, &p.domain));
+                    // Off the executor: a whole zone is tens of ms at 10k Services.
+                    let (mm, domain) = (m.clone(), p.domain.clone());
+                    match tokio::task::spawn_blocking(move || Zone::build(&mm, &domain)).await {
+                        Ok(z) => dns.set_zone(z),
+                        Err(e) => said.push(format!("DNS: building the zone: {e}")),
+                    }
                     said.extend(p.problems.iter().cloned());
                     said.extend(
                         dns.zone()

@@ -135,7 +135,9 @@ impl Zone {
         // runs there.
         let pod_ns: Vec<String> = z.pods.iter().map(|(ns, _)| ns.clone()).collect();
         for ns in pod_ns {
-            z.add_interior(&format!("x.{ns}.pod.{}", z.domain));
+            let name = format!("{ns}.pod.{}", z.domain);
+            z.add_interior(&name);
+            z.interior.insert(name);
         }
         z.interior.insert(z.domain.clone());
         z

@@ -42,7 +42,7 @@ pub const MAX_SEARCH_LINE: usize = 2048;
 /// some resolvers (glibc 2.28) abort on longer ones.
 pub const MAX_SEARCH_PATH: usize = 253;
 /// The cluster domain unless the ClusterNetwork says otherwise.
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub use crate::dns::zone::DEFAULT_DOMAIN as DEFAULT_CLUSTER_DOMAIN;
 /// The options the cluster's base has.
 const CLUSTER_OPTIONS: &str = "ndots:5";
 
